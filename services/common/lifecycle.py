@@ -1,0 +1,51 @@
+"""How every rcs process lives: started from settings, stopped by SIGTERM (make run, compose, systemd)
+or SIGINT (Ctrl-C)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Protocol
+
+from services.common.logs import setup_logging
+from services.common.metrics import register_stats, start_metrics_server
+from services.common.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def stop_requested() -> threading.Event:
+    """Install SIGTERM/SIGINT handlers on the main thread; the returned Event is set by either."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def metrics(self) -> Mapping[str, float]: ...
+
+
+def run_service(
+    name: str, build: Callable[[Settings], Service], metrics_port: Callable[[Settings], int]
+) -> None:
+    """A service process's life: settings, logging, metrics, start, wait for a stop signal, stop."""
+    settings = load_settings()
+    setup_logging(name, settings.log_level, settings.log_format)
+    service = build(settings)
+    register_stats(name, service.metrics)
+    start_metrics_server(metrics_port(settings))
+    stop = stop_requested()
+    service.start()
+    stop.wait()
+    service.stop()

@@ -1,0 +1,277 @@
+"""Request/response over MQTT v5: Response Topic + Correlation Data, MessagePack map bodies.
+
+A request is `{**body, "deadline": <UNIX s>}` published with QoS 1 to the service's topic, with the
+properties ResponseTopic = `topics.replies(client_id)`, CorrelationData = 16 random bytes and
+MessageExpiryInterval = ceil(timeout), so the broker discards it rather than deliver it late. The
+reply goes to the ResponseTopic with the same CorrelationData:
+`{"ok": true, "result": {...}}` or `{"ok": false, "error": "<reason>"}`.
+
+Staleness: the server drops, without executing, any request whose deadline has passed when it
+arrives or when a worker picks it up (these requests will carry valve commands). The deadline is an
+absolute UNIX time, so client and server clocks must agree (NTP) to well within the timeouts used.
+
+Values of type `bytes` travel as MessagePack bin (numpy arrays are sent as raw bytes).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from services.common import topics
+from services.common.codec import WireFormatError, pack, publish_properties, unpack_map
+from services.common.logs import Throttled
+from services.common.mqtt import Message, MqttClient
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+_CORRELATION_BYTES = 16
+
+
+class RpcError(Exception):
+    """Raised by a handler to refuse a request; the caller gets it back with the same text.
+
+    `RpcClient.call` also raises it when the server answered `ok: false` (including internal errors)
+    or when the request could not even be queued.
+    """
+
+
+class RpcTimeout(Exception):  # noqa: N818 - the name is part of the services' shared API
+    """No reply within the timeout: the request may or may not have been executed."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    topic: str
+    body: dict[str, Any]  # without "deadline"
+    deadline: float
+    reply_to: str
+    correlation: bytes
+
+
+@dataclass
+class RpcServerStats:
+    served: int = 0  # handler returned a result
+    refused: int = 0  # handler raised RpcError
+    failed: int = 0  # handler raised anything else
+    dropped: int = 0  # not executed: stale, malformed, or without ResponseTopic/CorrelationData
+
+
+class RpcServer:
+    """Runs handlers on a thread pool (never on paho's network thread) and replies to each request."""
+
+    def __init__(self, client: MqttClient, *, workers: int = 2) -> None:
+        self._client = client
+        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rpc")
+        self._topics: list[str] = []
+        self._closed = False
+        self._lock = threading.Lock()
+        self._stats = RpcServerStats()
+        self._throttled = Throttled(log)
+
+    def serve(self, topic: str, handler: Handler) -> None:
+        """Answer requests on `topic` with `handler(body)` (body without the `deadline` key)."""
+        self._topics.append(topic)
+        self._client.subscribe(topic, lambda message: self._on_request(topic, handler, message), qos=1)
+
+    def close(self) -> None:
+        """Stop serving; waits for running handlers, requests still queued are dropped unexecuted."""
+        with self._lock:
+            self._closed = True
+        for topic in self._topics:
+            self._client.unsubscribe(topic)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def stats(self) -> RpcServerStats:
+        with self._lock:
+            return RpcServerStats(**asdict(self._stats))
+
+    def _drop(self, topic: str, reason: str) -> None:
+        with self._lock:
+            self._stats.dropped += 1
+        self._throttled.warning(f"{topic}:{reason}", "dropped request on %s: %s", topic, reason)
+
+    def _on_request(self, topic: str, handler: Handler, message: Message) -> None:
+        # Network thread: validate cheaply, execute elsewhere.
+        properties = message.properties
+        reply_to = getattr(properties, "ResponseTopic", None)
+        correlation = getattr(properties, "CorrelationData", None)
+        if not reply_to or not correlation:
+            self._drop(topic, "no ResponseTopic/CorrelationData")
+            return
+        try:
+            body = unpack_map(message.payload)
+        except WireFormatError as exc:
+            self._drop(topic, str(exc))
+            return
+        deadline = body.pop("deadline", None)
+        if not isinstance(deadline, int | float) or isinstance(deadline, bool):
+            self._drop(topic, "no numeric deadline")
+            return
+        if time.time() > deadline:
+            self._drop(topic, "deadline passed before delivery")
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._executor.submit(
+                self._execute, handler, _Request(topic, body, deadline, reply_to, correlation)
+            )
+
+    def _execute(self, handler: Handler, request: _Request) -> None:
+        if time.time() > request.deadline:
+            self._drop(request.topic, "deadline passed while queued")
+            return
+        try:
+            result: object = handler(request.body)
+            if not isinstance(result, dict):
+                raise TypeError(f"handler returned {type(result).__name__}, not a dict")
+            reply = pack({"ok": True, "result": result})
+            outcome = "served"
+        except RpcError as exc:
+            reply = pack({"ok": False, "error": str(exc)})
+            outcome = "refused"
+        except Exception as exc:
+            log.exception("RPC handler for %s failed", request.topic)
+            reply = pack({"ok": False, "error": f"internal error: {type(exc).__name__}"})
+            outcome = "failed"
+        with self._lock:
+            setattr(self._stats, outcome, getattr(self._stats, outcome) + 1)
+        properties = publish_properties(CorrelationData=request.correlation)
+        self._client.publish(request.reply_to, reply, qos=1, properties=properties)
+
+
+@dataclass
+class RpcClientStats:
+    requests: int = 0
+    replies: int = 0  # replies matched to a pending request
+    timeouts: int = 0
+    unmatched: int = 0  # replies for an unknown or expired correlation, or undecodable
+
+
+@dataclass(frozen=True)
+class _Pending:
+    future: concurrent.futures.Future[dict[str, Any]]
+    timer: threading.Timer
+
+
+class RpcClient:
+    """Sends requests and resolves their futures from the replies.
+
+    Futures complete on paho's network thread or on a timer thread. From asyncio, await
+    `asyncio.wrap_future(rpc.request(...))`: it hands the result over to the event loop thread-safely.
+    """
+
+    def __init__(self, client: MqttClient) -> None:
+        self._client = client
+        self._reply_topic = topics.replies(client.client_id)
+        self._lock = threading.Lock()
+        self._pending: dict[bytes, _Pending] = {}
+        self._stats = RpcClientStats()
+        self._closed = False
+        self._throttled = Throttled(log)
+        client.subscribe(self._reply_topic, self._on_reply, qos=1)
+
+    def request(
+        self, topic: str, body: dict[str, Any], *, timeout: float = 2.0
+    ) -> concurrent.futures.Future[dict[str, Any]]:
+        """Publish a request; the future gives the result, or raises RpcError or RpcTimeout."""
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        payload = pack({**body, "deadline": time.time() + timeout})  # TypeError before any bookkeeping
+        correlation = os.urandom(_CORRELATION_BYTES)
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        timer = threading.Timer(timeout, self._expire, (correlation, topic, timeout))
+        timer.daemon = True
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("RpcClient is closed")
+            self._pending[correlation] = _Pending(future, timer)
+            self._stats.requests += 1
+        future.add_done_callback(lambda _: self._forget(correlation))  # covers future.cancel()
+        timer.start()
+        properties = publish_properties(
+            ResponseTopic=self._reply_topic,
+            CorrelationData=correlation,
+            MessageExpiryInterval=math.ceil(timeout),
+        )
+        if not self._client.publish(topic, payload, qos=1, properties=properties):
+            self._settle(correlation, RpcError(f"request to {topic} not sent: MQTT outgoing queue full"))
+        return future
+
+    def call(self, topic: str, body: dict[str, Any], *, timeout: float = 2.0) -> dict[str, Any]:
+        """Blocking request: the result, or RpcTimeout, or RpcError with the server's reason."""
+        return self.request(topic, body, timeout=timeout).result()
+
+    def close(self) -> None:
+        """Unsubscribe; pending requests fail with RpcTimeout."""
+        with self._lock:
+            self._closed = True
+            correlations = list(self._pending)
+        self._client.unsubscribe(self._reply_topic)
+        for correlation in correlations:
+            self._settle(correlation, RpcTimeout("RPC client closed before the reply"))
+
+    @property
+    def stats(self) -> RpcClientStats:
+        with self._lock:
+            return RpcClientStats(**asdict(self._stats))
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for their reply."""
+        with self._lock:
+            return len(self._pending)
+
+    def _forget(self, correlation: bytes) -> None:
+        with self._lock:
+            pending = self._pending.pop(correlation, None)
+        if pending is not None:
+            pending.timer.cancel()
+
+    def _settle(self, correlation: bytes, outcome: dict[str, Any] | BaseException) -> bool:
+        """Complete the future of `correlation` if still pending; exactly one caller wins."""
+        with self._lock:
+            pending = self._pending.pop(correlation, None)
+        if pending is None:
+            return False
+        pending.timer.cancel()
+        if pending.future.set_running_or_notify_cancel():
+            if isinstance(outcome, BaseException):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+        return True
+
+    def _expire(self, correlation: bytes, topic: str, timeout: float) -> None:
+        if self._settle(correlation, RpcTimeout(f"no reply from {topic} within {timeout} s")):
+            with self._lock:
+                self._stats.timeouts += 1
+
+    def _on_reply(self, message: Message) -> None:
+        correlation = getattr(message.properties, "CorrelationData", None)
+        try:
+            reply = unpack_map(message.payload)
+        except WireFormatError as exc:
+            reply = {"ok": False, "error": f"undecodable reply: {exc}"}
+        if reply.get("ok") is True and isinstance(reply.get("result"), dict):
+            outcome: dict[str, Any] | BaseException = reply["result"]
+        else:
+            outcome = RpcError(str(reply.get("error", "malformed reply")))
+        settled = isinstance(correlation, bytes) and self._settle(correlation, outcome)
+        with self._lock:
+            if settled:
+                self._stats.replies += 1
+            else:
+                self._stats.unmatched += 1
+        if not settled:
+            self._throttled.warning("unmatched", "ignored a reply for an unknown or expired request")

@@ -1,0 +1,40 @@
+"""Every MQTT topic of the system, in one place (docs/protocol.md describes each)."""
+
+TELEMETRY = "rcs/telemetry/sensors"
+TELEMETRY_META = "rcs/telemetry/sensors/meta"
+EVENTS = "rcs/events"
+
+STATE_STM32 = "rcs/state/stm32"
+STATE_VALVES = "rcs/state/valves"
+STATE_MOTORS = "rcs/state/motors"
+STATE_SYSTEM = "rcs/state/system"
+
+# actuation -> acquisition (the broker's ACL lets only actuation publish here)
+STM32_VALVES = "rcs/stm32/cmd/valves"
+STM32_GO_SAFE = "rcs/stm32/cmd/go_safe"
+# acquisition -> actuation: the device's answer to a valve write
+STM32_VALVE_ACK = "rcs/stm32/valve_ack"
+
+OPERATOR_HEARTBEAT = "rcs/operator/heartbeat"
+
+ACQ_BUFFER_STATUS = "rcs/rpc/acquisition/buffer_status"
+ACQ_HISTORY = "rcs/rpc/acquisition/history"
+ACQ_HISTORY_REDUCED = "rcs/rpc/acquisition/history_reduced"
+
+LOGGER_SAVE = "rcs/rpc/logger/save"  # rotate now; the reply names the file
+LOGGER_STATUS = "rcs/rpc/logger/status"
+
+
+def actuation(command: str) -> str:
+    """Request topic of an actuation command: valves, valve, motor, sequence, cancel, arm, disarm, abort."""
+    return f"rcs/rpc/actuation/{command}"
+
+
+def status(service: str) -> str:
+    """Retained online/offline status of a service; its Last Will says offline."""
+    return f"rcs/status/{service}"
+
+
+def replies(client_id: str) -> str:
+    """Where a client receives the answers to its requests (its MQTT v5 Response Topic)."""
+    return f"rcs/reply/{client_id}"

@@ -1,0 +1,175 @@
+"""RPC over MQTT v5 against a real mosquitto: results, refusals, failures, timeouts, stale requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from services.common import topics
+from services.common.mqtt import MqttClient
+from services.common.rpc import RpcClient, RpcError, RpcServer, RpcTimeout
+from services.common.settings import MqttSettings
+from tests.conftest import wait_until
+
+TOPIC = "rcs/rpc/test/echo"
+
+
+@dataclass
+class Recorder:
+    """The handler under test: echoes, refuses or fails on demand, and remembers every call."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.calls.append(body)
+        if body.get("block"):
+            self.gate.wait(10)
+        if body.get("refuse"):
+            raise RpcError(f"refused: {body['refuse']}")
+        if body.get("fail"):
+            return {"ratio": 1 / 0}
+        return {"echo": body}
+
+
+@dataclass
+class Stack:
+    server_mqtt: MqttClient
+    client_mqtt: MqttClient
+    server: RpcServer
+    client: RpcClient
+    handler: Recorder
+
+
+@pytest.fixture
+def stack(mqtt_settings: MqttSettings) -> Iterator[Stack]:
+    server_mqtt = MqttClient(mqtt_settings, "test-rpc-server")
+    client_mqtt = MqttClient(mqtt_settings, "test-rpc-client")
+    server_mqtt.start()
+    client_mqtt.start()
+    server = RpcServer(server_mqtt)
+    client = RpcClient(client_mqtt)
+    handler = Recorder()
+    server.serve(TOPIC, handler)
+    try:
+        assert server_mqtt.wait_connected(10) and client_mqtt.wait_connected(10)
+        yield Stack(server_mqtt, client_mqtt, server, client, handler)
+    finally:
+        client.close()
+        server.close()
+        client_mqtt.stop()
+        server_mqtt.stop()
+
+
+def raw_request(
+    stack: Stack, payload: bytes, *, response_topic: str | None = None, correlation: bytes | None = None
+) -> None:
+    """Publish a hand-made request, bypassing RpcClient's checks."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if response_topic is not None:
+        properties.ResponseTopic = response_topic
+    if correlation is not None:
+        properties.CorrelationData = correlation
+    assert stack.client_mqtt.publish(TOPIC, payload, qos=1, properties=properties)
+
+
+def test_round_trip_keeps_bytes_and_strips_the_deadline(stack: Stack) -> None:
+    blob = bytes(range(256)) * 40
+    result = stack.client.call(TOPIC, {"blob": blob, "n": 3}, timeout=5)
+    assert result == {"echo": {"blob": blob, "n": 3}}
+    assert stack.handler.calls == [{"blob": blob, "n": 3}]
+    assert stack.client.pending == 0
+    assert stack.server.stats.served == 1
+
+
+def test_concurrent_requests_get_their_own_replies(stack: Stack) -> None:
+    futures = [stack.client.request(TOPIC, {"i": i}, timeout=5) for i in range(20)]
+    assert [f.result()["echo"]["i"] for f in futures] == list(range(20))
+    assert stack.client.stats.replies == 20
+
+
+def test_rpc_error_is_a_refusal_with_the_handlers_reason(stack: Stack) -> None:
+    with pytest.raises(RpcError, match="refused: valve locked"):
+        stack.client.call(TOPIC, {"refuse": "valve locked"}, timeout=5)
+    assert stack.server.stats.refused == 1
+
+
+def test_unexpected_exception_replies_internal_error(stack: Stack) -> None:
+    with pytest.raises(RpcError, match="internal error: ZeroDivisionError"):
+        stack.client.call(TOPIC, {"fail": True}, timeout=5)
+    assert stack.server.stats.failed == 1
+    assert stack.client.call(TOPIC, {"after": "failure"}, timeout=5) == {"echo": {"after": "failure"}}
+
+
+def test_timeout_without_a_server_leaves_nothing_pending(stack: Stack) -> None:
+    with pytest.raises(RpcTimeout):
+        stack.client.call("rcs/rpc/test/nobody", {}, timeout=0.3)
+    assert stack.client.pending == 0
+    assert stack.client.stats.timeouts == 1
+
+
+def test_usable_from_asyncio(stack: Stack) -> None:
+    async def main() -> dict[str, Any]:
+        return await asyncio.wrap_future(stack.client.request(TOPIC, {"from": "asyncio"}, timeout=5))
+
+    assert asyncio.run(main()) == {"echo": {"from": "asyncio"}}
+
+
+def test_a_request_past_its_deadline_is_never_executed(stack: Stack) -> None:
+    stale = msgpack.packb({"open": "MAIN_OX", "deadline": time.time() - 5}, use_bin_type=True)
+    raw_request(stack, stale, response_topic=topics.replies("nobody"), correlation=os.urandom(16))
+    wait_until(lambda: stack.server.stats.dropped == 1, what="the stale request to be dropped")
+
+    assert stack.client.call(TOPIC, {"fresh": 1}, timeout=5) == {"echo": {"fresh": 1}}
+    assert stack.handler.calls == [{"fresh": 1}]
+
+
+def test_a_request_whose_deadline_passes_while_queued_is_never_executed(stack: Stack) -> None:
+    busy = [
+        stack.client.request(TOPIC, {"block": True, "i": i}, timeout=10) for i in range(2)
+    ]  # both workers
+    wait_until(lambda: len(stack.handler.calls) == 2, what="both workers to be busy")
+    queued = stack.client.request(TOPIC, {"open": "MAIN_OX"}, timeout=0.3)
+    with pytest.raises(RpcTimeout):
+        queued.result()
+    stack.handler.gate.set()
+    assert [f.result()["echo"]["i"] for f in busy] == [0, 1]
+    wait_until(lambda: stack.server.stats.dropped == 1, what="the queued request to be dropped")
+    assert {"open": "MAIN_OX"} not in stack.handler.calls
+
+
+def test_malformed_requests_are_counted_and_the_server_survives(stack: Stack) -> None:
+    reply_to, correlation = topics.replies("nobody"), os.urandom(16)
+    raw_request(stack, b"\xc1 not msgpack", response_topic=reply_to, correlation=correlation)
+    raw_request(stack, msgpack.packb([1, 2, 3]), response_topic=reply_to, correlation=correlation)
+    raw_request(stack, msgpack.packb({"no": "deadline"}), response_topic=reply_to, correlation=correlation)
+    fresh = msgpack.packb({"deadline": time.time() + 60})
+    raw_request(stack, fresh, correlation=correlation)  # no ResponseTopic
+    raw_request(stack, fresh, response_topic=reply_to)  # no CorrelationData
+    wait_until(lambda: stack.server.stats.dropped == 5, what="five malformed requests to be dropped")
+
+    assert stack.client.call(TOPIC, {"still": "alive"}, timeout=5) == {"echo": {"still": "alive"}}
+    assert stack.handler.calls == [{"still": "alive"}]
+
+
+def test_a_reply_nobody_waits_for_is_counted_and_ignored(stack: Stack) -> None:
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.CorrelationData = os.urandom(16)
+    reply = msgpack.packb({"ok": True, "result": {}})
+    assert stack.server_mqtt.publish(
+        topics.replies(stack.client_mqtt.client_id), reply, properties=properties
+    )
+    wait_until(lambda: stack.client.stats.unmatched == 1, what="the unmatched reply")
+    assert stack.client.call(TOPIC, {}, timeout=5) == {"echo": {}}
