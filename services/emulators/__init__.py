@@ -1,0 +1,1 @@
+"""Emulated stand hardware behind pseudo-terminals, for `make run` and the tests."""
