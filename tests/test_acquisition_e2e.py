@@ -1,0 +1,187 @@
+"""End to end: STM32 emulator behind a real pty -> rcs-acquisition (its own process) -> real Mosquitto."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+import pytest
+
+from services.common import topics
+from services.common.mqtt import Message, MqttClient
+from services.common.rpc import RpcClient, RpcError
+from services.common.settings import MqttSettings, Settings
+from services.devstack.watch import Continuity
+from services.emulators.stm32 import Stm32Emulator
+from tests.processes import Acquisition
+
+RETAINED_WAIT_S = 10.0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Retained:
+    """Latest decoded message per topic."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.history: dict[str, list[dict[str, Any]]] = {}
+
+    def on_message(self, message: Message) -> None:
+        decoded = msgpack.unpackb(message.payload, raw=False)
+        self.latest[message.topic] = decoded
+        self.history.setdefault(message.topic, []).append(decoded)
+
+
+@pytest.fixture
+def observer(mqtt_settings: MqttSettings) -> Iterator[tuple[MqttClient, Continuity, Retained]]:
+    client = MqttClient(mqtt_settings, "test-observer")
+    continuity, retained = Continuity(), Retained()
+    client.subscribe(topics.TELEMETRY, continuity.on_message)
+    for topic in (topics.TELEMETRY_META, topics.STATE_STM32, topics.status("acquisition")):
+        client.subscribe(topic, retained.on_message)
+    client.start()
+    assert client.wait_connected(10)
+    yield client, continuity, retained
+    client.stop()
+
+
+def start_stack(
+    settings: Settings, acquisition_mqtt: MqttSettings, tmp_path: Path, protocol: Literal["binary", "text"]
+) -> tuple[Stm32Emulator, Acquisition]:
+    """The emulator and rcs-acquisition, logged in as `acquisition_mqtt` (the `acquisition` user)."""
+    emulator = Stm32Emulator(settings, protocol=protocol, link_path=tmp_path / "stm32")
+    emulator.start()
+    return emulator, Acquisition(acquisition_mqtt, tmp_path / "stm32", tmp_path)
+
+
+def test_binary_stream_is_contiguous_at_full_rate(
+    settings: Settings,
+    mqtt_as: Callable[[str], MqttSettings],
+    tmp_path: Path,
+    observer: tuple[MqttClient, Continuity, Retained],
+) -> None:
+    client, continuity, retained = observer
+    emulator, acquisition = start_stack(settings, mqtt_as("acquisition"), tmp_path, "binary")
+    try:
+        wait_until(lambda: continuity.snapshot().samples >= 50_000, 40, "5 s of samples at 10 kHz")
+        seen = continuity.snapshot()
+        assert seen.gaps == 0 and seen.duplicates == 0 and seen.malformed == 0
+        assert seen.channels == settings.channel_names
+        assert len(seen.sessions) == 1
+        assert seen.last is not None and seen.last.rate_hz == pytest.approx(10_000)
+        # every value is a calibrated, finite number except ISP/VELOCITY with no flow
+        finite_columns = [i for i, c in enumerate(settings.channel_names) if c not in ("ISP", "VELOCITY")]
+        assert np.isfinite(seen.last.data[:, finite_columns]).all()
+
+        wait_until(lambda: topics.TELEMETRY_META in retained.latest, RETAINED_WAIT_S, "retained meta")
+        meta = retained.latest[topics.TELEMETRY_META]
+        assert [c["name"] for c in meta["channels"]] == list(settings.channel_names)
+        assert {c["name"]: c["unit"] for c in meta["channels"]}["THRUST"] == "N"
+        assert meta["session"] in seen.sessions
+        assert meta["source"]["kind"] == "emulator" and meta["source"]["protocol"] == "binary"
+        assert retained.latest[topics.status("acquisition")]["state"] == "online"
+        assert retained.latest[topics.STATE_STM32]["connected"] is True
+
+        # the ring buffer answers over request/response with exactly what was published
+        rpc = RpcClient(client)
+        try:
+            status = rpc.call(topics.ACQ_BUFFER_STATUS, {}, timeout=5)
+            assert status["size"] > 0 and status["last_seq"] >= status["first_seq"]
+            batch = seen.last
+            reply = rpc.call(topics.ACQ_HISTORY, {"seq_from": batch.seq, "seq_to": batch.next_seq}, timeout=5)
+            assert reply["n"] == batch.n
+            data = np.frombuffer(reply["data"], "<f4").reshape(batch.n, len(settings.channels))
+            np.testing.assert_array_equal(data, batch.data)
+            np.testing.assert_array_equal(np.frombuffer(reply["t"], "<f8"), batch.t)
+            reduced = rpc.call(topics.ACQ_HISTORY_REDUCED, {"seconds": 2.0, "points": 100}, timeout=5)
+            assert 0 < reduced["n"] <= 100 and reduced["n_source"] >= 100
+            low = np.frombuffer(reduced["min"], "<f4").reshape(reduced["n"], -1)
+            high = np.frombuffer(reduced["max"], "<f4").reshape(reduced["n"], -1)
+            assert (np.nan_to_num(low) <= np.nan_to_num(high)).all()
+            with pytest.raises(RpcError, match="seq_from"):
+                rpc.call(topics.ACQ_HISTORY, {"seq_from": "yesterday", "seq_to": 5}, timeout=5)
+        finally:
+            rpc.close()
+        assert acquisition.alive()
+    finally:
+        assert acquisition.stop() == 0, acquisition.log.read_text()
+        emulator.stop()
+    assert retained.latest[topics.status("acquisition")]["state"] == "offline"
+
+
+def test_unplug_replug_and_garbage_never_stop_the_stream(
+    settings: Settings,
+    mqtt_as: Callable[[str], MqttSettings],
+    tmp_path: Path,
+    observer: tuple[MqttClient, Continuity, Retained],
+) -> None:
+    _client, continuity, retained = observer
+    emulator, acquisition = start_stack(settings, mqtt_as("acquisition"), tmp_path, "binary")
+    try:
+        wait_until(lambda: continuity.snapshot().samples >= 10_000, 40, "the stream to start")
+
+        emulator.disconnect(1.0)
+        wait_until(
+            lambda: any(not s["connected"] for s in retained.history.get(topics.STATE_STM32, [])),
+            10,
+            "the link to report the unplug",
+        )
+        unplugged = continuity.snapshot().samples
+        wait_until(lambda: retained.latest[topics.STATE_STM32]["connected"], 15, "the link to reconnect")
+        wait_until(lambda: continuity.snapshot().samples >= unplugged + 10_000, 20, "samples after replug")
+        after_replug = continuity.snapshot()
+        assert len(after_replug.sessions) == 1, "a replug continues the session"
+        assert after_replug.gaps >= 1, "samples taken while unplugged show as a gap, not as continuity"
+        assert after_replug.duplicates == 0
+
+        emulator.inject_garbage(20_000)
+        emulator.corrupt_next_frames(5)
+        before = continuity.snapshot().samples
+        wait_until(lambda: continuity.snapshot().samples >= before + 20_000, 20, "samples after garbage")
+        final = continuity.snapshot()
+        assert final.duplicates == 0 and final.malformed == 0
+        # corrupted frames cost only their own samples: at most the 5 frames (~100 samples) plus
+        # the frames the garbage landed in
+        assert final.lost_samples - after_replug.lost_samples < 2_000
+        assert acquisition.alive()
+    finally:
+        assert acquisition.stop() == 0, acquisition.log.read_text()
+        emulator.stop()
+    # thousands of bad bytes are logged once (then summarised every 10 s), not once per frame
+    assert 1 <= acquisition.log.read_text().count("bad input on this connection") <= 2
+
+
+def test_legacy_text_protocol_is_detected_and_streamed(
+    settings: Settings,
+    mqtt_as: Callable[[str], MqttSettings],
+    tmp_path: Path,
+    observer: tuple[MqttClient, Continuity, Retained],
+) -> None:
+    _client, continuity, retained = observer
+    emulator, acquisition = start_stack(settings, mqtt_as("acquisition"), tmp_path, "text")
+    try:
+        wait_until(lambda: continuity.snapshot().samples >= 100, 30, "text-protocol samples")
+        seen = continuity.snapshot()
+        assert seen.gaps == 0 and seen.duplicates == 0
+        assert seen.channels == settings.channel_names
+        wait_until(
+            lambda: (
+                retained.latest.get(topics.TELEMETRY_META, {}).get("source", {}).get("protocol") == "text"
+            ),
+            RETAINED_WAIT_S,
+            "meta to name the text protocol",
+        )
+    finally:
+        assert acquisition.stop() == 0, acquisition.log.read_text()
+        emulator.stop()
