@@ -1,0 +1,62 @@
+"""A service as a child process, configured only by RCS_* variables, as make run and compose start it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from services.common.settings import MqttSettings
+
+_LOGIN = ("RCS_MQTT_USERNAME", "RCS_MQTT_PASSWORD")
+
+
+class ServiceProcess:
+    """`python -m <module>` logged in as `mqtt`'s user; its output goes to `<tmp>/<name>.log`."""
+
+    def __init__(self, module: str, name: str, mqtt: MqttSettings, tmp: Path, **env: str) -> None:
+        child = {k: v for k, v in os.environ.items() if k not in _LOGIN}
+        child.update(
+            {"RCS_MQTT_HOST": mqtt.host, "RCS_MQTT_PORT": str(mqtt.port), "RCS_DATA_DIR": str(tmp)} | env
+        )
+        if mqtt.username is not None:
+            child["RCS_MQTT_USERNAME"] = mqtt.username
+        if mqtt.password is not None:
+            child["RCS_MQTT_PASSWORD"] = mqtt.password.get_secret_value()
+        self.log = tmp / f"{name}.log"
+        self._log_file = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module], env=child, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> int:
+        """SIGTERM, as make run and compose stop it; the exit code (0 = clean)."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._log_file.close()
+        return code
+
+
+class Acquisition(ServiceProcess):
+    """rcs-acquisition on the STM32 link at `port`; `mqtt` must be the `acquisition` user."""
+
+    def __init__(self, mqtt: MqttSettings, port: Path, tmp: Path) -> None:
+        super().__init__(
+            "services.acquisition",
+            "acquisition",
+            mqtt,
+            tmp,
+            RCS_STM32_PORT=str(port),
+            RCS_ACQUISITION_METRICS_PORT="0",
+            RCS_ACQUISITION_RING_SECONDS="60",
+        )
