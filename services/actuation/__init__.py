@@ -1,0 +1,1 @@
+"""Actuation service: the only command authority (valves, motors, sequences, arming, interlocks, abort)."""

@@ -1,0 +1,1 @@
+"""rcs-ctl: the operator command line."""

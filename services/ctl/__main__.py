@@ -1,0 +1,177 @@
+"""rcs-ctl: command the stand from a terminal (MQTT request/response to actuation).
+
+Every command carries your identity (`--who`, default user@host) into actuation's audit events.
+While the stand is armed the deadman needs operator heartbeats: keep `rcs-ctl hold` running in a
+terminal for as long as you operate; stopping it (or losing the connection) aborts within 2 s.
+Credentials: RCS_MQTT_USERNAME / RCS_MQTT_PASSWORD, or `run/operator.env` written by `make run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import socket
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.common import topics
+from services.common.codec import WireFormatError, pack, unpack_map
+from services.common.mqtt import Message, MqttClient
+from services.common.rpc import RpcClient, RpcError, RpcTimeout
+from services.common.settings import PROJECT_ROOT, Settings, load_settings
+
+OPERATOR_ENV = PROJECT_ROOT / "run" / "operator.env"
+HEARTBEAT_PERIOD_S = 0.5
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console()
+Who = Annotated[str, typer.Option(help="who you are, for the audit trail")]
+DEFAULT_WHO = f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _settings() -> Settings:
+    if "RCS_MQTT_USERNAME" not in os.environ and OPERATOR_ENV.is_file():
+        for line in OPERATOR_ENV.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.startswith("RCS_"):
+                os.environ.setdefault(key.strip(), value.strip())
+    return load_settings()
+
+
+def _connect() -> MqttClient:
+    client = MqttClient(_settings().mqtt, "operator")
+    client.start()
+    if not client.wait_connected(5):
+        client.stop()
+        console.print("[red]no MQTT broker answers[/red]")
+        raise typer.Exit(2)
+    return client
+
+
+def _call(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) -> dict[str, Any]:
+    client = _connect()
+    rpc = RpcClient(client)
+    try:
+        client.publish(topics.OPERATOR_HEARTBEAT, pack({"who": who, "ts": time.time()}))
+        result = rpc.call(
+            topics.actuation(command), {**body, "who": who, "origin": "rcs-ctl"}, timeout=timeout
+        )
+    except RpcError as exc:
+        console.print(f"[bold red]refused:[/bold red] {exc}")
+        raise typer.Exit(1) from exc
+    except RpcTimeout as exc:
+        console.print("[bold red]no answer from actuation[/bold red] (is it running?)")
+        raise typer.Exit(2) from exc
+    finally:
+        rpc.close()
+        client.stop()
+    console.print(f"[green]ok[/green] {result}")
+    return result
+
+
+@app.command()
+def arm(who: Who = DEFAULT_WHO) -> None:
+    """Arm the stand (needs fresh telemetry and operator heartbeats: run `rcs-ctl hold`)."""
+    _call("arm", {}, who)
+
+
+@app.command()
+def disarm(who: Who = DEFAULT_WHO) -> None:
+    """Back to idle (refused while an isolation valve or the igniter is open)."""
+    _call("disarm", {}, who)
+
+
+@app.command()
+def abort(reason: str = "operator abort", who: Who = DEFAULT_WHO) -> None:
+    """Abort from any state: close isolation valves and igniter, vent, purge."""
+    _call("abort", {"reason": reason}, who)
+
+
+@app.command()
+def valves(pattern: str, who: Who = DEFAULT_WHO) -> None:
+    """Set all valves, e.g. 000000110 (order: see `rcs-ctl status`)."""
+    _call("valves", {"valves": pattern}, who)
+
+
+@app.command()
+def valve(
+    name: str, state: Annotated[str, typer.Argument(help="open or close")], who: Who = DEFAULT_WHO
+) -> None:
+    """Open or close one valve by name."""
+    if state not in ("open", "close"):
+        raise typer.BadParameter("open or close")
+    _call("valve", {"name": name.upper(), "open": state == "open"}, who)
+
+
+@app.command()
+def sequence(name: str, who: Who = DEFAULT_WHO) -> None:
+    """Start a sequence from config/stand.yaml."""
+    _call("sequence", {"name": name}, who)
+
+
+@app.command()
+def cancel(who: Who = DEFAULT_WHO) -> None:
+    """Stop the running sequence where it is."""
+    _call("cancel", {}, who)
+
+
+@app.command()
+def motor(
+    motor_id: int,
+    degrees: float,
+    absolute: Annotated[bool, typer.Option(help="DEGREES is a target position")] = False,
+    who: Who = DEFAULT_WHO,
+) -> None:
+    """Move a step motor by DEGREES (or to DEGREES with --absolute)."""
+    key = "target" if absolute else "angle"
+    _call("motor", {"motor_id": motor_id, key: degrees}, who, timeout=40.0)
+
+
+@app.command()
+def hold(who: Who = DEFAULT_WHO) -> None:
+    """Send operator heartbeats until Ctrl-C: the deadman aborts an armed stand without them."""
+    client = _connect()
+    console.print(f"holding as {who}: heartbeats every {HEARTBEAT_PERIOD_S} s, Ctrl-C to stop")
+    try:
+        while True:
+            client.publish(topics.OPERATOR_HEARTBEAT, pack({"who": who, "ts": time.time()}))
+            time.sleep(HEARTBEAT_PERIOD_S)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.stop()
+
+
+@app.command()
+def status(wait: float = 1.0) -> None:
+    """Show services, link, system state, valves and motors (retained messages)."""
+    latest: dict[str, dict[str, Any]] = {}
+
+    def keep(message: Message) -> None:
+        with contextlib.suppress(WireFormatError):
+            latest[message.topic] = unpack_map(message.payload)
+
+    client = MqttClient(_settings().mqtt, "operator")
+    for pattern in ("rcs/status/+", "rcs/state/+"):
+        client.subscribe(pattern, keep, qos=1)
+    client.start()
+    client.wait_connected(5)
+    time.sleep(wait)
+    client.stop()
+    table = Table("topic", "state")
+    for topic in sorted(latest):
+        table.add_row(topic, ", ".join(f"{k}={v}" for k, v in latest[topic].items() if k != "ts"))
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Actuation end to end: real Mosquitto (project ACL), the STM32 and Arduino emulators behind real
+ptys, rcs-acquisition and rcs-actuation as their own processes, an operator client commanding them.
+
+What reached the STM32 is read from the emulator's receive tap; what the stand did is read from the
+retained state topics and the audit events. Every wait is a liveness bound, not a timing assertion.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.common import topics
+from services.common.codec import pack, publish_properties, unpack_map
+from services.common.mqtt import Message, MqttClient
+from services.common.rpc import RpcClient, RpcError
+from services.common.settings import MqttSettings, Settings
+from services.common.stm32_wire import Deframer, FrameError, SetValvesFrame, parse_frame
+from services.emulators.arduino import ArduinoEmulator
+from services.emulators.stm32 import Stm32Emulator
+from tests.conftest import wait_until
+from tests.processes import Acquisition, ServiceProcess
+
+TIMEOUT = 20.0
+RELIEFS = 0b000100001  # RELIEF1 and RELIEF2: the abort's venting step
+
+
+class Observer:
+    """The operator's view: latest retained states and every event."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+
+    def on_message(self, message: Message) -> None:
+        decoded = unpack_map(message.payload)
+        with self._lock:
+            if message.topic == topics.EVENTS:
+                self.events.append(decoded)
+            else:
+                self.latest[message.topic] = decoded
+
+    def state(self, topic: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.latest.get(topic, {}))
+
+    def events_of(self, kind: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if e.get("kind") == kind]
+
+
+class DeviceWrites:
+    """The SET_VALVES masks the STM32 received, in order."""
+
+    def __init__(self, emulator: Stm32Emulator) -> None:
+        self._deframer = Deframer()
+        self._lock = threading.Lock()
+        self.masks: list[int] = []
+        emulator.add_receive_tap(self._record)
+
+    def _record(self, data: bytes, _now: float) -> None:
+        for body in self._deframer.feed(data):
+            try:
+                frame = parse_frame(body)
+            except FrameError:
+                continue
+            if isinstance(frame, SetValvesFrame):
+                with self._lock:
+                    self.masks.append(frame.valves)
+
+    def seen(self) -> list[int]:
+        with self._lock:
+            return list(self.masks)
+
+
+class Heartbeats:
+    """An operator console that is open: a heartbeat every 200 ms until stopped."""
+
+    def __init__(self, client: MqttClient) -> None:
+        self._client = client
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        time.sleep(0.3)  # let actuation see a heartbeat before anything that needs one
+
+    def _run(self) -> None:
+        while True:
+            self._client.publish(topics.OPERATOR_HEARTBEAT, pack({"who": "test-operator", "ts": time.time()}))
+            if self._stop.wait(0.2):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Stand:
+    stm32: Stm32Emulator
+    arduino: ArduinoEmulator
+    writes: DeviceWrites
+    operator: MqttClient
+    rpc: RpcClient
+    seen: Observer
+    mask: Callable[[str], int]
+
+    def call(self, command: str, **body: Any) -> dict[str, Any]:
+        return self.rpc.call(
+            topics.actuation(command), {**body, "who": "test-operator", "origin": "pytest"}, timeout=10
+        )
+
+    def system_state(self) -> str:
+        return str(self.seen.state(topics.STATE_SYSTEM).get("state"))
+
+
+@pytest.fixture
+def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path) -> Iterator[Stand]:
+    stm32 = Stm32Emulator(settings, link_path=tmp_path / "stm32")
+    arduino = ArduinoEmulator(settings, link_path=tmp_path / "arduino", speed_factor=4.0)
+    stm32.start()
+    arduino.start()
+    writes = DeviceWrites(stm32)
+    acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
+    actuation = ServiceProcess(
+        "services.actuation",
+        "actuation",
+        mqtt_as("actuation"),
+        tmp_path,
+        RCS_ARDUINO_PORT=str(tmp_path / "arduino"),
+        RCS_ACTUATION_METRICS_PORT="0",
+    )
+    operator = MqttClient(mqtt_as("operator"), "operator")
+    seen = Observer()
+    watched = (
+        topics.STATE_SYSTEM,
+        topics.STATE_VALVES,
+        topics.STATE_MOTORS,
+        topics.STATE_STM32,
+        topics.EVENTS,
+    )
+    for topic in watched:
+        operator.subscribe(topic, seen.on_message, qos=1)
+    operator.start()
+    rpc = RpcClient(operator)
+    valve_index = {name: i for i, name in enumerate(settings.valve_names)}
+
+    def mask(bits: str) -> int:
+        return sum(
+            1 << valve_index[name] for name, bit in zip(settings.valve_names, bits, strict=True) if bit == "1"
+        )
+
+    try:
+        assert operator.wait_connected(10)
+        wait_until(
+            lambda: seen.state(topics.STATE_SYSTEM).get("state") == "idle", TIMEOUT, "actuation to start"
+        )
+        wait_until(
+            lambda: seen.state(topics.STATE_MOTORS).get("connected") is True, TIMEOUT, "the Arduino handshake"
+        )
+        yield Stand(stm32, arduino, writes, operator, rpc, seen, mask)
+    finally:
+        rpc.close()
+        operator.stop()
+        codes = {"actuation": actuation.stop(), "acquisition": acquisition.stop()}
+        arduino.stop()
+        stm32.stop()
+        logs = {name: (tmp_path / f"{name}.log").read_text() for name in codes}
+        assert codes == {"actuation": 0, "acquisition": 0}, logs
+
+
+def test_valve_command_reaches_the_device_and_the_acknowledged_state_is_published(stand: Stand) -> None:
+    run_valves = stand.mask("000000110")
+    result = stand.call("valves", valves=[0, 0, 0, 0, 0, 0, 1, 1, 0])
+    assert result["bits"] == "000000110"
+    assert run_valves in stand.writes.seen()
+    assert stand.stm32.valves == run_valves
+    wait_until(
+        lambda: stand.seen.state(topics.STATE_VALVES).get("bits") == "000000110", TIMEOUT, "valve state"
+    )
+
+    with pytest.raises(RpcError, match="igniter-needs-armed"):
+        stand.call("valve", name="IGNITION", open=True)
+    assert stand.stm32.valves == run_valves, "a refused command writes nothing"
+    wait_until(lambda: len(stand.seen.events_of("command")) >= 2, TIMEOUT, "audit events")
+    accepted, refused = stand.seen.events_of("command")[:2]
+    assert (accepted["who"], accepted["origin"], accepted["accepted"]) == ("test-operator", "pytest", True)
+    assert refused["accepted"] is False and "igniter-needs-armed" in refused["reason"]
+
+
+def test_redline_trip_aborts_and_the_abort_reaches_the_device(stand: Stand) -> None:
+    heartbeats = Heartbeats(stand.operator)
+    try:
+        stand.call("arm")
+        stand.call("sequence", name="o2feed")
+        written_before = len(stand.writes.seen())
+        stand.stm32.override("P5", 30.0)  # chamber over-pressure, limit 25 bar
+        wait_until(lambda: stand.system_state() == "aborting", TIMEOUT, "the red-line to abort")
+        assert "P5" in stand.seen.state(topics.STATE_SYSTEM)["reason"]
+        wait_until(
+            lambda: RELIEFS in stand.writes.seen()[written_before:], TIMEOUT, "the abort's venting step"
+        )
+        after_trip = stand.writes.seen()[written_before:]
+        assert after_trip[0] == 0, "the abort's first write closes everything"
+        assert all(m & stand.mask("010010001") == 0 for m in after_trip), "isolation and igniter stay closed"
+        wait_until(lambda: stand.seen.events_of("redline") != [], TIMEOUT, "the red-line event")
+        assert stand.seen.events_of("redline")[0]["channel"] == "P5"
+    finally:
+        heartbeats.stop()
+
+
+def test_operator_heartbeat_loss_aborts(stand: Stand) -> None:
+    heartbeats = Heartbeats(stand.operator)
+    assert stand.call("arm")["state"] == "armed"
+    heartbeats.stop()
+    wait_until(lambda: stand.system_state() == "aborting", TIMEOUT, "the deadman to abort")
+    assert "heartbeat" in stand.seen.state(topics.STATE_SYSTEM)["reason"]
+    wait_until(lambda: stand.seen.events_of("deadman") != [], TIMEOUT, "the deadman event")
+
+
+def test_an_expired_command_never_runs(stand: Stand) -> None:
+    replies: list[Message] = []
+    reply_topic = f"rcs/reply/{stand.operator.client_id}-late"
+    stand.operator.subscribe(reply_topic, replies.append, qos=1)
+    assert stand.operator.wait_connected(10)
+    late = publish_properties(
+        ResponseTopic=reply_topic, CorrelationData=os.urandom(16), MessageExpiryInterval=3
+    )
+    body = {"valves": "000000110", "deadline": time.time() - 1.0, "who": "late operator"}
+    stand.operator.publish(topics.actuation("valves"), pack(body), qos=1, properties=late)
+    # a later, valid command is answered only after the late one was read: by then it must have done nothing
+    stand.call("valves", valves="001000000")
+    assert stand.mask("000000110") not in stand.writes.seen()
+    assert stand.stm32.valves == stand.mask("001000000")
+    assert replies == []
+
+
+def test_motor_moves_complete_and_an_arduino_reset_is_recovered(stand: Stand) -> None:
+    moved = stand.call("motor", motor_id=1, angle=90)
+    assert moved["ok"] is True and moved["position_deg"] == pytest.approx(-1637.5)
+    to_target = stand.call("motor", motor_id=2, target=-1000.0)
+    assert to_target["position_deg"] == pytest.approx(-1000.0)
+    with pytest.raises(RpcError, match=r"1727\.5"):
+        stand.call("motor", motor_id=1, target=5000.0)
+
+    stand.arduino.reset()
+    wait_until(lambda: stand.seen.events_of("motor_reset") != [], TIMEOUT, "the reset to be noticed")
+    wait_until(lambda: stand.seen.state(topics.STATE_MOTORS).get("connected") is True, TIMEOUT, "handshake")
+    after_reset = stand.call("motor", motor_id=2, angle=45)
+    assert after_reset["position_deg"] == pytest.approx(-1727.5 + 45), "positions restart from the boot value"
