@@ -1,0 +1,1 @@
+"""rcs-analyze: statistics, continuity checks, plots, exports and synthetic data for Parquet recordings."""

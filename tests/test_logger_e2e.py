@@ -1,0 +1,183 @@
+"""Logger end to end: the STM32 emulator -> rcs-acquisition -> real Mosquitto -> rcs-logger -> Parquet,
+with the logger killed (SIGKILL) and the broker restarted mid-run, and malformed payloads injected.
+
+Afterwards the Parquet files together must hold every seq from the first to the last exactly once,
+and every file must open with pyarrow.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from services.common import topics
+from services.common.mqtt import MqttClient
+from services.common.rpc import RpcClient, RpcTimeout
+from services.common.settings import MqttSettings, Settings
+from services.devstack.broker import Broker
+from services.emulators.stm32 import Stm32Emulator
+from tests.conftest import wait_until
+from tests.processes import Acquisition, ServiceProcess
+
+TIMEOUT = 60.0
+
+
+class Logger(ServiceProcess):
+    def __init__(self, mqtt: MqttSettings, tmp: Path, data_dir: Path) -> None:
+        super().__init__(
+            "services.logger",
+            "logger",
+            mqtt,
+            tmp,
+            RCS_DATA_DIR=str(data_dir),
+            RCS_LOGGER_METRICS_PORT="0",
+            RCS_LOGGER_ROTATE_S="4",
+        )
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def _call(rpc: RpcClient, topic: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return rpc.call(topic, body, timeout=3)
+    except RpcTimeout:
+        return None
+
+
+def _acquired_seqs(rpc: RpcClient, session: str, up_to: int) -> np.ndarray:
+    """Every seq <= up_to that acquisition's ring buffer holds (the device may have dropped some:
+    those gaps are nobody's to fill, and the logger must not invent them)."""
+    seqs, seq_from = [], 0
+    while seq_from <= up_to:
+        page = rpc.call(topics.ACQ_HISTORY, {"seq_from": seq_from, "seq_to": up_to + 1}, timeout=10)
+        assert page["session"] == session and page["first_seq"] == 0, "the ring no longer holds seq 0"
+        seqs.append(np.frombuffer(page["seq"], "<i8"))
+        seq_from = page["next_seq"]
+    return np.concatenate(seqs)
+
+
+def _logged_through(rpc: RpcClient, session: str, last_seq: int) -> bool:
+    """The logger holds `session` up to at least `last_seq` and has nothing left to repair."""
+    status = _call(rpc, topics.LOGGER_STATUS, {})
+    if status is None or status["repair_pending"]:
+        return False
+    intervals = status["sessions"].get(session, [])
+    return bool(intervals) and intervals[0][0] == 0 and intervals[-1][1] >= last_seq
+
+
+def _recorded_seqs(data_dir: Path, session: str) -> np.ndarray:
+    files = sorted(data_dir.glob("sensor_log_*.parquet"))
+    assert files, "no Parquet files were written"
+    seqs = []
+    for path in files:
+        table = pq.read_table(path, columns=["seq", "session"])  # every file opens
+        mask = np.asarray(table.column("session").to_pylist()) == session
+        seqs.append(table.column("seq").to_numpy()[mask])
+    assert not list(data_dir.glob("*.tmp")), "a half-written file was left behind"
+    return np.sort(np.concatenate(seqs))
+
+
+def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
+    settings: Settings, restartable_broker: Broker, tmp_path: Path
+) -> None:
+    broker = restartable_broker
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
+    emulator.start()
+    logger = Logger(broker.settings("logger"), tmp_path, data_dir)
+    acquisition = Acquisition(broker.settings("acquisition"), tmp_path / "stm32", tmp_path)
+    operator = MqttClient(broker.settings("operator"), "operator")
+    intruder = MqttClient(broker.settings("acquisition"), "acquisition-garbage")
+    rpc = RpcClient(operator)
+    logger_log = tmp_path / "logger.log"
+    try:
+        operator.start()
+        intruder.start()
+        assert operator.wait_connected(10) and intruder.wait_connected(10)
+        status: dict[str, Any] | None = None
+
+        def acquiring() -> bool:
+            nonlocal status
+            status = _call(rpc, topics.ACQ_BUFFER_STATUS, {})
+            return status is not None and (status["last_seq"] or 0) > 20_000
+
+        wait_until(acquiring, TIMEOUT, "acquisition to run")
+        assert status is not None
+        session = status["session"]
+
+        logger.kill()  # up to ~1 s of flushed-but-unconverted data and the in-memory tail are gone
+        time.sleep(1.5)
+        logger = Logger(broker.settings("logger"), tmp_path, data_dir)
+        wait_until(lambda: _call(rpc, topics.LOGGER_STATUS, {}) is not None, TIMEOUT, "the logger to restart")
+        # malformed payloads on the telemetry topic: counted, never a crash or a stall
+        for garbage in (b"", b"\xc1", b"not msgpack at all", b"\x81\xa1v\x02"):
+            intruder.publish(topics.TELEMETRY, garbage)
+
+        broker.stop()  # QoS 0 telemetry published meanwhile never reaches the logger
+        time.sleep(2.0)
+        broker.start()
+        assert operator.wait_connected(TIMEOUT)
+
+        wait_until(acquiring, TIMEOUT, "acquisition after the broker restart")
+        assert status is not None and status["session"] == session
+        target = int(status["last_seq"])
+        wait_until(lambda: _logged_through(rpc, session, target), TIMEOUT, f"the logger to hold 0..{target}")
+        saved = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)
+        assert (data_dir / saved["file"]).is_file()
+
+        seqs = _recorded_seqs(data_dir, session)
+        assert len(np.unique(seqs)) == len(seqs), "a sample was written twice"
+        np.testing.assert_array_equal(seqs[seqs <= target], _acquired_seqs(rpc, session, target))
+        assert logger.alive() and acquisition.alive()
+    finally:
+        rpc.close()
+        intruder.stop()
+        operator.stop()
+        codes = {"logger": logger.stop(), "acquisition": acquisition.stop()}
+        emulator.stop()
+        assert codes == {"logger": 0, "acquisition": 0}, logger_log.read_text()[-5000:]
+    assert "malformed" in logger_log.read_text().lower()
+
+
+def test_save_now_rotates_and_names_the_file(
+    settings: Settings, broker: Broker, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
+    emulator.start()
+    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+    acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
+    operator = MqttClient(mqtt_as("operator"), "operator")
+    rpc = RpcClient(operator)
+    try:
+        operator.start()
+        assert operator.wait_connected(10)
+
+        def some_logged() -> bool:
+            state = _call(rpc, topics.LOGGER_STATUS, {})
+            return state is not None and state["buffered_rows"] + state["segment_rows"] > 0
+
+        wait_until(some_logged, TIMEOUT, "the logger to record")
+        first = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)["file"]
+        time.sleep(0.5)
+        second = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)["file"]
+        assert first != second
+        for name in (first, second):
+            assert name.startswith("sensor_log_") and name.endswith(".parquet")
+            assert pq.ParquetFile(data_dir / name).metadata.num_rows > 0
+    finally:
+        rpc.close()
+        operator.stop()
+        codes = (logger.stop(), acquisition.stop())
+        emulator.stop()
+        assert codes == (0, 0), (tmp_path / "logger.log").read_text()[-5000:]
