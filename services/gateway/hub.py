@@ -1,0 +1,295 @@
+"""WebSocket fan-out: one telemetry subscription in, one bounded queue and one sender task per client.
+
+Every client has two queues, drained by its own sender task (so a client that does not read only
+ever blocks its own task):
+
+- control: answers, errors and state pushes (`valve_state`, `system_state`, events…). Rare and
+  never dropped; if a client lets `control_limit` of them pile up it is disconnected (it is gone).
+- stream: `sensor_data`, `sensor_batch`, `sensor_display` frames, at most `limit` of them. When
+  full, the OLDEST frame is dropped and counted; before its next stream frame the client gets
+  `{"type": "dropped", "count": <dropped since the last notice>, "total": <since connecting>}`.
+
+Frames are built once per batch/tick/message and the same object is queued for every client: a
+`sensor_batch` frame is a MessagePack map `{type: "sensor_batch", batch: <bin: the MQTT payload
+as received>}`, so the telemetry itself is never re-encoded.
+
+Everything here runs on the event loop thread (the bus calls its listeners there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from services.common.telemetry import TelemetryBatch
+from services.gateway.reduce import block_minmax
+
+log = logging.getLogger(__name__)
+
+Frame = bytes | str
+Sender = Callable[[Frame], Awaitable[None]]
+Mode = Literal["off", "full", "display"]
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON has no NaN/inf (→ null) and no bytes (→ {"$bytes": base64})."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    return value
+
+
+def encode_json(message: dict[str, Any]) -> str:
+    """A control message as JSON text (NaN/inf become null, bytes base64)."""
+    return json.dumps(_jsonable(message), allow_nan=False, separators=(",", ":"))
+
+
+def encode_msgpack(message: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(message, use_bin_type=True)
+    return packed
+
+
+def batch_frame(payload: bytes) -> bytes:
+    """`{type: "sensor_batch", batch: <bin payload>}` without copying the payload through msgpack."""
+    n = len(payload)
+    if n < 0x100:
+        header = b"\xc4" + n.to_bytes(1, "big")
+    elif n < 0x10000:
+        header = b"\xc5" + n.to_bytes(2, "big")
+    else:
+        header = b"\xc6" + n.to_bytes(4, "big")
+    return _BATCH_PREFIX + header + payload
+
+
+_BATCH_PREFIX: bytes = encode_msgpack({"type": "sensor_batch", "batch": b""})[:-2]  # minus the empty bin
+
+
+@dataclass
+class _Display:
+    """A display subscription's pending buckets (one per telemetry batch) since its last frame."""
+
+    names: tuple[str, ...] | None  # None = every channel
+    period_s: float
+    last_sent: float = -math.inf
+    session: str | None = None
+    columns_for: tuple[tuple[str, ...], npt.NDArray[np.intp]] | None = None
+    t: list[float] = field(default_factory=list)
+    mins: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    maxs: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    seq_first: int = 0
+    seq_next: int = 0
+    samples: int = 0
+
+    def columns(self, channels: tuple[str, ...]) -> npt.NDArray[np.intp] | None:
+        """Indexes of the subscribed channels in `channels` (cached per channel list)."""
+        if self.names is None:
+            return None
+        if self.columns_for is None or self.columns_for[0] != channels:
+            index = {name: i for i, name in enumerate(channels)}
+            picked = [index[name] for name in self.names if name in index]
+            self.columns_for = (channels, np.array(picked, dtype=np.intp))
+        return self.columns_for[1]
+
+    def reset(self) -> None:
+        self.t.clear()
+        self.mins.clear()
+        self.maxs.clear()
+        self.samples = 0
+
+
+class Client:
+    """One connection's outgoing side; `run()` is its sender task."""
+
+    def __init__(self, send: Sender, *, limit: int, control_limit: int = 1024, name: str = "") -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        self._send = send
+        self.limit = limit
+        self.control_limit = control_limit
+        self.name = name
+        self._control: deque[Frame] = deque()
+        self._stream: deque[Frame] = deque()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self.mode: Mode = "off"
+        self.wants_sensor_data = True  # the screen-rate `sensor_data` pushes
+        self.display: _Display | None = None
+        self.dropped = 0  # stream frames dropped since connecting
+        self._unreported = 0  # dropped since the last `dropped` notice
+        self.sent = 0
+        self.overflowed = False  # control queue overflow: the connection is to be closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def queued(self) -> int:
+        return len(self._control) + len(self._stream)
+
+    def push(self, frame: Frame) -> None:
+        """A stream frame: when the queue is full the oldest one goes (counted, then told)."""
+        if self._closed:
+            return
+        if len(self._stream) >= self.limit:
+            self._stream.popleft()
+            self.dropped += 1
+            self._unreported += 1
+        self._stream.append(frame)
+        self._wake.set()
+
+    def push_control(self, frame: Frame) -> None:
+        """A control frame: never dropped; too many pending closes the client instead."""
+        if self._closed:
+            return
+        if len(self._control) >= self.control_limit:
+            self.overflowed = True
+            self.close()
+            return
+        self._control.append(frame)
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop the sender task after the frame it is sending; queued frames are discarded."""
+        self._closed = True
+        self._control.clear()
+        self._stream.clear()
+        self._wake.set()
+
+    def _next(self) -> Frame | None:
+        if self._control:
+            return self._control.popleft()
+        if self._unreported:
+            count, self._unreported = self._unreported, 0
+            return encode_json({"type": "dropped", "count": count, "total": self.dropped})
+        if self._stream:
+            return self._stream.popleft()
+        return None
+
+    async def run(self) -> None:
+        """Send queued frames until closed; a send error (connection gone) ends it too."""
+        while not self._closed:
+            frame = self._next()
+            if frame is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._send(frame)
+            self.sent += 1
+
+
+class Hub:
+    """The set of connected clients and what every one of them is sent."""
+
+    def __init__(self, *, display_max_hz: float) -> None:
+        self.display_max_hz = display_max_hz
+        self.clients: set[Client] = set()
+        self.batches = 0
+        self.full_frames = 0
+
+    def add(self, client: Client) -> None:
+        self.clients.add(client)
+
+    def remove(self, client: Client) -> None:
+        self.clients.discard(client)
+        client.close()
+
+    def subscribe_full(self, client: Client) -> None:
+        client.mode = "full"
+        client.display = None
+
+    def subscribe_display(self, client: Client, names: Iterable[str] | None, max_hz: float) -> float:
+        """Display mode at min(max_hz, display_max_hz); returns the rate granted."""
+        hz = min(max_hz, self.display_max_hz)
+        client.mode = "display"
+        client.display = _Display(tuple(names) if names is not None else None, 1.0 / hz)
+        return hz
+
+    def unsubscribe(self, client: Client) -> None:
+        client.mode = "off"
+        client.display = None
+
+    def broadcast(self, frame: Frame) -> None:
+        """A stream frame for every client (e.g. the screen-rate `sensor_data`)."""
+        for client in self.clients:
+            client.push(frame)
+
+    def broadcast_control(self, frame: Frame) -> None:
+        """A control frame (a state change) for every client."""
+        for client in self.clients:
+            client.push_control(frame)
+
+    def on_telemetry(self, batch: TelemetryBatch, payload: bytes, now: float | None = None) -> None:
+        """One telemetry batch: forwarded as is to `full` clients, reduced for `display` ones."""
+        self.batches += 1
+        full_frame: bytes | None = None
+        reduced: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+        when = time.monotonic() if now is None else now
+        for client in self.clients:
+            if client.mode == "full":
+                if full_frame is None:
+                    full_frame = batch_frame(payload)
+                    self.full_frames += 1
+                client.push(full_frame)
+            elif client.mode == "display" and client.display is not None:
+                if reduced is None:
+                    reduced = block_minmax(batch.data)
+                self._accumulate(client, client.display, batch, reduced, when)
+
+    def _accumulate(
+        self,
+        client: Client,
+        display: _Display,
+        batch: TelemetryBatch,
+        reduced: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+        now: float,
+    ) -> None:
+        if display.session != batch.session:
+            display.reset()
+            display.session = batch.session
+        columns = display.columns(batch.channels)
+        low, high = reduced
+        if not display.t:
+            display.seq_first = batch.seq
+        display.t.append(float(batch.t[0]))
+        display.mins.append(low if columns is None else low[columns])
+        display.maxs.append(high if columns is None else high[columns])
+        display.seq_next = batch.next_seq
+        display.samples += batch.n
+        if now - display.last_sent < display.period_s:
+            return
+        display.last_sent = now
+        names = batch.channels if columns is None else tuple(batch.channels[i] for i in columns)
+        frame = encode_msgpack(
+            {
+                "type": "sensor_display",
+                "session": batch.session,
+                "channels": list(names),
+                "n": len(display.t),
+                "samples": display.samples,
+                "seq_first": display.seq_first,
+                "seq_next": display.seq_next,
+                "t": np.asarray(display.t, dtype="<f8").tobytes(),
+                "min": np.stack(display.mins).astype("<f4", copy=False).tobytes(),
+                "max": np.stack(display.maxs).astype("<f4", copy=False).tobytes(),
+            }
+        )
+        display.reset()
+        client.push(frame)

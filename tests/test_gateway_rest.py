@@ -1,0 +1,407 @@
+"""Gateway REST end to end: real Mosquitto (project ACL, the `gateway` login), the STM32 and Arduino
+emulators, rcs-acquisition, rcs-actuation and rcs-logger as processes, the gateway app in-process on
+uvicorn (loopback, free port), an httpx client. Every wait is a liveness bound, not a timing assertion.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from pydantic import SecretStr
+
+from services.analyze import synth
+from services.common import topics
+from services.common.settings import Settings, load_settings
+from services.devstack.broker import Broker, free_port
+from services.emulators.arduino import ArduinoEmulator
+from services.emulators.stm32 import Stm32Emulator
+from services.gateway.app import create_app
+from services.gateway.auth import Auth
+from services.gateway.bus import Bus
+from tests.conftest import new_broker, wait_until
+from tests.processes import Acquisition, ServiceProcess
+
+TIMEOUT = 20.0
+OPERATOR = "op-token-0123456789"
+VIEWER = "viewer-token-0123456789"
+ORIGIN = "http://localhost:3000"
+
+
+@dataclass
+class Gateway:
+    url: str
+    bus: Bus
+    settings: Settings
+    data_dir: Path
+    synthetic: str = ""  # an older recording's file name
+
+    def client(self, token: str | None = OPERATOR) -> httpx.Client:
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def gateway_settings(broker: Broker, data_dir: Path, **update: Any) -> Settings:
+    base = load_settings()
+    return base.model_copy(
+        update={
+            "mqtt": broker.settings("gateway"),
+            "data_dir": data_dir,
+            "auth": "on",
+            "operator_token": SecretStr(OPERATOR),
+            "viewer_token": SecretStr(VIEWER),
+            **update,
+        }
+    )
+
+
+class Served:
+    """`create_app` on uvicorn in a thread, as rcs-gateway serves it (lifespan starts the bus)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bus = Bus(settings)
+        self.port = free_port()
+        config = uvicorn.Config(
+            create_app(settings, self.bus, Auth(settings)),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started, TIMEOUT, "uvicorn")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("gateway-rest")
+    data_dir = tmp / "data"
+    data_dir.mkdir()
+    settings = gateway_settings(broker, data_dir)
+    # an older recording (within the logger's retention), made like the logger's files
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    plan = synth.SynthPlan(start=start, seconds=3.0, rate_hz=2000, gaps=1, rotate_s=60)
+    ((synthetic, _),) = synth.write(settings, plan, data_dir)
+    (data_dir / "notes.txt").write_text("not a recording")
+    stm32 = Stm32Emulator(settings, link_path=tmp / "stm32")
+    arduino = ArduinoEmulator(settings, link_path=tmp / "arduino", speed_factor=4.0)
+    stm32.start()
+    arduino.start()
+    services = {
+        "acquisition": Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp),
+        "actuation": ServiceProcess(
+            "services.actuation",
+            "actuation",
+            broker.settings("actuation"),
+            tmp,
+            RCS_ARDUINO_PORT=str(tmp / "arduino"),
+            RCS_ACTUATION_METRICS_PORT="0",
+        ),
+        "logger": ServiceProcess(
+            "services.logger",
+            "logger",
+            broker.settings("logger"),
+            tmp,
+            RCS_DATA_DIR=str(data_dir),
+            RCS_LOGGER_METRICS_PORT="0",
+        ),
+    }
+    served = Served(settings)
+    bus = served.bus
+    try:
+        wait_until(
+            lambda: (bus.latest(topics.STATE_SYSTEM) or {}).get("state") == "idle", TIMEOUT, "actuation"
+        )
+        wait_until(
+            lambda: (bus.latest(topics.STATE_MOTORS) or {}).get("connected") is True, TIMEOUT, "motors"
+        )
+        wait_until(lambda: bus.latest_sample() is not None, TIMEOUT, "telemetry")
+        wait_until(
+            lambda: (bus.latest(topics.status("logger")) or {}).get("state") == "online", TIMEOUT, "logger"
+        )
+        yield Gateway(f"http://127.0.0.1:{served.port}", bus, settings, data_dir, synthetic.name)
+    finally:
+        served.stop()
+        codes = {name: process.stop() for name, process in services.items()}
+        arduino.stop()
+        stm32.stop()
+        assert codes == dict.fromkeys(services, 0), {n: (tmp / f"{n}.log").read_text() for n in codes}
+
+
+@pytest.fixture(scope="module")
+def lonely(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway on a broker of its own with no service, in the legacy mode without tokens (RCS_AUTH=off)."""
+    tmp = tmp_path_factory.mktemp("gateway-lonely")
+    broker = new_broker()
+    broker.start()
+    base = gateway_settings(broker, tmp, auth="off")
+    settings = base.model_copy(update={"gateway": base.gateway.model_copy(update={"command_timeout_s": 0.5})})
+    served = Served(settings)
+    try:
+        yield Gateway(f"http://127.0.0.1:{served.port}", served.bus, settings, tmp)
+    finally:
+        served.stop()
+        broker.close()
+
+
+def only_numbers_or_null(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(only_numbers_or_null(v) for v in value)
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+# -- security ------------------------------------------------------------------------------------
+
+
+def test_reads_need_a_viewer_token_and_commands_an_operator_token(gateway: Gateway) -> None:
+    with gateway.client(None) as anonymous, gateway.client("wrong") as wrong:
+        for client in (anonymous, wrong):
+            assert client.get("/api/status").status_code == 401
+            assert client.get("/metrics").status_code == 401
+            response = client.post("/api/valves", json={"valves": [0] * 9})
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+        assert anonymous.get("/api/health").json()["status"] == "ok"  # liveness is open
+    with gateway.client(VIEWER) as viewer:
+        assert viewer.get("/api/status").status_code == 200
+        for path in ("/api/valves", "/api/abort", "/api/arm", "/api/save_sensor_buffer"):
+            assert viewer.post(path, json={"valves": [0] * 9}).status_code == 403, path
+
+
+def test_cors_preflight_allowed_for_configured_origins_only(gateway: Gateway) -> None:
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    with gateway.client(None) as client:
+        allowed = client.options("/api/valves", headers={"Origin": ORIGIN, **preflight})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == ORIGIN
+        refused = client.options("/api/valves", headers={"Origin": "http://evil.example", **preflight})
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers
+
+
+# -- reads ---------------------------------------------------------------------------------------
+
+
+def test_hello_status_health(gateway: Gateway) -> None:
+    with gateway.client(VIEWER) as client:
+        assert client.get("/api/hello").json()["stand"] == gateway.settings.stand_name
+        assert client.get("/api/health").json() == {"status": "ok", "broker_connected": True}
+        status = client.get("/api/status").json()
+    assert status["system_mode"] == "idle"
+    assert status["stm32_connected"] is True and status["arduino_connected"] is True
+    assert status["simulation_active"] is True
+    assert status["websocket_connections"] == 0
+    stand = ("acquisition", "actuation", "logger", "gateway")  # other clients' statuses may be listed too
+    assert {name: status["services"][name] for name in stand} == dict.fromkeys(stand, "online")
+    assert status["status"] == "ok"
+
+
+def test_sensors_latest_values_and_legacy_shape(gateway: Gateway) -> None:
+    with gateway.client(VIEWER) as client:
+        sensors = client.get("/api/sensors").json()
+    assert set(sensors["channels"]) == set(gateway.settings.channel_names)
+    legacy = sensors["sensor_data"]
+    assert len(legacy["pressures"]) == 8 and len(legacy["temperatures"]) == 8
+    assert legacy["p_chamber"] == sensors["channels"]["P5"]
+    assert legacy["thrust"] == sensors["channels"]["THRUST"]
+    assert legacy["timestamp"].endswith("Z") and legacy["timestamp"].startswith(str(datetime.now(UTC).year))
+    assert legacy["errors"] == 0
+    assert all(only_numbers_or_null(v) for k, v in legacy.items() if k != "timestamp"), legacy
+
+
+def test_buffer_status_and_history(gateway: Gateway) -> None:
+    with gateway.client(VIEWER) as client:
+        buffer = client.get("/api/buffer_status").json()
+        history = client.get("/api/history", params={"seconds": 1, "points": 50}).json()
+        bad = client.get("/api/history", params={"seconds": -1})
+    assert buffer["size"] > 0 and buffer["capacity"] > buffer["size"]
+    assert history["channels"] == list(gateway.settings.channel_names)
+    assert 0 < history["n"] <= 50 and len(history["t"]) == history["n"]
+    assert all(len(history["min"][c]) == history["n"] for c in history["channels"])
+    assert all(
+        lo is None or lo <= hi for lo, hi in zip(history["min"]["P1"], history["max"]["P1"], strict=True)
+    )
+    assert bad.status_code == 422
+
+
+def test_metrics(gateway: Gateway) -> None:
+    with gateway.client(VIEWER) as client:
+        text = client.get("/metrics").text
+    assert "rcs_gateway_bus_telemetry_batches_total" in text
+    assert "rcs_gateway_http_unauthorized_total" in text
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def test_valves_accepted_refused_and_audited(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        accepted = client.post("/api/valves", json={"valves": [0, 0, 0, 0, 0, 0, 1, 1, 0]})
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json() == {
+            "success": True,
+            "valves": [0, 0, 0, 0, 0, 0, 1, 1, 0],
+            "bits": "000000110",
+        }
+        refused = client.post("/api/valves", json={"valves": [0, 0, 0, 0, 0, 0, 0, 0, 1]})  # IGNITION, idle
+        assert refused.status_code == 409
+        assert "igniter-needs-armed" in refused.json()["detail"]
+        assert client.post("/api/valves", json={"valves": [0] * 8}).status_code == 422
+        assert client.post("/api/valves", json={"valves": [2] * 9}).status_code == 422
+        assert client.post("/api/valves", content=b"{not json").status_code == 422
+        assert client.post("/api/valves", json={"valves": [0] * 9}).status_code == 200
+
+        def audited() -> list[dict[str, Any]]:
+            events = client.get("/api/events", params={"limit": 50}).json()["events"]
+            return [e for e in events if e.get("kind") == "command" and e.get("command") == "valves"]
+
+        wait_until(lambda: len(audited()) >= 3, TIMEOUT, "audit events")
+        closed, refused_event, opened = audited()[:3]  # newest first
+    assert (opened["who"], opened["origin"], opened["accepted"]) == ("operator", "gateway 127.0.0.1", True)
+    assert refused_event["accepted"] is False and closed["accepted"] is True
+
+
+def test_step_motor(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        moved = client.post("/api/step_motor", json={"motor_id": 1, "angle": 10})
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["success"] is True and moved.json()["motor_id"] == 1
+        assert client.post("/api/step_motor", json={"motor_id": 3, "angle": 10}).status_code == 422
+        assert client.post("/api/step_motor", json={"motor_id": 1, "angle": 1e9}).status_code == 422
+        assert client.post("/api/step_motor", json={"motor_id": 1}).status_code == 422
+
+
+def test_arm_needs_an_operator_heartbeat_then_arm_and_disarm(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        refused = client.post("/api/arm")
+        assert refused.status_code == 409 and "cannot arm" in refused.json()["detail"]
+        stop = threading.Event()
+
+        def heartbeats() -> None:  # what an open operator WebSocket does
+            while not stop.wait(0.2):
+                gateway.bus.heartbeat("operator")
+
+        beating = threading.Thread(target=heartbeats, daemon=True)
+        gateway.bus.heartbeat("operator")
+        beating.start()
+        try:
+            wait_until(lambda: client.post("/api/arm").status_code == 200, TIMEOUT, "arming")
+            assert client.get("/api/status").json()["system_mode"] == "armed"
+            assert client.post("/api/disarm").json() == {
+                "success": True,
+                "state": "idle",
+                "scenario": None,
+                "valves": None,
+                "bits": None,
+            }
+        finally:
+            stop.set()
+            beating.join()
+
+
+def test_save_sensor_buffer_then_recordings(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        saved = client.post("/api/save_sensor_buffer")
+        assert saved.status_code == 200, saved.text
+        name = saved.json()["file"]
+        files = client.get("/api/parquet_files").json()
+        assert files[0]["name"] == name  # newest first
+        assert files[-1]["name"] == gateway.synthetic
+        assert all(f["name"].endswith(".parquet") for f in files)  # notes.txt is not listed
+        assert all(f["size"] > 0 and f["path"].endswith(f["name"]) for f in files)
+        data = client.get(f"/api/parquet_data/{name}", params={"limit": 5}).json()
+    assert data["rowCount"] > 0 and data["columns"][:3] == ["timestamp", "seq", "session"]
+    assert len(data["data"]["seq"]) == min(5, data["rowCount"])
+
+
+def test_parquet_data_windows_columns_and_reduction(gateway: Gateway) -> None:
+    old = gateway.synthetic
+    with gateway.client(VIEWER) as client:
+        whole = client.get(f"/api/parquet_data/{old}", params={"limit": 100_000}).json()
+        window = client.get(
+            f"/api/parquet_data/{old}", params={"offset": 100, "limit": 10, "columns": "seq,P5"}
+        )
+        reduced = client.get(f"/api/parquet_data/{old}", params={"points": 40, "columns": "timestamp,seq,P5"})
+        unknown = client.get(f"/api/parquet_data/{old}", params={"columns": "seq,NOPE"})
+    rows = whole["rowCount"]
+    assert len(whole["data"]["P5"]) == rows and whole["reduced"] is False
+    assert window.json()["columns"] == ["seq", "P5"]
+    assert window.json()["data"]["seq"] == whole["data"]["seq"][100:110]
+    body = reduced.json()
+    assert body["reduced"] is True and len(body["data"]["P5"]) == 40
+    p5 = [v for v in whole["data"]["P5"] if v is not None]
+    assert max(v for v in body["data"]["P5"] if v is not None) == max(p5)  # spikes survive
+    assert min(v for v in body["data"]["P5"] if v is not None) == min(p5)
+    assert (
+        body["data"]["seq"][0] == whole["data"]["seq"][0]
+        and body["data"]["seq"][-1] == whole["data"]["seq"][-1]
+    )
+    assert unknown.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "..%2F..%2Fetc%2Fpasswd",
+        "..%2Fdata%2F{synthetic}",
+        "%2E%2E%2F%2E%2E%2Fdata%2F{synthetic}",
+        "notes.txt",
+        "{synthetic}%00.txt",
+        "..",
+        "sensor_log_20990101_000000_0.parquet",
+    ],
+)
+def test_parquet_data_only_serves_recordings_of_the_data_dir(gateway: Gateway, name: str) -> None:
+    with gateway.client(VIEWER) as client:
+        response = client.get("/api/parquet_data/" + name.format(synthetic=gateway.synthetic))
+    assert response.status_code == 404, response.text
+
+
+def test_scenarios_and_abort(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        assert client.post("/api/scenario/nope").status_code == 404
+        started = client.post("/api/scenario/o2cleaning")
+        assert started.status_code == 200, started.text
+        assert started.json()["scenario"] == "o2cleaning" and started.json()["success"] is True
+        refused = client.post("/api/scenario/preburning")  # needs armed
+        assert refused.status_code == 409
+        emergency = client.post("/api/scenario/emergency")  # the abort sequence: an abort
+        assert emergency.status_code == 200 and emergency.json()["state"] == "aborting"
+        assert client.post("/api/abort").json()["state"] == "aborting"  # idempotent
+        assert client.post("/api/valves", json={"valves": [0] * 9}).status_code == 409  # aborting
+
+
+# -- no services, legacy mode ----------------------------------------------------------------------
+
+
+def test_a_service_down_is_503_never_200(lonely: Gateway) -> None:
+    with lonely.client(None) as client:  # RCS_AUTH=off: the existing frontend sends no token
+        status = client.get("/api/status").json()
+        assert status["status"] == "degraded" and status["services"]["gateway"] == "online"
+        for method, path, body in (
+            ("POST", "/api/valves", {"valves": [0] * 9}),
+            ("POST", "/api/abort", None),
+            ("POST", "/api/save_sensor_buffer", None),
+            ("GET", "/api/buffer_status", None),
+            ("GET", "/api/history", None),
+        ):
+            response = client.request(method, path, json=body)
+            assert response.status_code == 503, (path, response.text)
+            assert response.json()["detail"]
+        sensors = client.get("/api/sensors").json()
+    assert sensors["t"] is None and sensors["sensor_data"]["timestamp"].endswith("Z")
+    assert (
+        sensors["sensor_data"]["errors"] == 17
+    )  # every measured channel missing: P1..P8, 8 temperatures, THRUST

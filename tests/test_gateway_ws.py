@@ -1,0 +1,364 @@
+"""`/ws` end to end: real Mosquitto (project ACL), the STM32 and Arduino emulators behind ptys,
+rcs-acquisition and rcs-actuation as processes, the gateway's Bus (login `gateway`) and `/ws` in
+uvicorn on a free loopback port (a thread of this process), clients from the `websockets` library.
+
+One stand for the module. Every wait is a liveness bound; nothing asserts on timing: the slow-client
+test compares what clients received, counted in samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from pydantic import SecretStr
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from services.common.settings import Settings, load_settings
+from services.devstack.broker import Broker, free_port
+from services.emulators.arduino import ArduinoEmulator
+from services.emulators.stm32 import Stm32Emulator
+from services.gateway.auth import Auth
+from services.gateway.bus import Bus
+from services.gateway.hub import Hub
+from services.gateway.ws import register_websocket
+from tests.conftest import wait_until
+from tests.processes import Acquisition, ServiceProcess
+
+OPERATOR, VIEWER = "operator-token-for-tests", "viewer-token-for-tests"
+QUEUE_FRAMES = 8
+TIMEOUT = 20.0
+
+
+@dataclass
+class Gateway:
+    url: str
+    hub: Hub
+    bus: Bus
+    settings: Settings
+
+
+class Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # a thread of the test process
+        pass
+
+
+@pytest.fixture(scope="module")
+def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("gateway-ws")
+    base = load_settings()
+    settings = base.model_copy(
+        update={
+            "mqtt": broker.settings("gateway"),
+            "auth": "on",
+            "operator_token": SecretStr(OPERATOR),
+            "viewer_token": SecretStr(VIEWER),
+            "gateway": base.gateway.model_copy(update={"client_queue_frames": QUEUE_FRAMES}),
+        }
+    )
+    stm32 = Stm32Emulator(settings, link_path=tmp / "stm32")
+    arduino = ArduinoEmulator(settings, link_path=tmp / "arduino", speed_factor=4.0)
+    stm32.start()
+    arduino.start()
+    acquisition = Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp)
+    actuation = ServiceProcess(
+        "services.actuation",
+        "actuation",
+        broker.settings("actuation"),
+        tmp,
+        RCS_ARDUINO_PORT=str(tmp / "arduino"),
+        RCS_ACTUATION_METRICS_PORT="0",
+    )
+    bus = Bus(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await bus.start()
+        yield
+        await bus.stop()
+
+    app = FastAPI(lifespan=lifespan)
+    register_websocket(app, bus, Auth(settings), settings)
+    port = free_port()
+    server = Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_ping_interval=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, TIMEOUT, "uvicorn")
+        wait_until(
+            lambda: (bus.latest("rcs/state/system") or {}).get("state") == "idle", TIMEOUT, "actuation"
+        )
+        wait_until(lambda: (bus.latest("rcs/state/motors") or {}).get("connected") is True, TIMEOUT, "motors")
+        wait_until(lambda: bus.latest_sample() is not None, TIMEOUT, "telemetry")
+        yield Gateway(f"ws://127.0.0.1:{port}/ws", app.state.ws_hub, bus, settings)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        codes = {"actuation": actuation.stop(), "acquisition": acquisition.stop()}
+        arduino.stop()
+        stm32.stop()
+        assert codes == {"actuation": 0, "acquisition": 0}, {n: (tmp / f"{n}.log").read_text() for n in codes}
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine, 45))
+
+
+def open_ws(gateway: Gateway, token: str | None = OPERATOR, **kwargs: Any) -> connect:
+    """A client; it buffers whatever arrives (max_queue None) unless told otherwise."""
+    url = gateway.url if token is None else f"{gateway.url}?token={token}"
+    options: dict[str, Any] = {
+        "compression": None,
+        "max_size": None,
+        "ping_interval": None,
+        "max_queue": None,
+    }
+    return connect(url, **(options | kwargs))
+
+
+def decode(frame: str | bytes) -> dict[str, Any]:
+    message = json.loads(frame) if isinstance(frame, str) else msgpack.unpackb(frame)
+    assert isinstance(message, dict)
+    return message
+
+
+async def next_of(
+    ws: ClientConnection, kind: str, timeout: float = TIMEOUT
+) -> tuple[dict[str, Any], str | bytes]:
+    """The next message of type `kind` (others skipped), with the raw frame."""
+    give_up = time.monotonic() + timeout
+    while True:
+        raw = await asyncio.wait_for(ws.recv(), max(0.01, give_up - time.monotonic()))
+        message = decode(raw)
+        if message.get("type") == kind:
+            return message, raw
+
+
+async def ask(
+    ws: ClientConnection, message: dict[str, Any], kind: str, *, binary: bool = False
+) -> dict[str, Any]:
+    await ws.send(msgpack.packb(message) if binary else json.dumps(message))
+    answer, raw = await next_of(ws, kind)
+    assert isinstance(raw, bytes) == (binary or kind.startswith("sensor_")), (
+        f"{kind} in the request's encoding"
+    )
+    return answer
+
+
+def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with open_ws(gateway) as operator, open_ws(gateway, VIEWER) as viewer:
+            # the current states on connect (valves: once actuation has had one acknowledged)
+            assert (await next_of(viewer, "system_state"))[0]["data"]["state"] == "idle"
+            # sensor_data: pushed at the screen rate and on request, MessagePack, numbers or null
+            pushed, raw = await next_of(viewer, "sensor_data")
+            assert isinstance(raw, bytes)
+            data = (await ask(viewer, {"type": "get_sensors"}, "sensor_data"))["data"]
+            for key in ("pressures", "temperatures", "thrust", "isp", "timestamp", "errors", "debis"):
+                assert key in data and key in pushed["data"]
+            assert len(data["pressures"]) == 8 and all(isinstance(p, float) for p in data["pressures"])
+            assert data["timestamp"].endswith("Z")
+
+            # a viewer may not command
+            refused = await ask(viewer, {"type": "valve_command", "valves": [0] * 9}, "error")
+            assert refused["data"] == "operator role required"
+            assert (await ask(viewer, {"type": "heartbeat"}, "error"))["data"] == "operator role required"
+
+            # accepted: the answer to the sender, the new state to everyone
+            run_valves = [0, 0, 0, 0, 0, 0, 1, 1, 0]
+            answer = await ask(operator, {"type": "valve_command", "valves": run_valves}, "valve_response")
+            assert answer == {"type": "valve_response", "success": True, "valves": run_valves}
+            assert gateway.hub.clients and (await next_of(viewer, "valve_state"))[0]["valves"] == run_valves
+            event = (await next_of(viewer, "event"))[0]["data"]
+            assert (event["kind"], event["who"], event["accepted"]) == ("command", "operator", True)
+            assert event["origin"].startswith("gateway ws 127.0.0.1:")
+            # refused by an interlock (the igniter needs armed): success false and the reason
+            igniter = [0] * 8 + [1]
+            answer = await ask(
+                operator, {"type": "valve_command", "valves": igniter}, "valve_response", binary=True
+            )
+            assert answer["success"] is False and "igniter" in answer["reason"]
+            closed = await ask(operator, {"type": "valve_command", "valves": [0] * 9}, "valve_response")
+            assert closed["success"] is True
+
+            motor = await ask(
+                operator, {"type": "step_motor_command", "motor_id": 1, "angle": 17.75}, "step_motor_response"
+            )
+            assert motor["success"] is True and motor["motor_id"] == 1 and motor["angle"] == 17.75
+            assert isinstance(motor["response"], str)
+
+            # system_mode: the seed's source modes, then arm/disarm (arming needs heartbeats)
+            source = await ask(
+                operator, {"type": "system_mode", "mode": "simulation"}, "system_mode_response"
+            )
+            assert source["success"] is True and source["source"] == "emulator"
+            real = await ask(operator, {"type": "system_mode", "mode": "real"}, "system_mode_response")
+            assert real["success"] is False and "chosen when acquisition starts" in real["reason"]
+            await operator.send(json.dumps({"type": "heartbeat"}))
+            armed = await ask(operator, {"type": "system_mode", "mode": "arm"}, "system_mode_response")
+            assert armed == {"type": "system_mode_response", "mode": "arm", "success": True, "state": "armed"}
+            while (await next_of(viewer, "system_state"))[0]["data"]["state"] != "armed":
+                pass  # earlier changes (the commanded pattern) first
+            idle = await ask(operator, {"type": "system_mode", "mode": "disarm"}, "system_mode_response")
+            assert idle["success"] is True and idle["state"] == "idle"
+
+            # malformed messages: an error each, and the connection stays
+            for bad in ("{not json", "[1, 2]", '{"no": "type"}', b"\xc1\xff", msgpack.packb([1])):
+                await operator.send(bad)
+                error, raw = await next_of(operator, "error")
+                assert isinstance(error["data"], str) and isinstance(raw, type(bad))
+            for bad_message in (
+                {"type": "no_such_thing"},
+                {"type": "valve_command"},
+                {"type": "step_motor_command", "motor_id": 1, "angle": "far"},
+                {"type": "subscribe", "mode": "display", "channels": ["NOPE"]},
+                {"type": "system_mode", "mode": "warp"},
+            ):
+                assert "data" in await ask(operator, bad_message, "error")
+            assert "data" in await ask(operator, {"type": "get_sensors"}, "sensor_data")
+            assert gateway.bus.websocket_connections == 2
+
+    run(scenario())
+
+
+def test_full_subscription_is_contiguous_and_display_is_reduced(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with open_ws(gateway, VIEWER) as full, open_ws(gateway, VIEWER) as display:
+            answer = await ask(
+                full, {"type": "subscribe", "mode": "full", "sensor_data": False}, "subscribed"
+            )
+            assert answer["mode"] == "full" and answer["sensor_data"] is False
+            asked = {"type": "subscribe", "mode": "display", "channels": ["P1", "THRUST"], "max_hz": 1000}
+            answer = await ask(display, asked, "subscribed", binary=True)
+            assert answer["max_hz"] == gateway.settings.gateway.display_max_hz
+            seqs: list[int] = []
+            while len(seqs) < 50:
+                batch = msgpack.unpackb((await next_of(full, "sensor_batch"))[0]["batch"])
+                assert set(batch) >= {"v", "session", "seq", "n", "channels", "t", "data"}
+                if seqs:
+                    assert batch["seq"] == seqs[-1], "every sample, in order, no gap"
+                seqs.append(batch["seq"] + batch["n"])
+            frames = [(await next_of(display, "sensor_display"))[0] for _ in range(5)]
+            for frame in frames:
+                assert frame["channels"] == ["P1", "THRUST"]
+                low = np.frombuffer(frame["min"], "<f4").reshape(frame["n"], 2)
+                high = np.frombuffer(frame["max"], "<f4").reshape(frame["n"], 2)
+                assert (low <= high).all() and len(frame["t"]) == 8 * frame["n"]
+            for before, after in itertools.pairwise(frames):
+                assert after["seq_first"] == before["seq_next"]
+
+    run(scenario())
+
+
+def test_auth_by_first_message_and_refusals(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with open_ws(gateway, None) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": OPERATOR}))
+            assert (await next_of(ws, "authenticated"))[0] == {
+                "type": "authenticated",
+                "name": "operator",
+                "role": "operator",
+            }
+            assert (await ask(ws, {"type": "system_mode", "mode": "simulation"}, "system_mode_response"))[
+                "success"
+            ]
+        for token, first in (
+            (None, {"type": "get_sensors"}),
+            (None, {"type": "auth", "token": "wrong"}),
+            ("wrong", None),
+        ):
+            async with open_ws(gateway, token) as ws:
+                if first is not None:
+                    await ws.send(json.dumps(first))
+                error, _ = await next_of(ws, "error")
+                assert "authentication required" in error["data"]
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        with pytest.raises(InvalidStatus) as refused:
+            async with open_ws(gateway, OPERATOR, origin="http://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403
+        allowed = gateway.settings.gateway.cors_origins[0]
+        async with open_ws(gateway, VIEWER, origin=allowed) as ws:
+            assert "data" in await ask(ws, {"type": "get_sensors"}, "sensor_data")
+
+    run(scenario())
+
+
+def stuck_socket() -> socket.socket:
+    """A client socket with a tiny receive buffer: when it stops reading, TCP stops the server fast."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+def test_a_slow_client_does_not_reduce_what_a_fast_one_receives(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        host, port = "127.0.0.1", int(gateway.url.rsplit(":", 1)[1].split("/")[0])
+        sock = stuck_socket()
+        sock.connect((host, port))
+        async with (
+            open_ws(gateway, VIEWER) as fast,
+            open_ws(gateway, VIEWER, sock=sock, max_queue=1, close_timeout=1) as slow,
+        ):
+            await ask(slow, {"type": "subscribe", "mode": "full"}, "subscribed")
+            await ask(fast, {"type": "subscribe", "mode": "full"}, "subscribed")
+            slow_client = next(c for c in gateway.hub.clients if c.name.endswith(f":{sock.getsockname()[1]}"))
+            # the slow one reads nothing from now on; the fast one counts every sample it gets
+            first_seq: int | None = None
+            next_seq = 0
+            while slow_client.dropped < 5 * QUEUE_FRAMES:
+                batch = msgpack.unpackb((await next_of(fast, "sensor_batch"))[0]["batch"])
+                if first_seq is None:
+                    first_seq = next_seq = batch["seq"]
+                assert batch["seq"] == next_seq, "the fast client lost nothing"
+                next_seq = batch["seq"] + batch["n"]
+            assert first_seq is not None
+            fast_samples = next_seq - first_seq
+            # all of it contiguous, while the slow one lost 40+ frames: more than its queue holds
+            assert fast_samples > QUEUE_FRAMES * 100
+            # the slow one, reading again: told how many frames it lost, then the newest ones
+            told = 0
+            slow_samples = 0
+            while told == 0 or slow_samples == 0:
+                message = decode(await asyncio.wait_for(slow.recv(), TIMEOUT))
+                if message["type"] == "dropped":
+                    told += message["count"]
+                    assert message["total"] >= told
+                elif message["type"] == "sensor_batch" and told:
+                    slow_samples += msgpack.unpackb(message["batch"])["n"]
+            assert told >= 5 * QUEUE_FRAMES
+            assert gateway.hub.clients and all(
+                c.dropped == 0 for c in gateway.hub.clients if c is not slow_client
+            )
+
+    run(scenario())
+
+
+def test_connections_are_counted_and_released(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with open_ws(gateway, VIEWER) as ws:
+            await ask(ws, {"type": "get_sensors"}, "sensor_data")
+            assert gateway.bus.websocket_connections == 1
+
+    run(scenario())
+    wait_until(lambda: gateway.bus.websocket_connections == 0, TIMEOUT, "the connection to be released")
+    assert gateway.bus.websocket_connections == 0
+    assert not gateway.hub.clients
