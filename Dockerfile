@@ -1,0 +1,48 @@
+# The rcs services image. Built on the Raspberry Pi itself (64-bit OS: linux/arm64); also builds on
+# amd64. One image for every service: docker-compose.yml picks the command. Deployment steps:
+# docs/deployment.md.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Runtime dependencies only (no dev extras): pyproject.toml's `dependencies`, typer and rich (rcs-ctl)
+# included. gcc is needed only to build the C extension of `cobs` (published as source only; without
+# a compiler it silently falls back to slow pure Python), so it is installed and removed in the same
+# layer. `pip check` fails the build on a broken dependency set; the last line fails it if a console
+# script is missing or rcs-ctl cannot import typer and rich.
+COPY pyproject.toml README.md ./
+COPY services/ services/
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install . \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* build rcs.egg-info \
+    && pip check \
+    && for script in rcs-acquisition rcs-actuation rcs-stm32-emulator rcs-arduino-emulator rcs-ctl; do \
+           command -v "$script" >/dev/null || { echo "missing console script $script" >&2; exit 1; }; \
+       done \
+    && rcs-ctl --help >/dev/null
+
+COPY config/ config/
+
+# The `sim` profile's supervisor: an emulator and the service using its pty, in one container.
+COPY deploy/sim.sh /usr/local/bin/rcs-sim
+
+# Non-root. `dialout` (gid 20 in Debian and in Raspberry Pi OS alike) owns /dev/ttyACM* and
+# /dev/ttyUSB* on the host, and a passed-through device keeps its owner and mode, so the STM32 and
+# Arduino ports are usable. /app/data is data_dir; /run/rcs holds the emulators' pty links (`sim`).
+RUN chmod 755 /usr/local/bin/rcs-sim \
+    && useradd --system --uid 10001 --user-group --groups dialout --no-create-home rcs \
+    && mkdir -p /app/data /run/rcs \
+    && chown rcs:rcs /app/data /run/rcs
+USER rcs
+
+# An installed package has no project root to find config/stand.yaml from: say where it is.
+ENV RCS_CONFIG=/app/config/stand.yaml
+
+CMD ["rcs-acquisition"]

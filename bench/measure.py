@@ -1,0 +1,109 @@
+"""What every benchmark uses: child processes logged in to the benchmark's own broker, the acquiring
+stand (broker, STM32 emulator, acquisition), CPU time from /proc, liveness waits, where results go."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from services.devstack.broker import Broker, free_port
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (no extra dependency)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float, poll_s: float = 0.1) -> None:
+    """Poll until `predicate()` is truthy; RuntimeError after `timeout` (a liveness bound only)."""
+    give_up = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > give_up:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+class Child:
+    """`python <args>` with `env`, its output in `<workdir>/<name>.log`."""
+
+    def __init__(self, name: str, args: Sequence[str], workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.exit_code: int | None = None
+        self.log = workdir / f"{name}.log"
+        self._log_file = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def signal(self, signum: signal.Signals) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def stop(self) -> None:
+        """SIGTERM, as make run and compose stop it (SIGCONT first, in case it was paused);
+        `exit_code` 0 = a clean stop."""
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.exit_code = self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.exit_code = self.process.wait()
+        self._log_file.close()
+
+
+def service(module: str, name: str, broker: Broker, user: str, workdir: Path, **env: str) -> Child:
+    """`python -m <module>` logged in to `broker` as `user`."""
+    mqtt = broker.settings(user)
+    assert mqtt.password is not None
+    child = dict(
+        os.environ,
+        RCS_MQTT_HOST=mqtt.host,
+        RCS_MQTT_PORT=str(mqtt.port),
+        RCS_MQTT_USERNAME=user,
+        RCS_MQTT_PASSWORD=mqtt.password.get_secret_value(),
+        RCS_DATA_DIR=str(workdir),
+    )
+    child.update(env)
+    return Child(name, ["-m", module], workdir, child)
+
+
+def acquiring_stand(stack: contextlib.ExitStack, workdir: Path) -> tuple[Broker, Child, Child]:
+    """A broker with the project's config and logins, the STM32 emulator and rcs-acquisition, each
+    stopped by `stack` (in reverse)."""
+    link = workdir / "stm32"
+    broker = Broker(port=free_port())
+    stack.callback(broker.close)
+    broker.start()
+    emulator = Child(
+        "emulator",
+        ["-m", "services.emulators.stm32", "--link", str(link)],
+        workdir,
+        dict(os.environ, RCS_DATA_DIR=str(workdir)),
+    )
+    stack.callback(emulator.stop)
+    acquisition = service(
+        "services.acquisition",
+        "acquisition",
+        broker,
+        "acquisition",
+        workdir,
+        RCS_STM32_PORT=str(link),
+        RCS_ACQUISITION_METRICS_PORT="0",
+    )
+    stack.callback(acquisition.stop)
+    return broker, emulator, acquisition
