@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -278,6 +279,26 @@ def test_firmware_timing_on_a_virtual_clock(stand: Settings) -> None:
         "Alınan komut: 2:101:20",
         "Motor ID: 2, Delta Açı: 101.00",
     ]
+
+
+def test_idle_status_keeps_its_period_at_any_boot_time(stand: Settings) -> None:
+    """`boot + period - boot < period` in floating point for many boot times: the idle loop must
+    still print its status and move on (it once spun forever on the same wait instead)."""
+    boot_times = [1234.56789 + k * 0.0137 for k in range(200)]
+    printed: list[int] = []
+
+    def run() -> None:
+        for boot in boot_times:
+            firmware = StepMotorFirmware(stand.motors, speed_factor=100.0)
+            firmware.reset(boot, external=False)
+            lines = [line for k in range(1, 8) for line in firmware.tick(boot + k * 0.3)]
+            printed.append(lines.count("Sistem aktif - yeni komut bekleniyor..."))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10.0)
+    assert not worker.is_alive(), "the firmware's idle loop is spinning"
+    assert len(printed) == len(boot_times) and min(printed) >= 5
 
 
 def test_firmware_loses_what_overflows_its_receive_buffer_during_a_move(stand: Settings) -> None:

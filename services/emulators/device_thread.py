@@ -44,6 +44,10 @@ class DeviceThread:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(JOIN_TIMEOUT_S)
+            if self._thread.is_alive():
+                # not closing the pty under a loop that still uses it: its descriptors could be
+                # reused by anything else; the loop closes the pty itself when it ends
+                raise RuntimeError(f"the {self._name} thread did not stop within {JOIN_TIMEOUT_S} s")
         self._port.close()
         if self._error is not None:
             raise RuntimeError(f"the {self._name} thread failed") from self._error

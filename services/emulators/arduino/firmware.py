@@ -242,7 +242,9 @@ class StepMotorFirmware:
                     yield from self._command(command.decode("utf-8", "surrogateescape"))
                     command.clear()
                     last_command = last_status = self._now
-            if self._now - last_status >= status_period:
+            # compare with the very time the idle wait below was for: `now - last >= period` can be
+            # false at that time in floating point, which would spin on the same wait forever
+            if self._now >= last_status + status_period:
                 self._print(STATUS)
                 m1, m2 = (print_float(p) for p in self._positions)
                 self._print(STATUS_POSITIONS.format(m1=m1, m2=m2))
