@@ -228,6 +228,7 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
                 {"type": "valve_command"},
                 {"type": "step_motor_command", "motor_id": 1, "angle": "far"},
                 {"type": "subscribe", "mode": "display", "channels": ["NOPE"]},
+                {"type": "subscribe", "mode": "full", "channels": []},
                 {"type": "system_mode", "mode": "warp"},
             ):
                 assert "data" in await ask(operator, bad_message, "error")
@@ -239,11 +240,21 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
 
 def test_full_subscription_is_contiguous_and_display_is_reduced(gateway: Gateway) -> None:
     async def scenario() -> None:
-        async with open_ws(gateway, VIEWER) as full, open_ws(gateway, VIEWER) as display:
+        async with (
+            open_ws(gateway, VIEWER) as full,
+            open_ws(gateway, VIEWER) as display,
+            open_ws(gateway, VIEWER) as chosen,
+        ):
             answer = await ask(
                 full, {"type": "subscribe", "mode": "full", "sensor_data": False}, "subscribed"
             )
             assert answer["mode"] == "full" and answer["sensor_data"] is False
+            some = {"type": "subscribe", "mode": "full", "channels": ["THRUST", "P1"]}
+            assert (await ask(chosen, some, "subscribed"))["channels"] == ["THRUST", "P1"]
+            for _ in range(3):
+                batch = msgpack.unpackb((await next_of(chosen, "sensor_batch"))[0]["batch"])
+                assert batch["channels"] == ["THRUST", "P1"]
+                assert len(batch["data"]) == 4 * 2 * batch["n"] and len(batch["t"]) == 8 * batch["n"]
             asked = {"type": "subscribe", "mode": "display", "channels": ["P1", "THRUST"], "max_hz": 1000}
             answer = await ask(display, asked, "subscribed", binary=True)
             assert answer["max_hz"] == gateway.settings.gateway.display_max_hz

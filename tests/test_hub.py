@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from services.common.telemetry import TelemetryBatch, encode_batch
+from services.common.telemetry import TelemetryBatch, decode_batch, encode_batch
 from services.gateway.hub import Client, Frame, Hub, batch_frame
 from services.gateway.reduce import block_minmax, buckets_minmax
 
@@ -67,6 +67,35 @@ def test_minmax_ignores_nan_and_keeps_all_nan_columns_nan() -> None:
     starts, low2, high2 = buckets_minmax(data, 2)
     assert starts.tolist() == [0, 2]
     assert low2[:, 0].tolist() == [1, -1] and high2[:, 1].tolist() == [2, 5]
+
+
+def test_full_mode_sends_the_chosen_channels_encoded_once_per_choice() -> None:
+    async def scenario() -> None:
+        hub = Hub(display_max_hz=60)
+        sockets = [Socket() for _ in range(4)]
+        clients = [Client(socket.send, limit=8) for socket in sockets]
+        tasks = [asyncio.create_task(c.run()) for c in clients]
+        choices: list[tuple[str, ...] | None] = [None, ("P2",), ("ISP", "P1"), ("P2",)]
+        for client, choice in zip(clients, choices, strict=True):
+            hub.add(client)
+            hub.subscribe_full(client, choice)
+        batch = make_batch(40)
+        payload = encode_batch(batch)
+        hub.on_telemetry(batch, payload)
+        await settle()
+        assert hub.full_frames == 3  # every channel, P2, ISP+P1
+        frames = [decode_batch(msgpack.unpackb(s.received[0])["batch"]) for s in sockets]
+        assert msgpack.unpackb(sockets[0].received[0])["batch"] == payload  # as received
+        assert frames[1].channels == ("P2",) and frames[1].data[:, 0].tolist() == batch.data[:, 1].tolist()
+        assert frames[2].channels == ("ISP", "P1")
+        assert np.array_equal(frames[2].data, batch.data[:, [2, 0]], equal_nan=True)
+        assert all((f.session, f.seq, f.n) == ("s1", 40, 10) for f in frames)
+        assert np.array_equal(frames[3].t, batch.t)
+        for client in clients:
+            hub.remove(client)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
 
 
 def test_a_stuck_client_loses_its_oldest_frames_and_is_told_while_the_other_gets_everything() -> None:

@@ -11,7 +11,8 @@ ever blocks its own task):
 
 Frames are built once per batch/tick/message and the same object is queued for every client: a
 `sensor_batch` frame is a MessagePack map `{type: "sensor_batch", batch: <bin: the MQTT payload
-as received>}`, so the telemetry itself is never re-encoded.
+as received>}`, so the telemetry itself is never re-encoded; clients that chose some channels get
+the batch re-encoded with those columns only, once per batch for each distinct choice.
 
 Everything here runs on the event loop thread (the bus calls its listeners there).
 """
@@ -33,7 +34,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from services.common.telemetry import TelemetryBatch
+from services.common.telemetry import TelemetryBatch, encode_batch
 from services.gateway.reduce import block_minmax
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Client:
         self._wake = asyncio.Event()
         self._closed = False
         self.mode: Mode = "off"
+        self.full_channels: tuple[str, ...] | None = None  # `full` mode: None = every channel
         self.wants_sensor_data = True  # the screen-rate `sensor_data` pushes
         self.display: _Display | None = None
         self.dropped = 0  # stream frames dropped since connecting
@@ -211,8 +213,9 @@ class Hub:
         self.clients.discard(client)
         client.close()
 
-    def subscribe_full(self, client: Client) -> None:
+    def subscribe_full(self, client: Client, names: Iterable[str] | None = None) -> None:
         client.mode = "full"
+        client.full_channels = tuple(names) if names is not None else None
         client.display = None
 
     def subscribe_display(self, client: Client, names: Iterable[str] | None, max_hz: float) -> float:
@@ -239,15 +242,17 @@ class Hub:
     def on_telemetry(self, batch: TelemetryBatch, payload: bytes, now: float | None = None) -> None:
         """One telemetry batch: forwarded as is to `full` clients, reduced for `display` ones."""
         self.batches += 1
-        full_frame: bytes | None = None
+        full_frames: dict[tuple[str, ...] | None, bytes] = {}
         reduced: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
         when = time.monotonic() if now is None else now
         for client in self.clients:
             if client.mode == "full":
-                if full_frame is None:
-                    full_frame = batch_frame(payload)
+                frame = full_frames.get(client.full_channels)
+                if frame is None:
+                    frame = batch_frame(_select(batch, client.full_channels, payload))
+                    full_frames[client.full_channels] = frame
                     self.full_frames += 1
-                client.push(full_frame)
+                client.push(frame)
             elif client.mode == "display" and client.display is not None:
                 if reduced is None:
                     reduced = block_minmax(batch.data)
@@ -293,3 +298,17 @@ class Hub:
         )
         display.reset()
         client.push(frame)
+
+
+def _select(batch: TelemetryBatch, names: tuple[str, ...] | None, payload: bytes) -> bytes:
+    """The batch's payload with only `names` (in that order; unknown ones left out), or as received."""
+    if names is None or names == batch.channels:
+        return payload
+    index = {name: i for i, name in enumerate(batch.channels)}
+    picked = [name for name in names if name in index]
+    columns = [index[name] for name in picked]
+    return encode_batch(
+        TelemetryBatch(
+            batch.session, batch.seq, batch.rate_hz, tuple(picked), batch.t, batch.data[:, columns]
+        )
+    )

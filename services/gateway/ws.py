@@ -1,36 +1,9 @@
 """The `/ws` WebSocket endpoint: the existing frontend's messages plus subscriptions and heartbeats.
 
-Client → gateway: a JSON text message or a MessagePack binary message, each a map with `type`:
-
-- `auth {token}`: the first message, instead of `?token=`.
-- viewer: `get_sensors`; `subscribe {mode: "full" | "display" | "off", channels?, max_hz?,
-  sensor_data?}` (`channels`: display only, a list of names, absent = all; `sensor_data`: false stops
-  the screen-rate `sensor_data` pushes to this client).
-- operator: `valve_command {valves: 9 × 0/1 or "010000000"}`, `step_motor_command {motor_id, angle}`
-  (relative °), `heartbeat` (one `rcs/operator/heartbeat` for actuation's deadman), and
-  `system_mode {mode}`: `arm` / `disarm` / `abort` are actuation's commands; the seed's
-  `simulation` / `real` switched the data source, which acquisition now fixes at start
-  (RCS_STM32_PORT): answered success when it names the current source, else refused with why.
-
-Gateway → client. Telemetry is MessagePack binary; everything else is JSON text, except that an
-answer to a MessagePack request is MessagePack:
-
-- `sensor_data {data}` at `gateway.sensor_rate_hz` (the newest sample, whenever there is a new one)
-  and in answer to `get_sensors`; `data` in the existing frontend's shape (services/gateway/legacy.py).
-- `sensor_batch {batch}` (subscribe `full`): `batch` = the `rcs/telemetry/sensors` payload as received
-  (docs/protocol.md), every sample, contiguous `seq` unless the client drops frames.
-- `sensor_display {session, channels, n, samples, seq_first, seq_next, t, min, max}` (subscribe
-  `display`), at most `max_hz` (≤ `gateway.display_max_hz`) per second: one min/max bucket per
-  telemetry batch, `t` = bin float64[n] (each bucket's first sample), `min`/`max` = bin
-  float32[n × channels].
-- `dropped {count, total}`: stream frames this client lost because it read too slowly (the oldest go).
-- `subscribed {mode, channels, max_hz, sensor_data}`, `authenticated {name, role}`.
-- `valve_response {success, valves, reason?}`, `step_motor_response {success, motor_id, angle,
-  response, position_deg?}`, `system_mode_response {success, mode, state?, reason?}`.
-- Pushes as they happen (and the current ones on connect): `valve_state {valves, bits, names, open,
-  cause, ts}` when the acknowledged pattern changes, `system_state {data}`, `motor_state {data}`,
-  `stm32_state {data}`, `service_status {service, data}`, `event {data}` (`rcs/events`).
-- `error {data}`: a malformed or refused message (`operator role required`); the connection stays.
+Messages are specified in docs/protocol.md ("Gateway WebSocket"): the existing frontend's
+(`get_sensors`, `valve_command`, `step_motor_command`, `system_mode` → `sensor_data`,
+`valve_response`, `valve_state`, `step_motor_response`, `error`) plus `auth`, `subscribe`
+(`sensor_batch` / `sensor_display` streams) and `heartbeat`, and state pushes as they happen.
 
 Security: a browser's `Origin` must be one of `gateway.cors_origins` or the gateway's own (the
 dashboard page at `/`; else HTTP 403 before the upgrade); no `Origin` (programs) is accepted. With
@@ -361,17 +334,11 @@ class Connection:
         if wants is not None and not isinstance(wants, bool):
             raise BadMessageError("'sensor_data' must be true or false")
         if mode == "full":
-            hub.subscribe_full(self.client)
-            answer: dict[str, Any] = {"mode": "full", "channels": None, "max_hz": None}
+            channels = self._channels(message)
+            hub.subscribe_full(self.client, channels)
+            answer: dict[str, Any] = {"mode": "full", "channels": channels, "max_hz": None}
         elif mode == "display":
-            channels = message.get("channels")
-            if channels is not None and (
-                not isinstance(channels, list) or not all(isinstance(c, str) for c in channels)
-            ):
-                raise BadMessageError("'channels' must be a list of channel names")
-            unknown = [c for c in channels or () if c not in self.gateway.settings.channel_names]
-            if unknown:
-                raise BadMessageError(f"unknown channels {unknown}")
+            channels = self._channels(message)
             max_hz = _number(message, "max_hz") if "max_hz" in message else self.gateway.hub.display_max_hz
             if max_hz <= 0:
                 raise BadMessageError("'max_hz' must be positive")
@@ -385,6 +352,18 @@ class Connection:
         if wants is not None:
             self.client.wants_sensor_data = wants
         self.reply({"type": "subscribed", **answer, "sensor_data": self.client.wants_sensor_data}, raw)
+
+    def _channels(self, message: dict[str, Any]) -> list[str] | None:
+        """A subscription's `channels`: names known to this stand, or None (absent) for all."""
+        channels = message.get("channels")
+        if channels is None:
+            return None
+        if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+            raise BadMessageError("'channels' must be a non-empty list of channel names")
+        unknown = [c for c in channels if c not in self.gateway.settings.channel_names]
+        if unknown:
+            raise BadMessageError(f"unknown channels {unknown}")
+        return channels
 
     async def valve_command(self, valves: list[Any] | str, raw: str | bytes) -> None:
         try:
