@@ -128,6 +128,7 @@ class Acquisition:
                 n = len(block.t)
                 self.ring.append(self.numbering.host_block(n), block.t, block.values)
                 self.rate.count(n, time.monotonic())
+            self.publisher.notify()
         except ValueError as exc:  # a block that does not fit the configured channels
             self.block_errors += 1
             self._problems.warning("block", "dropped a sample block: %s", exc)

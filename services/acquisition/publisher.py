@@ -1,8 +1,10 @@
 """Publish the ring buffer's new samples as telemetry batches, one MQTT message per batch.
 
 The ring buffer is the only hand-over between the serial thread and this one: the publisher keeps a
-read position, wakes every `batch_ms`, and sends what arrived since, split wherever `seq` is not
-contiguous (the contract says a batch's samples are `seq .. seq + n - 1`).
+read position and, every `batch_ms`, sends what arrived since, split wherever `seq` is not contiguous
+(the contract says a batch's samples are `seq .. seq + n - 1`). It sends right after the first read
+that lands at or past each due time (the serial thread calls `notify()`), so a batch's newest sample
+is as fresh as the link delivers it rather than up to a whole period old.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class TelemetryPublisher:
         self._position = ring.written
         self.stats = PublisherStats()
         self._stop = threading.Event()
+        self._fresh = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry-publisher", daemon=True)
 
     def start(self) -> None:
@@ -71,19 +74,23 @@ class TelemetryPublisher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._fresh.set()
         self._thread.join(timeout=5)
         self.publish_pending()
 
+    def notify(self) -> None:
+        """New samples are in the ring (the serial thread, after each append)."""
+        self._fresh.set()
+
     def _run(self) -> None:
-        next_wake = time.monotonic()
+        due = time.monotonic() + self._period
         while not self._stop.is_set():
+            self._stop.wait(max(0.0, due - time.monotonic()))
+            self._fresh.clear()
+            self._fresh.wait(self._period)  # nothing read for a whole period: send what there is
             self.publish_pending()
-            next_wake += self._period
-            delay = next_wake - time.monotonic()
-            if delay < 0:  # fell behind (machine busy): don't try to catch up wake-ups
-                next_wake = time.monotonic()
-                delay = 0
-            self._stop.wait(delay)
+            # fell behind (machine busy): don't try to catch up wake-ups
+            due = max(due + self._period, time.monotonic())
 
     def publish_pending(self) -> None:
         while self._position < self._ring.written:
