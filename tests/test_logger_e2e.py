@@ -121,6 +121,7 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
         # malformed payloads on the telemetry topic: counted, never a crash or a stall
         for garbage in (b"", b"\xc1", b"not msgpack at all", b"\x81\xa1v\x02"):
             intruder.publish(topics.TELEMETRY, garbage)
+        wait_until(lambda: "malformed" in logger_log.read_text().lower(), TIMEOUT, "the garbage to be seen")
 
         broker.stop()  # QoS 0 telemetry published meanwhile never reaches the logger
         time.sleep(2.0)
@@ -145,7 +146,6 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
         codes = {"logger": logger.stop(), "acquisition": acquisition.stop()}
         emulator.stop()
         assert codes == {"logger": 0, "acquisition": 0}, logger_log.read_text()[-5000:]
-    assert "malformed" in logger_log.read_text().lower()
 
 
 def test_save_now_rotates_and_names_the_file(
