@@ -216,6 +216,16 @@ def test_redline_trip_aborts_and_the_abort_reaches_the_device(stand: Stand) -> N
         heartbeats.stop()
 
 
+def test_an_abort_the_device_has_not_confirmed_is_reported_and_goes_on(stand: Stand) -> None:
+    written_before = len(stand.writes.seen())
+    stand.stm32.stall(2.0)  # reads nothing meanwhile, so acknowledges nothing
+    with pytest.raises(RpcError, match="aborting, not yet confirmed"):
+        stand.call("abort", reason="test: a silent device")
+    assert stand.system_state() == "aborting"
+    wait_until(lambda: RELIEFS in stand.writes.seen()[written_before:], TIMEOUT, "the abort to go on")
+    assert stand.writes.seen()[written_before] == 0, "the abort's first write closes everything"
+
+
 def test_operator_heartbeat_loss_aborts(stand: Stand) -> None:
     heartbeats = Heartbeats(stand.operator)
     assert stand.call("arm")["state"] == "armed"

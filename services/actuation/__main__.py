@@ -363,7 +363,12 @@ class Actuation:
         reason = body.get("reason")
         why = reason if isinstance(reason, str) and reason else "operator abort"
         _, sent = self._decide("abort", body, lambda who, now: self._abort_verdict(why, who, now))
-        return self._finish("abort", body, sent, state=str(self.core.state))
+        try:
+            return self._finish("abort", body, sent, state=str(self.core.state))
+        except RpcError as exc:  # never refused: the device has not confirmed (yet)
+            raise RpcError(
+                f"aborting, not yet confirmed: {exc}; the abort goes on until the STM32 confirms"
+            ) from exc
 
     def _cmd_motor(self, body: dict[str, Any]) -> dict[str, Any]:
         who, origin = _identity(body)

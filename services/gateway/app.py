@@ -534,9 +534,16 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
             )
         return command_out(result, scenario=name)
 
-    @app.post("/api/abort", tags=["commands"], responses=UNANSWERED)
+    @app.post(
+        "/api/abort",
+        tags=["commands"],
+        responses={
+            409: {"model": Detail, "description": "aborting, but the STM32 has not confirmed it yet"},
+            **UNANSWERED,
+        },
+    )
     async def abort(identity: Operator, request: Request) -> CommandOut:
-        """Always accepted by actuation, from any state."""
+        """Always accepted by actuation, from any state; 409 while the device has not confirmed it."""
         return command_out(await command("actuation", topics.actuation("abort"), identity, request))
 
     @app.post("/api/arm", tags=["commands"], responses=REFUSED | UNANSWERED)
