@@ -218,7 +218,7 @@ def test_redline_trip_aborts_and_the_abort_reaches_the_device(stand: Stand) -> N
 
 def test_an_abort_the_device_has_not_confirmed_is_reported_and_goes_on(stand: Stand) -> None:
     written_before = len(stand.writes.seen())
-    stand.stm32.stall(2.0)  # reads nothing meanwhile, so acknowledges nothing
+    stand.stm32.stall(4.0)  # reads nothing meanwhile, so acknowledges nothing (tests: 2 s deadline)
     with pytest.raises(RpcError, match="aborting, not yet confirmed"):
         stand.call("abort", reason="test: a silent device")
     assert stand.system_state() == "aborting"
