@@ -195,6 +195,19 @@ def test_valve_command_reaches_the_device_and_the_acknowledged_state_is_publishe
     assert refused["accepted"] is False and "igniter-needs-armed" in refused["reason"]
 
 
+def test_the_valve_state_follows_what_the_device_reports_by_itself(stand: Stand) -> None:
+    def valves() -> dict[str, Any]:
+        return stand.seen.state(topics.STATE_VALVES)
+
+    wait_until(lambda: valves().get("cause") == "reported by the STM32", TIMEOUT, "the state at start")
+    assert valves()["bits"] == "000000000" and len(valves()["names"]) == 9
+    assert stand.call("valves", valves="000000110")["bits"] == "000000110"
+    wait_until(lambda: valves().get("bits") == "000000110", TIMEOUT, "the acknowledged state")
+    stand.stm32.stall(1.5)  # no heartbeats from the host meanwhile: the device closes every valve
+    wait_until(lambda: valves().get("bits") == "000000000", TIMEOUT, "the device's own go-safe")
+    assert valves()["cause"] == "reported by the STM32"
+
+
 def test_redline_trip_aborts_and_the_abort_reaches_the_device(stand: Stand) -> None:
     heartbeats = Heartbeats(stand.operator)
     try:

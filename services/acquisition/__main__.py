@@ -56,6 +56,7 @@ class Acquisition:
         self.rate = RateEstimator(settings.acquisition.rate_hz)
         self.link_info: LinkInfo | None = None
         self.device_status: StatusFrame | None = None
+        self.device_valves: int | None = None  # the newest the device said: STATUS or an acknowledgement
         self.block_errors = 0
         self._problems = Throttled(log)
 
@@ -136,7 +137,8 @@ class Acquisition:
     def _on_status(self, status: StatusFrame) -> None:
         self.valves.on_device_valves(status.valves)
         previous, self.device_status = self.device_status, status
-        if previous is None or (previous.valves, previous.flags) != (status.valves, status.flags):
+        if previous is None or (self.device_valves, previous.flags) != (status.valves, status.flags):
+            self.device_valves = status.valves
             self._publish_stm32_state()
         if previous is None or previous.rate_hz != status.rate_hz:
             self._publish_meta()
@@ -144,12 +146,17 @@ class Acquisition:
     def _on_ack(self, ack: ValveAckFrame | TextAck) -> None:
         log.info("device acknowledgement: %s", ack)
         self.valves.on_ack(ack)
+        if not isinstance(ack, ValveAckFrame) or self.device_status is None:
+            return
+        if ack.valves != self.device_valves:  # STATUS may not say so before the outputs change again
+            self.device_valves = ack.valves
+            self._publish_stm32_state()
 
     def _on_connection(self, info: LinkInfo | None) -> None:
         self.valves.on_connection(None if info is None else info.protocol)
         self.link_info = info
         if info is None:
-            self.device_status = None
+            self.device_status = self.device_valves = None
             log.warning("STM32 link lost; reconnecting")
         else:
             log.info("STM32 connected on %s (%s protocol, device %r)", info.port, info.protocol, info.device)
@@ -196,7 +203,7 @@ class Acquisition:
         state = {
             "connected": self.link_info is not None,
             **self._source(),
-            "valves": None if status is None else status.valves,
+            "valves": None if status is None else self.device_valves,
             "safe": None if status is None else status.safe,
             "ts": time.time(),
         }

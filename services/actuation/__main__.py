@@ -9,6 +9,7 @@ valve state. Motors are driven by the motor controller's own thread (the Arduino
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -82,6 +83,7 @@ class Actuation:
 
         self.mqtt.subscribe(topics.TELEMETRY, self._on_telemetry)
         self.mqtt.subscribe(topics.STM32_VALVE_ACK, self._on_ack, qos=1)
+        self.mqtt.subscribe(topics.STATE_STM32, self._on_stm32_state, qos=1)
         self.mqtt.subscribe(topics.OPERATOR_HEARTBEAT, self._on_heartbeat)
         self.mqtt.subscribe(topics.status("acquisition"), self._on_acquisition_status, qos=1)
         self.mqtt.add_connection_listener(self._on_broker)
@@ -226,6 +228,24 @@ class Actuation:
     def _on_heartbeat(self, _message: Message) -> None:
         self.control.post(lambda: self.deadman.operator_heartbeat(time.monotonic()))
 
+    def _on_stm32_state(self, message: Message) -> None:
+        try:
+            state = unpack_map(message.payload)
+        except WireFormatError:
+            return  # an empty payload clears the retained state; acquisition publishes it again
+        valves = state.get("valves")
+        if state.get("connected") is True and isinstance(valves, int) and not isinstance(valves, bool):
+            self.control.post(lambda: self._device_report(valves))
+
+    def _device_report(self, valves: int) -> None:
+        """The outputs the STM32 reports by itself (at start, after its own go-safe): the valve state
+        follows the device when no write is waiting for its acknowledgement."""
+        if self.pending or not 0 <= valves < 1 << len(self.valve_map.names):
+            return
+        if self._valves_state is None or self._valves_state["bits"] != self.valve_map.format(valves):
+            self.core.on_ack(valves)
+            self._publish_valves(valves, "reported by the STM32")
+
     def _on_acquisition_status(self, message: Message) -> None:
         try:
             online = unpack_map(message.payload).get("state") == "online"
@@ -281,33 +301,18 @@ class Actuation:
     ) -> dict[str, Any]:
         """Wait for the device to acknowledge the first write (if any), then report and audit."""
         who, origin = _identity(body)
+        audit = functools.partial(
+            self._event, "command", command=command, who=who, origin=origin, args=_args(body), accepted=True
+        )
         if sent:
             try:
                 mask = sent[0].done.result(timeout=self._ack_timeout_s + 1.0)
             except (AckTimeoutError, ValveWriteRefusedError, FutureTimeout) as exc:
                 reason = str(exc) or "no acknowledgement from the STM32"
-                self._event(
-                    "command",
-                    command=command,
-                    who=who,
-                    origin=origin,
-                    args=_args(body),
-                    accepted=True,
-                    result=reason,
-                    ok=False,
-                )
+                audit(result=reason, ok=False)
                 raise RpcError(reason) from exc
             result |= {"valves": self.valve_map.as_list(mask), "bits": self.valve_map.format(mask)}
-        self._event(
-            "command",
-            command=command,
-            who=who,
-            origin=origin,
-            args=_args(body),
-            accepted=True,
-            ok=True,
-            result=result,
-        )
+        audit(ok=True, result=result)
         return result
 
     def _cmd_valves(self, body: dict[str, Any]) -> dict[str, Any]:
