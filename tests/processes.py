@@ -65,3 +65,25 @@ class Acquisition(ServiceProcess):
             RCS_ACQUISITION_METRICS_PORT="0",
             RCS_ACQUISITION_RING_SECONDS="60",
         )
+
+
+class Logger(ServiceProcess):
+    """rcs-logger recording to `data_dir`; `mqtt` must be the `logger` user."""
+
+    def __init__(self, mqtt: MqttSettings, tmp: Path, data_dir: Path, **env: str) -> None:
+        super().__init__(
+            "services.logger",
+            "logger",
+            mqtt,
+            tmp,
+            RCS_DATA_DIR=str(data_dir),
+            RCS_LOGGER_METRICS_PORT="0",
+            **env,
+        )
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -17,17 +16,10 @@ from services.common.rpc import RpcClient, RpcError
 from services.common.settings import MqttSettings, Settings
 from services.devstack.watch import Continuity
 from services.emulators.stm32 import Stm32Emulator
+from tests.conftest import wait_until
 from tests.processes import Acquisition
 
 RETAINED_WAIT_S = 10.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Retained:

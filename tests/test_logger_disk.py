@@ -39,7 +39,7 @@ from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
 from services.logger.events import read_events
 from tests.conftest import wait_until
-from tests.processes import Acquisition, ServiceProcess
+from tests.processes import Acquisition, Logger
 
 TIMEOUT = 30.0  # liveness bounds only
 MB = 1024**2
@@ -47,25 +47,6 @@ TMPFS_BYTES = 64 * MB
 MEMORY_LIMIT_BYTES = 3 * MB  # ~3 s of 22 channels at 10 kHz: the outage outlasts it
 MEMORY_SLACK_BYTES = MB  # what the last batch taken may add beyond the limit (one is ~10 kB)
 FIXED_COLUMNS = ("timestamp", "seq", "session")
-
-
-class Logger(ServiceProcess):
-    def __init__(self, mqtt: MqttSettings, tmp: Path, data_dir: Path) -> None:
-        super().__init__(
-            "services.logger",
-            "logger",
-            mqtt,
-            tmp,
-            RCS_DATA_DIR=str(data_dir),
-            RCS_LOGGER_METRICS_PORT="0",
-            # a rotation at nearly every flush: the outage is bound to catch a segment whose file
-            # must still be created
-            RCS_LOGGER_ROTATE_S="1",
-            RCS_LOGGER_MEMORY_LIMIT_BYTES=str(MEMORY_LIMIT_BYTES),
-        )
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
 
 
 @contextmanager
@@ -233,7 +214,15 @@ def test_disk_full_error_event_memory_bound_and_recovery_with_every_sample_once(
     with tmpfs(data_dir, TMPFS_BYTES):
         emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
         emulator.start()
-        logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+        logger = Logger(
+            mqtt_as("logger"),
+            tmp_path,
+            data_dir,
+            # a rotation at nearly every flush: the outage is bound to catch a segment whose file
+            # must still be created
+            RCS_LOGGER_ROTATE_S="1",
+            RCS_LOGGER_MEMORY_LIMIT_BYTES=str(MEMORY_LIMIT_BYTES),
+        )
         acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
         operator = MqttClient(mqtt_as("operator"), "operator")
         rpc = RpcClient(operator)

@@ -7,7 +7,6 @@ and every file must open with pyarrow.
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,26 +22,10 @@ from services.common.settings import MqttSettings, Settings
 from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
 from tests.conftest import wait_until
-from tests.processes import Acquisition, ServiceProcess
+from tests.processes import Acquisition, Logger
 
 TIMEOUT = 60.0
-
-
-class Logger(ServiceProcess):
-    def __init__(self, mqtt: MqttSettings, tmp: Path, data_dir: Path) -> None:
-        super().__init__(
-            "services.logger",
-            "logger",
-            mqtt,
-            tmp,
-            RCS_DATA_DIR=str(data_dir),
-            RCS_LOGGER_METRICS_PORT="0",
-            RCS_LOGGER_ROTATE_S="4",
-        )
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+ROTATE_S = "4"
 
 
 def _call(rpc: RpcClient, topic: str, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -93,7 +76,7 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
     data_dir.mkdir()
     emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
     emulator.start()
-    logger = Logger(broker.settings("logger"), tmp_path, data_dir)
+    logger = Logger(broker.settings("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S)
     acquisition = Acquisition(broker.settings("acquisition"), tmp_path / "stm32", tmp_path)
     operator = MqttClient(broker.settings("operator"), "operator")
     intruder = MqttClient(broker.settings("acquisition"), "acquisition-garbage")
@@ -116,7 +99,7 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
 
         logger.kill()  # up to ~1 s of flushed-but-unconverted data and the in-memory tail are gone
         time.sleep(1.5)
-        logger = Logger(broker.settings("logger"), tmp_path, data_dir)
+        logger = Logger(broker.settings("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S)
         wait_until(lambda: _call(rpc, topics.LOGGER_STATUS, {}) is not None, TIMEOUT, "the logger to restart")
         # malformed payloads on the telemetry topic: counted, never a crash or a stall
         for garbage in (b"", b"\xc1", b"not msgpack at all", b"\x81\xa1v\x02"):
@@ -155,7 +138,7 @@ def test_save_now_rotates_and_names_the_file(
     data_dir.mkdir()
     emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
     emulator.start()
-    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+    logger = Logger(mqtt_as("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S)
     acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
     operator = MqttClient(mqtt_as("operator"), "operator")
     rpc = RpcClient(operator)
