@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import socket
 import threading
 import time
@@ -32,7 +33,7 @@ from services.common.settings import Settings, load_settings
 from services.devstack.broker import Broker, free_port
 from services.emulators.arduino import ArduinoEmulator
 from services.emulators.stm32 import Stm32Emulator
-from services.gateway.auth import Auth
+from services.gateway.auth import Auth, redact_tokens_in_server_logs
 from services.gateway.bus import Bus
 from services.gateway.hub import Hub
 from services.gateway.ws import register_websocket
@@ -165,6 +166,9 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
     async def scenario() -> None:
         async with open_ws(gateway) as operator, open_ws(gateway, VIEWER) as viewer:
             # the current states on connect (valves: once actuation has had one acknowledged)
+            meta = (await next_of(viewer, "telemetry_meta"))[0]["data"]
+            units = {c["name"]: c["unit"] for c in meta["channels"]}
+            assert units["P1"] == "bar" and len(units) == len(gateway.settings.channel_names)
             assert (await next_of(viewer, "system_state"))[0]["data"]["state"] == "idle"
             # sensor_data: pushed at the screen rate and on request, MessagePack, numbers or null
             pushed, raw = await next_of(viewer, "sensor_data")
@@ -373,3 +377,12 @@ def test_connections_are_counted_and_released(gateway: Gateway) -> None:
     wait_until(lambda: gateway.bus.websocket_connections == 0, TIMEOUT, "the connection to be released")
     assert gateway.bus.websocket_connections == 0
     assert not gateway.hub.clients
+
+
+def test_tokens_in_websocket_urls_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    redact_tokens_in_server_logs()
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        logging.getLogger("uvicorn.error").info(
+            '%s - "WebSocket %s" [accepted]', "127.0.0.1:5", f"/ws?token={OPERATOR}&x=1"
+        )
+    assert OPERATOR not in caplog.text and '"WebSocket /ws?token=<redacted>&x=1" [accepted]' in caplog.text

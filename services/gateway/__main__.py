@@ -14,7 +14,7 @@ import uvicorn
 from services.common.logs import setup_logging
 from services.common.settings import load_settings
 from services.gateway.app import create_app
-from services.gateway.auth import Auth
+from services.gateway.auth import Auth, redact_tokens_in_server_logs
 from services.gateway.bus import SERVICE, Bus
 
 log = logging.getLogger("rcs.gateway")
@@ -31,6 +31,7 @@ def main() -> None:
         )
         sys.exit(2)
     app = create_app(settings, Bus(settings), auth)
+    redact_tokens_in_server_logs()
     # uvloop: the fan-out is mostly socket writes, which it does at a fraction of asyncio's cost;
     # no per-message deflate: float telemetry barely compresses, and it would be paid per client per frame
     uvicorn.run(

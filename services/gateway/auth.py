@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -19,6 +20,8 @@ from typing import Literal, get_args
 from services.common.settings import Settings
 
 Role = Literal["viewer", "operator"]
+_TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
+SERVER_LOGGERS = ("uvicorn.error", "uvicorn.access")
 LEGACY_NAME = "legacy (auth off)"
 log = logging.getLogger("rcs.gateway.auth")
 
@@ -93,3 +96,21 @@ class Auth:
         if identity is None:
             return False
         return needed == "viewer" or identity.role == "operator"
+
+
+class RedactTokens(logging.Filter):
+    """Keeps `?token=` values out of the logs: uvicorn logs each WebSocket's path with its query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = _TOKEN_IN_URL.sub(r"\1<redacted>", message), None
+        return True
+
+
+def redact_tokens_in_server_logs() -> None:
+    """Install `RedactTokens` on uvicorn's loggers (once)."""
+    for name in SERVER_LOGGERS:
+        server_log = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in server_log.filters):
+            server_log.addFilter(RedactTokens())

@@ -171,8 +171,7 @@ class Bus:
                 self._events.append(decoded)
             else:
                 self._latest[message.topic] = decoded
-        if message.topic != topics.TELEMETRY_META:
-            self._to_loop(self._deliver_message, message.topic, decoded)
+        self._to_loop(self._deliver_message, message.topic, decoded)
 
     def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
         loop = self._loop

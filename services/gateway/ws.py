@@ -41,6 +41,7 @@ POLICY_VIOLATION = 1008
 SYSTEM_MODES = {"arm": "arm", "disarm": "disarm", "abort": "abort"}
 SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
 PUSHED_STATES = {
+    topics.TELEMETRY_META: "telemetry_meta",
     topics.STATE_SYSTEM: "system_state",
     topics.STATE_MOTORS: "motor_state",
     topics.STATE_STM32: "stm32_state",

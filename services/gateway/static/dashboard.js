@@ -40,6 +40,7 @@ let heartbeat = null;
 let identity = null; // {name, role} once authenticated
 const dropped = { notices: 0, frames: 0 }; // `dropped` notices since the page loaded
 const valves = { names: null, bits: null, cause: "", ts: null, acknowledged: false };
+const units = {}; // channel -> unit, from `telemetry_meta`
 
 // -- small helpers ---------------------------------------------------------------------------------
 
@@ -282,8 +283,7 @@ function redraw() {
 
 // -- latest values --------------------------------------------------------------------------------
 
-// One row per channel, in two columns; click a row to show or hide its plot. The units are not
-// sent over /ws (the gateway does not forward the telemetry meta), so only names and values.
+// One row per channel, in two columns; click a row to show or hide its plot.
 function buildValuesTable() {
   const box = $("values");
   box.textContent = "";
@@ -292,7 +292,7 @@ function buildValuesTable() {
     const row = el("div", "row");
     row.dataset.channel = name;
     row.title = "click: show or hide the plot of " + name;
-    row.append(el("span", "name", name), el("span", "value", "—"), el("span", "spread", ""));
+    row.append(el("span", "name", name), el("span", "value", "—"), el("span", "unit", units[name] || ""));
     row.addEventListener("click", () => togglePlot(name));
     box.appendChild(row);
   }
@@ -301,13 +301,19 @@ function buildValuesTable() {
   if (unknown.length) info("not channels of this stand: " + unknown.join(", "));
 }
 
+// Units from acquisition's retained meta (pushed on connect and at each new session).
+function onMeta(meta) {
+  for (const c of (meta && meta.channels) || []) units[c.name] = c.unit || "";
+  for (const row of $("values").children) row.children[2].textContent = units[row.dataset.channel] || "";
+}
+
 function markChosenRows() {
   for (const row of $("values").children) {
     row.classList.toggle("plotted", chosen.includes(row.dataset.channel));
   }
 }
 
-// The newest bucket (10 ms) of each channel: its middle, and ± half its spread.
+// The newest bucket (10 ms) of each channel: its middle (its min … max in the tooltip).
 function updateValues() {
   const last = buf.t.length - 1;
   for (const row of $("values").children) {
@@ -316,7 +322,7 @@ function updateValues() {
     const hi = last >= 0 ? buf.hi[name][last] : null;
     const known = lo !== null && hi !== null;
     row.children[1].textContent = known ? fmt((lo + hi) / 2) : "—";
-    row.children[2].textContent = known && hi > lo ? "±" + fmt((hi - lo) / 2) : "";
+    row.children[1].title = known ? "newest 10 ms: " + fmt(lo) + " … " + fmt(hi) : "";
   }
 }
 
@@ -491,6 +497,7 @@ function onMessage(m) {
     case "sensor_display": onDisplay(m); break;
     case "authenticated": onAuthenticated(m); break;
     case "subscribed": info("telemetry: all channels, " + m.max_hz + " frames/s"); break;
+    case "telemetry_meta": onMeta(m.data); break;
     case "system_state": onSystemState(m.data); break;
     case "stm32_state": onStm32State(m.data); break;
     case "motor_state": onMotorState(m.data); break;
