@@ -129,6 +129,7 @@ def main() -> None:
             f"\nrcs is running: telemetry on mqtt://{host}:{port}/rcs/telemetry/sensors\n"
             f"  watch it:  {sys.executable} -m services.devstack.watch\n"
             f"  command:   {Path(sys.executable).parent / 'rcs-ctl'} --help  (arming needs `rcs-ctl hold`)\n"
+            f"  dashboard: http://localhost:{settings.http_port}/#token={operator_token}\n"
             f"  gateway:   http://localhost:{settings.http_port}/  (REST /api/..., WebSocket /ws, /docs)\n"
             f"  operator token: {operator_token}  (Authorization: Bearer ..., or /ws?token=...)\n"
             f"  metrics:   http://localhost:{settings.acquisition.metrics_port}/metrics (acquisition)\n"
