@@ -4,7 +4,8 @@ Starts its own Mosquitto on a free loopback port (the project's config and ACL, 
 the STM32 emulator (`python -m services.emulators.stm32`, 10 kHz × 22 channels, 10 ms batches),
 rcs-acquisition and rcs-gateway (`python -m services.gateway`, as `make run` starts it) as child
 processes. The clients are spread over `--client-procs` worker processes (default 4; multiprocessing,
-spawn), each an asyncio loop with its share of the clients: the `websockets` library, no compression,
+spawn), each a uvloop event loop with its share of the clients (the clients share the 2 cores with
+what they measure, so they are kept cheap): the `websockets` library, no compression,
 each subscribed `{type: "subscribe", mode: "full", sensor_data: false}` with the viewer token, and per
 frame only the newest sample's time is read (no per-sample Python work). The machine has 2 cores,
 shared with the broker, the emulator, acquisition and the gateway. The parent sets one measurement
@@ -43,6 +44,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import uvloop
 from measure import RESULTS, acquiring_stand, cpu_seconds, service, wait_until
 from websockets.asyncio.client import connect
 
@@ -154,8 +156,8 @@ async def worker_clients(url: str, count: int, control: Queue[Any], results: Que
 
 
 def worker(url: str, count: int, control: Queue[Any], results: Queue[Any]) -> None:
-    """A client worker process (multiprocessing, spawn): its own asyncio loop and its share of clients."""
-    results.put(("done", asyncio.run(worker_clients(url, count, control, results))))
+    """A client worker process (multiprocessing, spawn): its own event loop and its share of clients."""
+    results.put(("done", uvloop.run(worker_clients(url, count, control, results))))
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -232,7 +234,7 @@ def main() -> None:
         "--client-procs",
         type=int,
         default=CLIENT_PROCS,
-        help="worker processes the clients are spread over (each its own asyncio loop)",
+        help="worker processes the clients are spread over (each its own event loop)",
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="rcs-bench-gateway-"))
@@ -302,8 +304,8 @@ def main() -> None:
             },
             "telemetry": "10 kHz x 22 channels, 10 ms batches (STM32 emulator, binary protocol)",
             "clients_run_as": (
-                f"up to {args.client_procs} worker processes (multiprocessing spawn), each an asyncio "
-                "loop with its share of the clients, websockets library, no compression"
+                f"up to {args.client_procs} worker processes (multiprocessing spawn), each a uvloop "
+                "event loop with its share of the clients, websockets library, no compression"
             ),
             "client_procs": args.client_procs,
             "gateway_idle_cpu_percent": idle_cpu,
