@@ -36,7 +36,7 @@ let lastFrameAt = 0; // performance.now() of the last display frame
 
 let ws = null;
 let retry = null;
-let heartbeat = null;
+let heartbeat = null; // the ticker while this page is an operator's
 let identity = null; // {name, role} once authenticated
 const dropped = { notices: 0, frames: 0 }; // `dropped` notices since the page loaded
 const valves = { names: null, bits: null, cause: "", ts: null, acknowledged: false };
@@ -94,6 +94,20 @@ function send(message) {
 // -- token -----------------------------------------------------------------------------------------
 
 // `#token=…` in the address: keep it in localStorage and take it out of the address bar.
+// Heartbeats tick in a worker: browsers throttle a hidden tab's own timers (down to once a minute),
+// which would let the deadman abort while the operator looks at another tab.
+function startTicker(ms, tick) {
+  const code = "setInterval(() => postMessage(0), " + ms + ");";
+  const worker = new Worker(URL.createObjectURL(new Blob([code], { type: "text/javascript" })));
+  worker.onmessage = tick;
+  return worker;
+}
+
+function stopHeartbeat() {
+  if (heartbeat) heartbeat.terminate();
+  heartbeat = null;
+}
+
 function takeTokenFromFragment() {
   const found = /(?:^#|&)token=([^&]*)/.exec(location.hash);
   if (!found) return;
@@ -485,8 +499,8 @@ function onAuthenticated(m) {
   buf.session = null;
   // every channel: the values table shows them all, the plots pick theirs
   send({ type: "subscribe", mode: "display", max_hz: MAX_HZ, sensor_data: false });
-  clearInterval(heartbeat);
-  if (m.role === "operator") heartbeat = setInterval(() => send({ type: "heartbeat" }), HEARTBEAT_MS);
+  stopHeartbeat();
+  if (m.role === "operator") heartbeat = startTicker(HEARTBEAT_MS, () => send({ type: "heartbeat" }));
   updateButtons();
   backfill();
   loadEvents();
@@ -522,7 +536,7 @@ function decode(data) {
 
 function connect() {
   clearTimeout(retry);
-  clearInterval(heartbeat); // the next socket's first message must be its `auth`
+  stopHeartbeat(); // the next socket's first message must be its `auth`
   if (ws) {
     ws.onclose = null;
     ws.close();
@@ -543,7 +557,7 @@ function connect() {
 }
 
 function onClose(ev) {
-  clearInterval(heartbeat);
+  stopHeartbeat();
   identity = null;
   markStale(true);
   updateButtons();
