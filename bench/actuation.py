@@ -39,7 +39,9 @@ parallel with the service it is meant for.
    coalescing (4 ms) and 10 ms batching, the broker, actuation's red-line check, the command back
    through the broker to acquisition and the pty. Also reported: from the trip sample, from the
    override() call, and the hops trip sample -> batch with it at the bench's subscriber -> abort
-   command seen on the broker -> SET_VALVES at device. After each abort the bench waits for idle,
+   command seen on the broker -> SET_VALVES at device. The issue's target ("red-line sample ->
+   go-safe bytes", p99 < 20 ms) is checked from the trip sample, the one that makes the red-line
+   fire; from the first over-limit sample the stand's configured persistence adds to it. After each abort the bench waits for idle,
    removes the override, waits for in-limit telemetry and re-arms. The emergency sequence's waits
    (7.4 s) are scaled by ABORT_WAIT_SCALE in a temp copy of config/stand.yaml (patterns kept) used
    by both services and this process (RCS_CONFIG): only the abort's first write is measured.
@@ -94,7 +96,7 @@ WARMUP_COMMANDS = 10
 ABORT_WAIT_SCALE = 0.05  # the emergency sequence's waits, in the temp config (7.4 s -> 0.37 s)
 REDLINE_CHANNEL = "P5"
 OVER_LIMIT_VALUE = 30.0
-TARGETS_MS = {"command_latency_ms_p99": 5.0, "abort_latency_ms_p99": 20.0}
+TARGETS_MS = {"command_latency_ms_p99": 5.0, "abort_after_trip_sample_ms_p99": 20.0}
 TIMEOUT_S = 20.0
 WHO = {"who": "bench", "origin": "bench/actuation.py"}
 
