@@ -41,10 +41,11 @@ parallel with the service it is meant for.
    override() call, and the hops trip sample -> batch with it at the bench's subscriber -> abort
    command seen on the broker -> SET_VALVES at device. The issue's target ("red-line sample ->
    go-safe bytes", p99 < 20 ms) is checked from the trip sample, the one that makes the red-line
-   fire; from the first over-limit sample the stand's configured persistence adds to it. After each abort the bench waits for idle,
-   removes the override, waits for in-limit telemetry and re-arms. The emergency sequence's waits
-   (7.4 s) are scaled by ABORT_WAIT_SCALE in a temp copy of config/stand.yaml (patterns kept) used
-   by both services and this process (RCS_CONFIG): only the abort's first write is measured.
+   fire; from the first over-limit sample the stand's configured persistence adds to it. After
+   each abort the bench waits for idle, removes the override, waits for in-limit telemetry and
+   re-arms. The emergency sequence's waits (7.4 s) are scaled by ABORT_WAIT_SCALE in a temp copy
+   of config/stand.yaml (patterns kept) used by both services and this process (RCS_CONFIG): only
+   the abort's first write is measured.
 
 3. CPU % of one core of actuation and acquisition during the command phase (from /proc), with a
    2 s idle baseline (telemetry flowing, no commands) before it.
