@@ -5,6 +5,7 @@ uvicorn (loopback, free port), an httpx client. Every wait is a liveness bound, 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -236,11 +237,24 @@ def test_buffer_status_and_history(gateway: Gateway) -> None:
     assert bad.status_code == 422
 
 
-def test_metrics(gateway: Gateway) -> None:
-    with gateway.client(VIEWER) as client:
-        text = client.get("/metrics").text
-    assert "rcs_gateway_bus_telemetry_batches_total" in text
-    assert "rcs_gateway_http_unauthorized_total" in text
+def _metric(text: str, name: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_metrics_count_bad_requests_and_log_them_once(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    with gateway.client(VIEWER) as viewer, gateway.client() as operator:
+        before = viewer.get("/metrics").text
+        with caplog.at_level(logging.WARNING, logger="rcs.gateway.http"):
+            for _ in range(5):
+                assert operator.post("/api/valves", json={"valves": "nope"}).status_code == 422
+        after = viewer.get("/metrics").text
+    assert "rcs_gateway_bus_telemetry_batches_total" in after
+    assert "rcs_gateway_http_unauthorized_total" in after and "rcs_gateway_ws_bad_messages_total" in after
+    invalid = "rcs_gateway_http_invalid_total"
+    assert _metric(after, invalid) - _metric(before, invalid) == 5
+    assert caplog.text.count("refused an invalid request POST /api/valves") == 1
 
 
 # -- commands ------------------------------------------------------------------------------------

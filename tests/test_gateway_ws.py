@@ -36,7 +36,7 @@ from services.emulators.stm32 import Stm32Emulator
 from services.gateway.auth import Auth, redact_tokens_in_server_logs
 from services.gateway.bus import Bus
 from services.gateway.hub import Hub
-from services.gateway.ws import register_websocket
+from services.gateway.ws import WebSocketStats, register_websocket
 from tests.conftest import wait_until
 from tests.processes import Acquisition, ServiceProcess
 
@@ -51,6 +51,7 @@ class Gateway:
     hub: Hub
     bus: Bus
     settings: Settings
+    ws_stats: WebSocketStats
 
 
 class Server(uvicorn.Server):
@@ -107,7 +108,7 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         )
         wait_until(lambda: (bus.latest("rcs/state/motors") or {}).get("connected") is True, TIMEOUT, "motors")
         wait_until(lambda: bus.latest_sample() is not None, TIMEOUT, "telemetry")
-        yield Gateway(f"ws://127.0.0.1:{port}/ws", app.state.ws_hub, bus, settings)
+        yield Gateway(f"ws://127.0.0.1:{port}/ws", app.state.ws_hub, bus, settings, app.state.ws_stats)
     finally:
         server.should_exit = True
         thread.join(15)
@@ -223,6 +224,7 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
             assert idle["success"] is True and idle["state"] == "idle"
 
             # malformed messages: an error each, and the connection stays
+            bad_before = gateway.ws_stats.bad_messages
             for bad in ("{not json", "[1, 2]", '{"no": "type"}', b"\xc1\xff", msgpack.packb([1])):
                 await operator.send(bad)
                 error, raw = await next_of(operator, "error")
@@ -238,6 +240,7 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
                 assert "data" in await ask(operator, bad_message, "error")
             assert "data" in await ask(operator, {"type": "get_sensors"}, "sensor_data")
             assert gateway.bus.websocket_connections == 2
+            assert gateway.ws_stats.bad_messages - bad_before == 11  # each one counted
 
     run(scenario())
 

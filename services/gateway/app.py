@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
@@ -31,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from pydantic import BaseModel, Field
 
 from services.common import topics
+from services.common.logs import Throttled
 from services.common.metrics import counters, register_stats
 from services.common.rpc import RpcError, RpcTimeout
 from services.common.settings import Settings
@@ -38,6 +41,8 @@ from services.gateway import legacy, recordings
 from services.gateway.auth import Auth, Identity, Role
 from services.gateway.bus import Bus
 from services.gateway.ws import register_websocket
+
+log = logging.getLogger("rcs.gateway.http")
 
 STATIC_DIR = Path(__file__).parent / "static"  # the live dashboard (`/`), installed as package data
 
@@ -205,6 +210,7 @@ class GatewayStats:
     unanswered: int = 0  # 503
     unauthorized: int = 0  # 401
     forbidden: int = 0  # 403
+    invalid: int = 0  # 422: a request the API cannot take
 
 
 def jsonable(value: Any) -> Any:
@@ -266,7 +272,7 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
     stats = GatewayStats()
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
-    register_stats("gateway", lambda: {**bus.metrics(), **counters(stats, "http")}, registry)
+    problems = Throttled(log)
     n_valves = len(settings.valves)
     motor_ids = sorted(m.id for m in settings.motors.motors)
     max_angle = 2 * settings.motors.limit_deg
@@ -572,7 +578,16 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
-    register_websocket(app, bus, auth, settings)
+    hub_metrics = register_websocket(app, bus, auth, settings)
+    register_stats("gateway", lambda: {**bus.metrics(), **counters(stats, "http"), **hub_metrics()}, registry)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        """422 with FastAPI's detail, counted, and logged once per path and interval."""
+        stats.invalid += 1
+        where = f"{request.method} {request.url.path}"
+        problems.warning(f"invalid:{where}", "refused an invalid request %s: %s", where, exc.errors()[:3])
+        return await request_validation_exception_handler(request, exc)
 
     # -- the live dashboard: a static page (no data in it, so no token); it asks for one for `/ws` --
 

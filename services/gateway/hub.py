@@ -205,12 +205,20 @@ class Hub:
         self.clients: set[Client] = set()
         self.batches = 0
         self.full_frames = 0
+        self._dropped_by_gone = 0  # stream frames dropped for clients that have disconnected since
+
+    @property
+    def dropped_frames(self) -> int:
+        """Stream frames dropped for slow clients since the start, connected or gone."""
+        return self._dropped_by_gone + sum(client.dropped for client in self.clients)
 
     def add(self, client: Client) -> None:
         self.clients.add(client)
 
     def remove(self, client: Client) -> None:
-        self.clients.discard(client)
+        if client in self.clients:
+            self.clients.discard(client)
+            self._dropped_by_gone += client.dropped
         client.close()
 
     def subscribe_full(self, client: Client, names: Iterable[str] | None = None) -> None:

@@ -18,8 +18,8 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
@@ -27,6 +27,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from services.common import topics
 from services.common.codec import WireFormatError, unpack_map
+from services.common.logs import Throttled
+from services.common.metrics import counters
 from services.common.rpc import RpcError, RpcTimeout
 from services.common.settings import Settings
 from services.gateway import legacy
@@ -80,6 +82,16 @@ def _number(message: dict[str, Any], key: str) -> float:
 
 
 @dataclass
+class WebSocketStats:
+    connections: int = 0  # accepted and authenticated
+    auth_refused: int = 0  # no valid token: closed 1008
+    origin_refused: int = 0  # a browser page from an origin not allowed: HTTP 403
+    bad_messages: int = 0  # malformed or not understood: answered `error`
+    role_refused: int = 0  # a viewer's command: answered `error`
+    closed_slow: int = 0  # let answers and pushes pile up unread: closed 1008
+
+
+@dataclass
 class _Gateway:
     app: FastAPI
     bus: Bus
@@ -88,6 +100,8 @@ class _Gateway:
     hub: Hub
     ticker: asyncio.Task[None] | None = None
     valve_bits: str | None = None
+    stats: WebSocketStats = field(default_factory=WebSocketStats)
+    problems: Throttled = field(default_factory=lambda: Throttled(log))
 
     # -- pushes (event loop) ---------------------------------------------------------------------
 
@@ -155,7 +169,8 @@ class _Gateway:
             and origin not in self.settings.gateway.cors_origins
             and not _same_origin(origin, websocket)
         ):
-            log.warning("refused a WebSocket from origin %r", origin)
+            self.stats.origin_refused += 1
+            self.problems.warning(f"origin:{origin}", "refused a WebSocket from origin %r", origin)
             await websocket.close(code=POLICY_VIOLATION)  # before accept: HTTP 403
             return
         await websocket.accept()
@@ -164,10 +179,12 @@ class _Gateway:
         if identity is None and token is None:
             identity = await self._first_message_auth(websocket)
         if identity is None or not self.auth.allows(identity, "viewer"):
+            self.stats.auth_refused += 1
             await self._refuse(
                 websocket, "authentication required: a valid token (?token= or an auth message)"
             )
             return
+        self.stats.connections += 1
         await Connection(self, websocket, identity).run()
 
     async def _first_message_auth(self, websocket: WebSocket) -> Identity | None:
@@ -261,6 +278,10 @@ class Connection:
                 try:
                     self.handle(decode_message(raw), raw)
                 except BadMessageError as exc:
+                    gateway.stats.bad_messages += 1
+                    gateway.problems.warning(
+                        "bad-message", "answered a bad WebSocket message from %s: %s", self.origin, exc
+                    )
                     self.error(str(exc), raw)
         except WebSocketDisconnect:
             pass
@@ -276,6 +297,8 @@ class Connection:
             return
         if task.exception() is not None or self.client.overflowed:
             # the connection broke while sending, or the client let control messages pile up
+            if self.client.overflowed:
+                self.gateway.stats.closed_slow += 1
             self.spawn(self._close())
 
     async def _close(self) -> None:
@@ -285,6 +308,7 @@ class Connection:
     def require_operator(self, like: str | bytes) -> bool:
         if self.gateway.auth.allows(self.identity, "operator"):
             return True
+        self.gateway.stats.role_refused += 1
         self.error("operator role required", like)
         return False
 
@@ -436,13 +460,27 @@ def _same_origin(origin: str, websocket: WebSocket) -> bool:
     return host is not None and origin in (f"http://{host}", f"https://{host}")
 
 
-def register_websocket(app: FastAPI, bus: Bus, auth: Auth, settings: Settings) -> None:
-    """Add `/ws` to `app`, fed by `bus` (call before the bus starts delivering; once per app)."""
+def register_websocket(
+    app: FastAPI, bus: Bus, auth: Auth, settings: Settings
+) -> Callable[[], dict[str, float]]:
+    """Add `/ws` to `app`, fed by `bus` (call before the bus starts delivering; once per app).
+    Returns what reads its counters for /metrics (on the event loop)."""
     gateway = _Gateway(app, bus, auth, settings, Hub(display_max_hz=settings.gateway.display_max_hz))
     app.state.ws_hub = gateway.hub
+    app.state.ws_stats = gateway.stats
     bus.add_telemetry_listener(gateway.hub.on_telemetry)
     bus.add_message_listener(gateway.on_message)
 
     @app.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await gateway.serve(websocket)
+
+    def metrics() -> dict[str, float]:
+        hub = gateway.hub
+        return {
+            **counters(gateway.stats, "ws"),
+            "ws_dropped_frames_total": float(hub.dropped_frames),
+            "ws_telemetry_batches_total": float(hub.batches),
+        }
+
+    return metrics
