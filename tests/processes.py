@@ -6,9 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.settings import MqttSettings
+from services.common.settings import PROJECT_ROOT, MqttSettings
 
 _LOGIN = ("RCS_MQTT_USERNAME", "RCS_MQTT_PASSWORD")
 # Tests check behaviour, not timing (bench/ measures that): on a loaded 2-core CI machine the round
@@ -87,3 +91,32 @@ class Logger(ServiceProcess):
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
+
+
+@dataclass
+class CliOutcome:
+    returncode: int | None = None
+    stderr: str = ""
+
+
+@contextmanager
+def emulator_cli(module: str, link: Path, *args: str, timeout_s: float) -> Iterator[CliOutcome]:
+    """`python -m <module> --link <link> <args>` as make run starts it: the block runs once the link
+    exists, then SIGTERM stops it and the outcome holds its exit code and stderr."""
+    outcome = CliOutcome()
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, "--link", str(link), *args], cwd=PROJECT_ROOT, stderr=subprocess.PIPE
+    )
+    try:
+        give_up = time.monotonic() + timeout_s
+        while not link.exists():
+            assert process.poll() is None and time.monotonic() < give_up, f"no link from {module}"
+            time.sleep(0.02)
+        yield outcome
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=timeout_s)
+        outcome.returncode, outcome.stderr = process.returncode, stderr.decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -20,9 +17,10 @@ from pathlib import Path
 import pytest
 import serial
 
-from services.common.settings import PROJECT_ROOT, Settings, load_settings
+from services.common.settings import Settings, load_settings
 from services.emulators.arduino import ArduinoEmulator
 from services.emulators.arduino.firmware import StepMotorFirmware, print_float, to_float, to_int
+from tests.processes import emulator_cli
 
 LIVENESS_S = 5.0
 FAST = 20.0  # speed_factor where the test is not about the firmware's timing
@@ -336,24 +334,12 @@ def test_arduino_number_parsing_and_printing() -> None:
 
 def test_cli_serves_the_link_until_sigterm(tmp_path: Path) -> None:
     link = tmp_path / "run" / "arduino"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.emulators.arduino", "--link", str(link), "--speed-factor", "10"],
-        cwd=PROJECT_ROOT,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        give_up = time.monotonic() + 3 * LIVENESS_S
-        while not link.exists():
-            assert process.poll() is None and time.monotonic() < give_up, "no link from the CLI"
-            time.sleep(0.02)
-        with serial.Serial(str(link), 115200, timeout=0.05) as port:
-            assert Host(port).lines(4) == BANNER
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=LIVENESS_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, stderr.decode()
+    cli_args = ("--speed-factor", "10")
+    with (
+        emulator_cli("services.emulators.arduino", link, *cli_args, timeout_s=3 * LIVENESS_S) as cli,
+        serial.Serial(str(link), 115200, timeout=0.05) as port,
+    ):
+        assert Host(port).lines(4) == BANNER
+    assert cli.returncode == 0, cli.stderr
     assert not os.path.lexists(link)
-    assert str(link) in stderr.decode()
+    assert str(link) in cli.stderr

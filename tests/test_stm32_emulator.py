@@ -8,9 +8,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -23,9 +20,10 @@ import serial
 from numpy.polynomial import polynomial
 
 from services.common import stm32_wire as wire
-from services.common.settings import PROJECT_ROOT, Channel, Settings, load_settings
+from services.common.settings import Channel, Settings, load_settings
 from services.emulators.stm32 import Stm32Emulator
 from services.emulators.stm32.physics import QUANTITIES, Adc, DerivedChannels, Plant, PlantState
+from tests.processes import emulator_cli
 
 LIVENESS_S = 5.0
 F = TypeVar("F", bound=wire.Frame)
@@ -374,25 +372,12 @@ def test_derived_channels(stand: Settings) -> None:
 
 def test_cli_serves_the_link_until_sigterm(tmp_path: Path) -> None:
     link = tmp_path / "run" / "stm32"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.emulators.stm32", "--link", str(link), "--rate", "1000"],
-        cwd=PROJECT_ROOT,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        give_up = time.monotonic() + 3 * LIVENESS_S
-        while not link.exists():
-            assert process.poll() is None and time.monotonic() < give_up, "no link from the CLI"
-            time.sleep(0.02)
-        with serial.Serial(str(link), timeout=0.05) as port:
-            port.write(wire.encode_hello())
-            assert Host(port).wait_for(wire.StatusFrame).rate_hz == 1000
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=LIVENESS_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, stderr.decode()
+    with (
+        emulator_cli("services.emulators.stm32", link, "--rate", "1000", timeout_s=3 * LIVENESS_S) as cli,
+        serial.Serial(str(link), timeout=0.05) as port,
+    ):
+        port.write(wire.encode_hello())
+        assert Host(port).wait_for(wire.StatusFrame).rate_hz == 1000
+    assert cli.returncode == 0, cli.stderr
     assert not os.path.lexists(link)
-    assert str(link) in stderr.decode()
+    assert str(link) in cli.stderr
