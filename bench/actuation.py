@@ -82,7 +82,8 @@ from paho.mqtt.properties import Properties
 from services.actuation.redlines import samples_needed
 from services.actuation.valve_map import ValveMap
 from services.common import topics
-from services.common.codec import WireFormatError, pack, unpack_map
+from services.common.codec import WireFormatError, unpack_map
+from services.common.heartbeat import Heartbeats
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcClient
 from services.common.settings import DEFAULT_CONFIG, Settings, load_settings
@@ -303,26 +304,6 @@ class TelemetryWatch:
     def in_limit_batches(self, after: float, count: int) -> bool:
         """At least `count` batches arrived since `after` without a sample beyond the limit."""
         return sum(b.first_over is None for b in self.since(after)) >= count
-
-
-class Heartbeats:
-    """An open operator console: a heartbeat every 200 ms until stopped."""
-
-    def __init__(self, client: MqttClient) -> None:
-        self._client = client
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            self._client.publish(topics.OPERATOR_HEARTBEAT, pack({"who": "bench", "ts": time.time()}))
-            if self._stop.wait(0.2):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # --- the measurements ------------------------------------------------------------------------------
@@ -577,7 +558,8 @@ def run(n_commands: int, n_aborts: int) -> dict[str, Any]:
             operator.start()
             stack.callback(operator.stop)
             stack.callback(rpc.close)
-            heartbeats = Heartbeats(operator)
+            heartbeats = Heartbeats(operator, "bench")
+            heartbeats.start()
             stack.callback(heartbeats.stop)
             stand = Stand(
                 settings, stm32, tap, operator, rpc, watch, ValveMap(settings), acquisition, actuation

@@ -19,6 +19,7 @@ import pytest
 
 from services.common import topics
 from services.common.codec import pack, publish_properties, unpack_map
+from services.common.heartbeat import Heartbeats
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcClient, RpcError
 from services.common.settings import MqttSettings, Settings
@@ -81,25 +82,12 @@ class DeviceWrites:
             return list(self.masks)
 
 
-class Heartbeats:
-    """An operator console that is open: a heartbeat every 200 ms until stopped."""
-
-    def __init__(self, client: MqttClient) -> None:
-        self._client = client
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        time.sleep(0.3)  # let actuation see a heartbeat before anything that needs one
-
-    def _run(self) -> None:
-        while True:
-            self._client.publish(topics.OPERATOR_HEARTBEAT, pack({"who": "test-operator", "ts": time.time()}))
-            if self._stop.wait(0.2):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+def heartbeats(stand: Stand) -> Heartbeats:
+    """An open operator console, started; actuation has seen a heartbeat when this returns."""
+    sender = Heartbeats(stand.operator, "test-operator")
+    sender.start()
+    time.sleep(0.3)
+    return sender
 
 
 @dataclass
@@ -209,7 +197,7 @@ def test_the_valve_state_follows_what_the_device_reports_by_itself(stand: Stand)
 
 
 def test_redline_trip_aborts_and_the_abort_reaches_the_device(stand: Stand) -> None:
-    heartbeats = Heartbeats(stand.operator)
+    console = heartbeats(stand)
     try:
         stand.call("arm")
         stand.call("sequence", name="o2feed")
@@ -226,7 +214,7 @@ def test_redline_trip_aborts_and_the_abort_reaches_the_device(stand: Stand) -> N
         wait_until(lambda: stand.seen.events_of("redline") != [], TIMEOUT, "the red-line event")
         assert stand.seen.events_of("redline")[0]["channel"] == "P5"
     finally:
-        heartbeats.stop()
+        console.stop()
 
 
 def test_an_abort_the_device_has_not_confirmed_is_reported_and_goes_on(stand: Stand) -> None:
@@ -240,9 +228,9 @@ def test_an_abort_the_device_has_not_confirmed_is_reported_and_goes_on(stand: St
 
 
 def test_operator_heartbeat_loss_aborts(stand: Stand) -> None:
-    heartbeats = Heartbeats(stand.operator)
+    console = heartbeats(stand)
     assert stand.call("arm")["state"] == "armed"
-    heartbeats.stop()
+    console.stop()
     wait_until(lambda: stand.system_state() == "aborting", TIMEOUT, "the deadman to abort")
     assert "heartbeat" in stand.seen.state(topics.STATE_SYSTEM)["reason"]
     wait_until(lambda: stand.seen.events_of("deadman") != [], TIMEOUT, "the deadman event")

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from services.common import topics
-from services.common.codec import WireFormatError, pack, unpack_map
+from services.common.codec import WireFormatError, unpack_map
+from services.common.heartbeat import Heartbeats, send_heartbeat
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcClient, RpcError, RpcTimeout
 from services.common.settings import PROJECT_ROOT, Settings, load_settings
@@ -57,7 +58,7 @@ def _call(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) ->
     client = _connect()
     rpc = RpcClient(client)
     try:
-        client.publish(topics.OPERATOR_HEARTBEAT, pack({"who": who, "ts": time.time()}))
+        send_heartbeat(client, who)
         result = rpc.call(
             topics.actuation(command), {**body, "who": who, "origin": "rcs-ctl"}, timeout=timeout
         )
@@ -138,9 +139,9 @@ def hold(who: Who = DEFAULT_WHO) -> None:
     client = _connect()
     console.print(f"holding as {who}: heartbeats every {HEARTBEAT_PERIOD_S} s, Ctrl-C to stop")
     try:
-        while True:
-            client.publish(topics.OPERATOR_HEARTBEAT, pack({"who": who, "ts": time.time()}))
-            time.sleep(HEARTBEAT_PERIOD_S)
+        with Heartbeats(client, who, HEARTBEAT_PERIOD_S):
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common import topics
-from services.common.codec import WireFormatError, pack, unpack_map
+from services.common.codec import WireFormatError, unpack_map
+from services.common.heartbeat import send_heartbeat
 from services.common.logs import Throttled
 from services.common.metrics import counters
 from services.common.mqtt import Message, MqttClient
@@ -97,7 +97,7 @@ class Bus:
 
     def heartbeat(self, who: str) -> None:
         """One operator heartbeat for actuation's deadman (QoS 0: a lost one is replaced by the next)."""
-        self.mqtt.publish(topics.OPERATOR_HEARTBEAT, pack({"who": who, "ts": time.time()}))
+        send_heartbeat(self.mqtt, who)
 
     # -- what the bus has seen -------------------------------------------------------------------
 
