@@ -429,8 +429,9 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         return Events(events=[jsonable(event) for event in bus.events(limit)])
 
     @app.get("/api/parquet_files", tags=["recordings"])
-    async def parquet_files(_: Viewer) -> list[ParquetFile]:
-        """The logger's recordings in the data directory, newest first."""
+    def parquet_files(_: Viewer) -> list[ParquetFile]:
+        """The logger's recordings in the data directory, newest first (listed in a worker thread:
+        a large directory on an SD card must not hold up the telemetry stream)."""
         return [ParquetFile(**asdict(info)) for info in recordings.list_files(settings.data_dir)]
 
     @app.get(
