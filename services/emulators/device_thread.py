@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -30,6 +31,16 @@ class DeviceThread:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._reconnect_at: float | None = None  # unplugged: when the new pty appears
+
+    @property
+    def link_path(self) -> Path:
+        return self._port.link_path
+
+    @property
+    def device(self) -> str | None:
+        """The /dev/pts/N the link points to now; None while unplugged."""
+        return self._port.device
 
     def start(self) -> None:
         """Create the pty and its link (ready to open when this returns) and start the device."""
@@ -60,6 +71,25 @@ class DeviceThread:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    def disconnect(self, seconds: float) -> None:
+        """Unplug: close the pty and remove the link now; a new pty appears behind it after `seconds`
+        (the device loop calls `_replug_if_due`)."""
+
+        def unplug(now: float) -> None:
+            self._port.close()
+            self._reconnect_at = now + seconds
+
+        self._in_loop(unplug)
+
+    def _replug_if_due(self, now: float) -> bool:
+        """On the device thread: open the new pty once an unplug's time is over; True when it did."""
+        if self._reconnect_at is None or now < self._reconnect_at:
+            return False
+        self._port.open()
+        self._reconnect_at = None
+        log.info("%s plugged back in: %s -> %s", self._name, self.link_path, self.device)
+        return True
 
     def _in_loop(self, control: Control) -> None:
         """Run `control(now)` on the device thread and wait until it has."""

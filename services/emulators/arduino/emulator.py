@@ -43,18 +43,8 @@ class ArduinoEmulator(DeviceThread):
         self.speed_factor = speed_factor
         super().__init__(PtyPort(link_path, hold_slave=False), "arduino-emulator")
         self._attached = False  # a host has the port open: what the board prints reaches it
-        self._reconnect_at: float | None = None
         self.lines_sent = 0
         self.lines_lost = 0
-
-    @property
-    def link_path(self) -> Path:
-        return self._port.link_path
-
-    @property
-    def device(self) -> str | None:
-        """The /dev/pts/N the link points to now; None while unplugged."""
-        return self._port.device
 
     @property
     def positions(self) -> tuple[float, ...]:
@@ -72,20 +62,6 @@ class ArduinoEmulator(DeviceThread):
         """A spontaneous reset (brown-out, watchdog): the banner again, positions back to boot."""
         self._in_loop(lambda now: self._send(self._firmware.reset(now, external=False)))
 
-    def disconnect(self, seconds: float) -> None:
-        """Unplug: close the pty and remove the link now; a new pty appears behind it after `seconds`.
-
-        The board loses power with the USB cable: it powers up again when the new pty appears, and
-        resets once more when a host opens it.
-        """
-
-        def unplug(now: float) -> None:
-            self._port.close()
-            self._attached = False
-            self._reconnect_at = now + seconds
-
-        self._in_loop(unplug)
-
     # The board loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -94,11 +70,10 @@ class ArduinoEmulator(DeviceThread):
         while not self._stopping.is_set():
             now = time.monotonic()
             self._run_controls(now)
-            if self._reconnect_at is not None and now >= self._reconnect_at:
-                self._port.open()
-                self._reconnect_at = None
-                firmware.reset(now, external=False)  # powered up again, nobody listening yet
-                log.info("Arduino emulator plugged back in: %s -> %s", self.link_path, self.device)
+            if self._replug_if_due(now):
+                # the board lost power with the USB cable (`disconnect`): it powers up again now, and
+                # resets once more when a host opens the port
+                firmware.reset(now, external=False)
             opens = self._port.host_opens()
             self._attached = self._port.host_attached()
             if opens:

@@ -72,23 +72,13 @@ class Stm32Emulator(DeviceThread):
         self._to_corrupt = 0
         self._garbage = b""  # goes out just before the next message
         self._stalled_until = float("-inf")
-        self._reconnect_at: float | None = None
         self._measured_index = {c.name: i for i, c in enumerate(settings.measured_channels)}
         self._overrides: dict[int, float] = {}
         self._receive_taps: list[Callable[[bytes, float], None]] = []
 
     @property
-    def link_path(self) -> Path:
-        return self._port.link_path
-
-    @property
     def rate_hz(self) -> float:
         return self._firmware.rate_hz
-
-    @property
-    def device(self) -> str | None:
-        """The /dev/pts/N the link points to now; None while unplugged."""
-        return self._port.device
 
     @property
     def valves(self) -> int:
@@ -140,18 +130,6 @@ class Stm32Emulator(DeviceThread):
 
         self._in_loop(hang)
 
-    def disconnect(self, seconds: float) -> None:
-        """Unplug: close the pty and remove the link now; a new pty appears behind it after `seconds`.
-
-        The device stays powered: its counter advances and its watchdog closes the valves.
-        """
-
-        def unplug(now: float) -> None:
-            self._port.close()
-            self._reconnect_at = now + seconds
-
-        self._in_loop(unplug)
-
     def add_receive_tap(self, tap: Callable[[bytes, float], None]) -> None:
         """Call `tap(data, now)` with every byte the device receives from the host, as it reads it."""
         self._receive_taps.append(tap)
@@ -177,10 +155,7 @@ class Stm32Emulator(DeviceThread):
         while not self._stopping.is_set():
             now = time.monotonic()
             self._run_controls(now)
-            if self._reconnect_at is not None and now >= self._reconnect_at:
-                self._port.open()
-                self._reconnect_at = None
-                log.info("STM32 emulator plugged back in: %s -> %s", self.link_path, self.device)
+            self._replug_if_due(now)  # unplugged (`disconnect`), the device stayed powered
             if self._link_up(now):
                 self._port.flush()
                 received = self._port.read()
