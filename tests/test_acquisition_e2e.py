@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,13 +49,21 @@ def observer(mqtt_settings: MqttSettings) -> Iterator[tuple[MqttClient, Continui
     client.stop()
 
 
-def start_stack(
+@contextmanager
+def running_stack(
     settings: Settings, acquisition_mqtt: MqttSettings, tmp_path: Path, protocol: Literal["binary", "text"]
-) -> tuple[Stm32Emulator, Acquisition]:
-    """The emulator and rcs-acquisition, logged in as `acquisition_mqtt` (the `acquisition` user)."""
+) -> Iterator[tuple[Stm32Emulator, Acquisition]]:
+    """The emulator and rcs-acquisition, logged in as `acquisition_mqtt` (the `acquisition` user);
+    both stopped afterwards, and acquisition must then exit cleanly."""
     emulator = Stm32Emulator(settings, protocol=protocol, link_path=tmp_path / "stm32")
     emulator.start()
-    return emulator, Acquisition(acquisition_mqtt, tmp_path / "stm32", tmp_path)
+    acquisition = Acquisition(acquisition_mqtt, tmp_path / "stm32", tmp_path)
+    try:
+        yield emulator, acquisition
+    finally:
+        code = acquisition.stop()
+        emulator.stop()
+        assert code == 0, acquisition.log.read_text()
 
 
 def test_binary_stream_is_contiguous_at_full_rate(
@@ -64,8 +73,7 @@ def test_binary_stream_is_contiguous_at_full_rate(
     observer: tuple[MqttClient, Continuity, Retained],
 ) -> None:
     client, continuity, retained = observer
-    emulator, acquisition = start_stack(settings, mqtt_as("acquisition"), tmp_path, "binary")
-    try:
+    with running_stack(settings, mqtt_as("acquisition"), tmp_path, "binary") as (_emulator, acquisition):
         wait_until(lambda: continuity.snapshot().samples >= 50_000, 40, "5 s of samples at 10 kHz")
         seen = continuity.snapshot()
         assert seen.gaps == 0 and seen.duplicates == 0 and seen.malformed == 0
@@ -106,9 +114,6 @@ def test_binary_stream_is_contiguous_at_full_rate(
         finally:
             rpc.close()
         assert acquisition.alive()
-    finally:
-        assert acquisition.stop() == 0, acquisition.log.read_text()
-        emulator.stop()
     assert retained.latest[topics.status("acquisition")]["state"] == "offline"
 
 
@@ -119,8 +124,7 @@ def test_unplug_replug_and_garbage_never_stop_the_stream(
     observer: tuple[MqttClient, Continuity, Retained],
 ) -> None:
     _client, continuity, retained = observer
-    emulator, acquisition = start_stack(settings, mqtt_as("acquisition"), tmp_path, "binary")
-    try:
+    with running_stack(settings, mqtt_as("acquisition"), tmp_path, "binary") as (emulator, acquisition):
         wait_until(lambda: continuity.snapshot().samples >= 10_000, 40, "the stream to start")
 
         emulator.disconnect(1.0)
@@ -147,9 +151,6 @@ def test_unplug_replug_and_garbage_never_stop_the_stream(
         # the frames the garbage landed in
         assert final.lost_samples - after_replug.lost_samples < 2_000
         assert acquisition.alive()
-    finally:
-        assert acquisition.stop() == 0, acquisition.log.read_text()
-        emulator.stop()
     # thousands of bad bytes are logged once (then summarised every 10 s), not once per frame
     assert 1 <= acquisition.log.read_text().count("bad input on this connection") <= 2
 
@@ -161,8 +162,7 @@ def test_legacy_text_protocol_is_detected_and_streamed(
     observer: tuple[MqttClient, Continuity, Retained],
 ) -> None:
     _client, continuity, retained = observer
-    emulator, acquisition = start_stack(settings, mqtt_as("acquisition"), tmp_path, "text")
-    try:
+    with running_stack(settings, mqtt_as("acquisition"), tmp_path, "text"):
         wait_until(lambda: continuity.snapshot().samples >= 100, 30, "text-protocol samples")
         seen = continuity.snapshot()
         assert seen.gaps == 0 and seen.duplicates == 0
@@ -174,6 +174,3 @@ def test_legacy_text_protocol_is_detected_and_streamed(
             RETAINED_WAIT_S,
             "meta to name the text protocol",
         )
-    finally:
-        assert acquisition.stop() == 0, acquisition.log.read_text()
-        emulator.stop()
