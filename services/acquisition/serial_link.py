@@ -24,6 +24,7 @@ from services.acquisition.binary_protocol import BinaryDecoder, BinaryMessage, R
 from services.acquisition.ports import find_stm32_port
 from services.acquisition.text_protocol import EngineeringBlock, TextAck, TextDecoder, TextMessage
 from services.common.logs import Throttled
+from services.common.serial_ports import open_serial
 from services.common.settings import Settings
 from services.common.stm32_wire import (
     StatusFrame,
@@ -36,8 +37,6 @@ from services.common.stm32_wire import (
 
 log = logging.getLogger("rcs.acquisition.serial_link")
 
-READ_TIMEOUT_S = 0.05  # bounds how late a heartbeat or a stop request can be noticed
-WRITE_TIMEOUT_S = 0.5  # a device that stops reading is treated as gone
 # After the first byte of a burst, let the rest of it accumulate this long before reading: one
 # wake-up per few frames instead of one per frame. Telemetry leaves in 10 ms batches anyway.
 COALESCE_S = 0.004
@@ -229,24 +228,10 @@ class SerialLink:
         attempt = 0  # advances only when a protocol was not detected: a working rate is kept
         while not self._stop.is_set():
             port = find_stm32_port(self._settings)
-            if port is None:
-                self._problems.warning(
-                    "no-port", "no serial port with a VID:PID in %s; retrying", ", ".join(stm32.vid_pids)
-                )
-            else:
-                try:
-                    ser = serial.Serial(
-                        port,
-                        baud_rates[attempt % len(baud_rates)],
-                        timeout=READ_TIMEOUT_S,
-                        write_timeout=WRITE_TIMEOUT_S,
-                        exclusive=True,
-                    )
-                except (serial.SerialException, OSError, ValueError) as exc:
-                    self._problems.warning("open", "cannot open %s: %s; retrying", port, exc)
-                else:
-                    if not self._serve(ser, port):
-                        attempt += 1
+            baudrate = baud_rates[attempt % len(baud_rates)]
+            opened = open_serial(port, stm32.vid_pids, baudrate, self._problems)
+            if opened is not None and not self._serve(*opened):
+                attempt += 1
             self._stop.wait(stm32.reconnect_s)
 
     def _serve(self, ser: serial.Serial, port: str) -> bool:

@@ -42,13 +42,11 @@ import serial
 
 from services.actuation import motor_replies as replies
 from services.common.logs import Throttled
-from services.common.serial_ports import find_port
+from services.common.serial_ports import find_port, open_serial
 from services.common.settings import Settings
 
 log = logging.getLogger("rcs.actuation.motors")
 
-READ_TIMEOUT_S = 0.05  # bounds how late a queued move, a deadline or stop() is noticed
-WRITE_TIMEOUT_S = 0.5  # a board that stops reading is treated as gone
 JOIN_TIMEOUT_S = 5.0
 # The firmware times its merge window on the Uno's ceramic resonator (+-0.5 %, clones worse) from
 # the end of a command; the controller waits this much longer than the window, from the last line.
@@ -214,23 +212,9 @@ class MotorController:
         arduino = self._settings.arduino
         while not self._stop.is_set():
             port = find_port(arduino.port, arduino.vid_pids)
-            if port is None:
-                self._problems.warning(
-                    "no-port", "no serial port with a VID:PID in %s; retrying", ", ".join(arduino.vid_pids)
-                )
-            else:
-                try:
-                    ser = serial.Serial(
-                        port,
-                        arduino.baudrate,
-                        timeout=READ_TIMEOUT_S,
-                        write_timeout=WRITE_TIMEOUT_S,
-                        exclusive=True,
-                    )
-                except (serial.SerialException, OSError, ValueError) as exc:
-                    self._problems.warning("open", "cannot open %s: %s; retrying", port, exc)
-                else:
-                    self._serve(ser, port)
+            opened = open_serial(port, arduino.vid_pids, arduino.baudrate, self._problems)
+            if opened is not None:
+                self._serve(*opened)
             self._idle(arduino.reconnect_s)
         self._refuse_new("the motor controller stopped")
 
