@@ -71,6 +71,20 @@ class Acquisition(ServiceProcess):
         )
 
 
+class Actuation(ServiceProcess):
+    """rcs-actuation with the motor Arduino at `arduino`; `mqtt` must be the `actuation` user."""
+
+    def __init__(self, mqtt: MqttSettings, arduino: Path, tmp: Path) -> None:
+        super().__init__(
+            "services.actuation",
+            "actuation",
+            mqtt,
+            tmp,
+            RCS_ARDUINO_PORT=str(arduino),
+            RCS_ACTUATION_METRICS_PORT="0",
+        )
+
+
 class Logger(ServiceProcess):
     """rcs-logger recording to `data_dir`; `mqtt` must be the `logger` user."""
 

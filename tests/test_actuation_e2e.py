@@ -27,7 +27,7 @@ from services.common.stm32_wire import Deframer, FrameError, SetValvesFrame, par
 from services.emulators.arduino import ArduinoEmulator
 from services.emulators.stm32 import Stm32Emulator
 from tests.conftest import wait_until
-from tests.processes import Acquisition, ServiceProcess
+from tests.processes import Acquisition, Actuation
 
 TIMEOUT = 20.0
 RELIEFS = 0b000100001  # RELIEF1 and RELIEF2: the abort's venting step
@@ -117,14 +117,7 @@ def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: 
     arduino.start()
     writes = DeviceWrites(stm32)
     acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
-    actuation = ServiceProcess(
-        "services.actuation",
-        "actuation",
-        mqtt_as("actuation"),
-        tmp_path,
-        RCS_ARDUINO_PORT=str(tmp_path / "arduino"),
-        RCS_ACTUATION_METRICS_PORT="0",
-    )
+    actuation = Actuation(mqtt_as("actuation"), tmp_path / "arduino", tmp_path)
     operator = MqttClient(mqtt_as("operator"), "operator")
     seen = Observer()
     watched = (

@@ -28,7 +28,7 @@ from services.gateway.app import create_app
 from services.gateway.auth import Auth
 from services.gateway.bus import Bus
 from tests.conftest import new_broker, wait_until
-from tests.processes import Acquisition, ServiceProcess
+from tests.processes import Acquisition, Actuation, Logger
 
 TIMEOUT = 20.0
 OPERATOR = "op-token-0123456789"
@@ -102,22 +102,8 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     arduino.start()
     services = {
         "acquisition": Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp),
-        "actuation": ServiceProcess(
-            "services.actuation",
-            "actuation",
-            broker.settings("actuation"),
-            tmp,
-            RCS_ARDUINO_PORT=str(tmp / "arduino"),
-            RCS_ACTUATION_METRICS_PORT="0",
-        ),
-        "logger": ServiceProcess(
-            "services.logger",
-            "logger",
-            broker.settings("logger"),
-            tmp,
-            RCS_DATA_DIR=str(data_dir),
-            RCS_LOGGER_METRICS_PORT="0",
-        ),
+        "actuation": Actuation(broker.settings("actuation"), tmp / "arduino", tmp),
+        "logger": Logger(broker.settings("logger"), tmp, data_dir),
     }
     served = Served(settings)
     bus = served.bus

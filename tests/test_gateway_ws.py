@@ -38,7 +38,7 @@ from services.gateway.bus import Bus
 from services.gateway.hub import Hub
 from services.gateway.ws import WebSocketStats, register_websocket
 from tests.conftest import wait_until
-from tests.processes import Acquisition, ServiceProcess
+from tests.processes import Acquisition, Actuation
 
 OPERATOR, VIEWER = "operator-token-for-tests", "viewer-token-for-tests"
 QUEUE_FRAMES = 8
@@ -77,14 +77,7 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     stm32.start()
     arduino.start()
     acquisition = Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp)
-    actuation = ServiceProcess(
-        "services.actuation",
-        "actuation",
-        broker.settings("actuation"),
-        tmp,
-        RCS_ARDUINO_PORT=str(tmp / "arduino"),
-        RCS_ACTUATION_METRICS_PORT="0",
-    )
+    actuation = Actuation(broker.settings("actuation"), tmp / "arduino", tmp)
     bus = Bus(settings)
 
     @asynccontextmanager

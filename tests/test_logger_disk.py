@@ -40,6 +40,7 @@ from services.emulators.stm32 import Stm32Emulator
 from services.logger.events import read_events
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
+from tests.recordings import recorded_seqs
 
 TIMEOUT = 30.0  # liveness bounds only
 MB = 1024**2
@@ -195,17 +196,6 @@ def _clipped(intervals: list[list[int]], up_to: int) -> list[list[int]]:
     return [[a, min(b, up_to)] for a, b in intervals if a <= up_to]
 
 
-def _recorded_seqs(data_dir: Path, session: str) -> npt.NDArray[np.uint64]:
-    files = sorted(data_dir.glob("sensor_log_*.parquet"))
-    assert files, "no Parquet files were written"
-    seqs = []
-    for path in files:
-        table = pq.read_table(path, columns=["seq", "session"])  # every file opens
-        mask = np.asarray(table.column("session").to_pylist()) == session
-        seqs.append(table.column("seq").to_numpy()[mask])
-    return np.sort(np.concatenate(seqs))
-
-
 def test_disk_full_error_event_memory_bound_and_recovery_with_every_sample_once(
     settings: Settings, broker: Broker, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
 ) -> None:
@@ -316,7 +306,7 @@ def test_disk_full_error_event_memory_bound_and_recovery_with_every_sample_once(
             saved = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)
             assert (data_dir / saved["file"]).is_file()
 
-            seqs = _recorded_seqs(data_dir, session)
+            seqs = recorded_seqs(data_dir, session)
             assert len(np.unique(seqs)) == len(seqs), "a sample was written twice"
             np.testing.assert_array_equal(seqs[seqs <= target], acquired)
             assert not list(data_dir.glob("*.tmp")), "a half-written file was left behind"

@@ -23,6 +23,7 @@ from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
+from tests.recordings import recorded_seqs
 
 TIMEOUT = 60.0
 ROTATE_S = "4"
@@ -54,18 +55,6 @@ def _logged_through(rpc: RpcClient, session: str, last_seq: int) -> bool:
         return False
     intervals = status["sessions"].get(session, [])
     return bool(intervals) and intervals[0][0] == 0 and intervals[-1][1] >= last_seq
-
-
-def _recorded_seqs(data_dir: Path, session: str) -> np.ndarray:
-    files = sorted(data_dir.glob("sensor_log_*.parquet"))
-    assert files, "no Parquet files were written"
-    seqs = []
-    for path in files:
-        table = pq.read_table(path, columns=["seq", "session"])  # every file opens
-        mask = np.asarray(table.column("session").to_pylist()) == session
-        seqs.append(table.column("seq").to_numpy()[mask])
-    assert not list(data_dir.glob("*.tmp")), "a half-written file was left behind"
-    return np.sort(np.concatenate(seqs))
 
 
 def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
@@ -118,7 +107,8 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
         saved = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)
         assert (data_dir / saved["file"]).is_file()
 
-        seqs = _recorded_seqs(data_dir, session)
+        seqs = recorded_seqs(data_dir, session)
+        assert not list(data_dir.glob("*.tmp")), "a half-written file was left behind"
         assert len(np.unique(seqs)) == len(seqs), "a sample was written twice"
         np.testing.assert_array_equal(seqs[seqs <= target], _acquired_seqs(rpc, session, target))
         assert logger.alive() and acquisition.alive()
