@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import math
@@ -90,23 +91,12 @@ class _Display:
     period_s: float
     last_sent: float = -math.inf
     session: str | None = None
-    columns_for: tuple[tuple[str, ...], npt.NDArray[np.intp]] | None = None
     t: list[float] = field(default_factory=list)
     mins: list[npt.NDArray[np.float32]] = field(default_factory=list)
     maxs: list[npt.NDArray[np.float32]] = field(default_factory=list)
     seq_first: int = 0
     seq_next: int = 0
     samples: int = 0
-
-    def columns(self, channels: tuple[str, ...]) -> npt.NDArray[np.intp] | None:
-        """Indexes of the subscribed channels in `channels` (cached per channel list)."""
-        if self.names is None:
-            return None
-        if self.columns_for is None or self.columns_for[0] != channels:
-            index = {name: i for i, name in enumerate(channels)}
-            picked = [index[name] for name in self.names if name in index]
-            self.columns_for = (channels, np.array(picked, dtype=np.intp))
-        return self.columns_for[1]
 
     def reset(self) -> None:
         self.t.clear()
@@ -277,7 +267,9 @@ class Hub:
         if display.session != batch.session:
             display.reset()
             display.session = batch.session
-        columns = display.columns(batch.channels)
+        names, columns = (
+            (batch.channels, None) if display.names is None else _chosen(batch.channels, display.names)
+        )
         low, high = reduced
         if not display.t:
             display.seq_first = batch.seq
@@ -289,7 +281,6 @@ class Hub:
         if now - display.last_sent < display.period_s:
             return
         display.last_sent = now
-        names = batch.channels if columns is None else tuple(batch.channels[i] for i in columns)
         frame = encode_msgpack(
             {
                 "type": "sensor_display",
@@ -312,11 +303,20 @@ def _select(batch: TelemetryBatch, names: tuple[str, ...] | None, payload: bytes
     """The batch's payload with only `names` (in that order; unknown ones left out), or as received."""
     if names is None or names == batch.channels:
         return payload
-    index = {name: i for i, name in enumerate(batch.channels)}
-    picked = [name for name in names if name in index]
-    columns = [index[name] for name in picked]
+    picked, columns = _chosen(batch.channels, names)
     return encode_batch(
-        TelemetryBatch(
-            batch.session, batch.seq, batch.rate_hz, tuple(picked), batch.t, batch.data[:, columns]
-        )
+        TelemetryBatch(batch.session, batch.seq, batch.rate_hz, picked, batch.t, batch.data[:, columns])
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _chosen(
+    channels: tuple[str, ...], names: tuple[str, ...]
+) -> tuple[tuple[str, ...], npt.NDArray[np.intp]]:
+    """The subscribed `names` found in `channels` (in the subscription's order) and their column
+    indexes; computed once per channel list and choice, not per batch."""
+    index = {name: i for i, name in enumerate(channels)}
+    picked = tuple(name for name in names if name in index)
+    columns = np.array([index[name] for name in picked], dtype=np.intp)
+    columns.setflags(write=False)  # shared by every caller
+    return picked, columns
