@@ -203,7 +203,7 @@ class Acquisition:
         state = {
             "connected": self.link_info is not None,
             **self._source(),
-            "valves": None if status is None else self.device_valves,
+            "valves": self.device_valves,  # None exactly while there is no STATUS yet
             "safe": None if status is None else status.safe,
             "ts": time.time(),
         }
