@@ -349,7 +349,7 @@ def measure_commands(stand: Stand, n: int, rng: random.Random) -> dict[str, Any]
             replied.set()
 
         future = stand.rpc.request(topic, {"valves": pattern, **WHO}, timeout=2.0)
-        published = stand.operator.request_published_at[topic]
+        published = stand.operator.request_published_at[topics.request(topic, stand.operator.login)]
         future.add_done_callback(on_reply)
         if not replied.wait(5.0):
             raise RuntimeError(f"no reply to command {i}")
@@ -429,7 +429,7 @@ def run_aborts(stand: Stand, k: int, rng: random.Random, telemetry: TelemetryWat
         if aborting is None or "red-line" not in str(aborting.body.get("reason")):
             raise RuntimeError(f"abort {i} was not the red-line's: {aborting}")
         on_broker = stand.watch.first(topics.STM32_VALVES, requested, "cmd_no", written.cmd_no)
-        event = stand.watch.first(topics.EVENTS, requested, "kind", "redline")
+        event = stand.watch.first(topics.events("actuation"), requested, "kind", "redline")
         trip_seq = None if event is None else int(event.body["seq"])
         runs.append(AbortRun(requested, returned, written, on_broker, trip_seq))
         stand.stm32.override(REDLINE_CHANNEL, None)

@@ -44,7 +44,7 @@ class Observer:
     def on_message(self, message: Message) -> None:
         decoded = unpack_map(message.payload)
         with self._lock:
-            if message.topic == topics.EVENTS:
+            if topics.is_event(message.topic):
                 self.events.append(decoded)
             else:
                 self.latest[message.topic] = decoded
@@ -172,7 +172,14 @@ def test_valve_command_reaches_the_device_and_the_acknowledged_state_is_publishe
     assert stand.stm32.valves == run_valves, "a refused command writes nothing"
     wait_until(lambda: len(stand.seen.events_of("command")) >= 2, TIMEOUT, "audit events")
     accepted, refused = stand.seen.events_of("command")[:2]
-    assert (accepted["who"], accepted["origin"], accepted["accepted"]) == ("test-operator", "pytest", True)
+    # the login is what the broker proves; the body's who/origin are only a recorded claim
+    assert (accepted["who"], accepted["login"], accepted["origin"], accepted["accepted"]) == (
+        "operator",
+        "operator",
+        "mqtt",
+        True,
+    )
+    assert accepted["claimed_who"] == "test-operator"
     assert refused["accepted"] is False and "igniter-needs-armed" in refused["reason"]
 
 
@@ -231,7 +238,7 @@ def test_operator_heartbeat_loss_aborts(stand: Stand) -> None:
 
 def test_an_expired_command_never_runs(stand: Stand) -> None:
     replies: list[Message] = []
-    reply_topic = f"rcs/reply/{stand.operator.client_id}-late"
+    reply_topic = f"rcs/reply/{stand.operator.reply_id}-late"
     stand.operator.subscribe(reply_topic, replies.append, qos=1)
     assert stand.operator.wait_connected(10)
     late = publish_properties(

@@ -45,8 +45,8 @@ FORBIDDEN = [
     (ANONYMOUS, topics.STM32_VALVES),
     (ANONYMOUS, topics.STM32_GO_SAFE),
     (ANONYMOUS, topics.TELEMETRY),
-    (ANONYMOUS, topics.EVENTS),
-    (ANONYMOUS, topics.ACQ_HISTORY),
+    (ANONYMOUS, topics.events("operator")),
+    (ANONYMOUS, topics.request(topics.ACQ_HISTORY, "operator")),
     (ANONYMOUS, topics.status("actuation")),
     (ANONYMOUS, topics.OPERATOR_HEARTBEAT),
     *[
@@ -62,6 +62,12 @@ FORBIDDEN = [
     ("gateway", topics.status("actuation")),
     ("acquisition", topics.status("actuation")),
     ("logger", topics.OPERATOR_HEARTBEAT),
+    # audit identity: events and requests only in one's own name
+    ("operator", topics.events("actuation")),
+    ("gateway", topics.events("acquisition")),
+    ("logger", topics.events("actuation")),
+    ("operator", topics.request(topics.actuation("valves"), "gateway")),
+    ("logger", topics.request(topics.actuation("valves"), "gateway")),
 ]
 # (user, topic) pairs the ACL must allow
 ALLOWED = [
@@ -77,10 +83,10 @@ ALLOWED = [
     ("acquisition", topics.STM32_VALVE_ACK),
     ("operator", topics.OPERATOR_HEARTBEAT),
     ("gateway", topics.OPERATOR_HEARTBEAT),
-    ("operator", topics.ACQ_HISTORY),
-    *[(user, topics.EVENTS) for user in USERS],
+    ("operator", topics.request(topics.ACQ_HISTORY, "operator")),
+    *[(user, topics.events(user)) for user in USERS],
     *[(user, topics.status(user)) for user in USERS],
-    *[(user, topics.actuation("valves")) for user in USERS],
+    *[(user, topics.request(topics.actuation("valves"), user)) for user in USERS],
     *[(user, topics.replies("rcs-someone-else")) for user in USERS],
 ]
 
@@ -213,7 +219,8 @@ def test_an_unknown_user_is_refused(paho: Callable[..., Paho]) -> None:
 
 
 def test_rpc_round_trip_from_operator_to_acquisition_history(project_broker: Broker) -> None:
-    """The request goes out on rcs/rpc/... as operator, the reply comes back on rcs/reply/<id>."""
+    """The request goes out on rcs/rpc/.../operator as operator, the reply comes back on rcs/reply/<id>;
+    the handler sees the requester's login."""
     ring = RingBuffer(1000, 2)
     ring.append(0, np.arange(10, dtype=np.float64), np.ones((10, 2), dtype=np.float32))
     server_mqtt = MqttClient(project_broker.settings("acquisition"), "acquisition")

@@ -124,7 +124,7 @@ class Filler:
 
 
 class Events:
-    """The logger's events on `rcs/events`, as received by the operator."""
+    """The logger's events on `rcs/events/logger`, as received by the operator."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -82,16 +82,22 @@ def raw_request(
         properties.ResponseTopic = response_topic
     if correlation is not None:
         properties.CorrelationData = correlation
-    assert stack.client_mqtt.publish(TOPIC, payload, qos=1, properties=properties)
+    request_topic = topics.request(TOPIC, stack.client_mqtt.login)
+    assert stack.client_mqtt.publish(request_topic, payload, qos=1, properties=properties)
 
 
 def test_round_trip_keeps_bytes_and_strips_the_deadline(stack: Stack) -> None:
     blob = bytes(range(256)) * 40
     result = stack.client.call(TOPIC, {"blob": blob, "n": 3}, timeout=5)
-    assert result == {"echo": {"blob": blob, "n": 3}}
-    assert stack.handler.calls == [{"blob": blob, "n": 3}]
+    assert result == {"echo": {"blob": blob, "n": 3, "login": "operator"}}
+    assert stack.handler.calls == [{"blob": blob, "n": 3, "login": "operator"}]
     assert stack.client.pending == 0
     assert stack.server.stats.served == 1
+
+
+def test_the_handler_sees_the_requesters_login_never_the_bodys(stack: Stack) -> None:
+    """The login comes from the request topic, which only that user may publish on."""
+    assert stack.client.call(TOPIC, {"login": "actuation"}, timeout=5) == {"echo": {"login": "operator"}}
 
 
 def test_concurrent_requests_get_their_own_replies(stack: Stack) -> None:
@@ -110,7 +116,7 @@ def test_unexpected_exception_replies_internal_error(stack: Stack) -> None:
     with pytest.raises(RpcError, match="internal error: ZeroDivisionError"):
         stack.client.call(TOPIC, {"fail": True}, timeout=5)
     assert stack.server.stats.failed == 1
-    assert stack.client.call(TOPIC, {"after": "failure"}, timeout=5) == {"echo": {"after": "failure"}}
+    assert stack.client.call(TOPIC, {"after": "failure"}, timeout=5)["echo"]["after"] == "failure"
 
 
 def test_timeout_without_a_server_leaves_nothing_pending(stack: Stack) -> None:
@@ -124,7 +130,7 @@ def test_usable_from_asyncio(stack: Stack) -> None:
     async def main() -> dict[str, Any]:
         return await asyncio.wrap_future(stack.client.request(TOPIC, {"from": "asyncio"}, timeout=5))
 
-    assert asyncio.run(main()) == {"echo": {"from": "asyncio"}}
+    assert asyncio.run(main()) == {"echo": {"from": "asyncio", "login": "operator"}}
 
 
 def test_a_request_past_its_deadline_is_never_executed(stack: Stack) -> None:
@@ -132,8 +138,8 @@ def test_a_request_past_its_deadline_is_never_executed(stack: Stack) -> None:
     raw_request(stack, stale, response_topic=topics.replies("nobody"), correlation=os.urandom(16))
     wait_until(lambda: stack.server.stats.dropped == 1, what="the stale request to be dropped")
 
-    assert stack.client.call(TOPIC, {"fresh": 1}, timeout=5) == {"echo": {"fresh": 1}}
-    assert stack.handler.calls == [{"fresh": 1}]
+    assert stack.client.call(TOPIC, {"fresh": 1}, timeout=5) == {"echo": {"fresh": 1, "login": "operator"}}
+    assert stack.handler.calls == [{"fresh": 1, "login": "operator"}]
 
 
 def test_a_request_whose_deadline_passes_while_queued_is_never_executed(stack: Stack) -> None:
@@ -160,16 +166,16 @@ def test_malformed_requests_are_counted_and_the_server_survives(stack: Stack) ->
     raw_request(stack, fresh, response_topic=reply_to)  # no CorrelationData
     wait_until(lambda: stack.server.stats.dropped == 5, what="five malformed requests to be dropped")
 
-    assert stack.client.call(TOPIC, {"still": "alive"}, timeout=5) == {"echo": {"still": "alive"}}
-    assert stack.handler.calls == [{"still": "alive"}]
+    assert stack.client.call(TOPIC, {"still": "alive"}, timeout=5) == {
+        "echo": {"still": "alive", "login": "operator"}
+    }
+    assert stack.handler.calls == [{"still": "alive", "login": "operator"}]
 
 
 def test_a_reply_nobody_waits_for_is_counted_and_ignored(stack: Stack) -> None:
     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     properties.CorrelationData = os.urandom(16)
     reply = msgpack.packb({"ok": True, "result": {}})
-    assert stack.server_mqtt.publish(
-        topics.replies(stack.client_mqtt.client_id), reply, properties=properties
-    )
+    assert stack.server_mqtt.publish(topics.replies(stack.client_mqtt.reply_id), reply, properties=properties)
     wait_until(lambda: stack.client.stats.unmatched == 1, what="the unmatched reply")
-    assert stack.client.call(TOPIC, {}, timeout=5) == {"echo": {}}
+    assert stack.client.call(TOPIC, {}, timeout=5) == {"echo": {"login": "operator"}}

@@ -54,7 +54,7 @@ class Recorder:
 
     def events(self) -> list[dict[str, Any]]:
         with self.lock:
-            return [m for t, m in self.published if t == topics.EVENTS]
+            return [m for t, m in self.published if topics.is_event(t)]
 
     def wait_writes(self, n: int) -> list[tuple[str, int, int | None]]:
         wait_until(lambda: len(self.writes) >= n, what=f"{n} writes")

@@ -379,7 +379,7 @@ class ValveControl:
             "sent": sent,
             "valves": valves_before,
         }
-        self._publish(topics.EVENTS, pack(event), qos=1)
+        self._publish(topics.events("acquisition"), pack(event), qos=1)
 
     def _execute(self, command: ValveCommand) -> bool:
         """Write `command` unless it expired; whether it was written. Writer thread only."""

@@ -25,8 +25,9 @@ from services.actuation.motors import MotorController, MotorsState
 from services.actuation.pending import AckTimeoutError, PendingWrite, PendingWrites
 from services.actuation.redlines import RedlineMonitor
 from services.actuation.valve_map import ValveMap
-from services.common import topics
+from services.common import audit, topics
 from services.common.codec import WireFormatError, pack, publish_properties, unpack_map
+from services.common.heartbeat import BadHeartbeatError, parse_heartbeat
 from services.common.lifecycle import run_service
 from services.common.logs import Throttled
 from services.common.mqtt import Message, MqttClient
@@ -55,11 +56,7 @@ class ActuationStats:
     ack_timeouts_total: int = 0
     device_refusals_total: int = 0
     malformed_total: int = 0
-
-
-def _identity(body: dict[str, Any]) -> tuple[str, str]:
-    who, origin = body.get("who"), body.get("origin")
-    return (who if isinstance(who, str) and who else "unknown", origin if isinstance(origin, str) else "mqtt")
+    bad_heartbeats_total: int = 0  # payloads on the heartbeat topic that were no valid, fresh heartbeat
 
 
 class Actuation:
@@ -225,7 +222,13 @@ class Actuation:
             return
         self.control.post(lambda: self._ack(ack))
 
-    def _on_heartbeat(self, _message: Message) -> None:
+    def _on_heartbeat(self, message: Message) -> None:
+        try:
+            parse_heartbeat(message.payload, time.time(), self.settings.actuation.operator_timeout_s)
+        except BadHeartbeatError as exc:
+            self.stats.bad_heartbeats_total += 1
+            self._problems.warning(f"heartbeat:{exc.kind}", "ignored an operator heartbeat: %s", exc)
+            return
         self.control.post(lambda: self.deadman.operator_heartbeat(time.monotonic()))
 
     def _on_stm32_state(self, message: Message) -> None:
@@ -272,8 +275,8 @@ class Actuation:
     def _decide(
         self, command: str, body: dict[str, Any], decide: Callable[[str, float], Verdict]
     ) -> tuple[Verdict, list[PendingWrite]]:
-        who, origin = _identity(body)
-        future = self.control.call(lambda: self._decide_now(decide, who))
+        requester = audit.requester(body)
+        future = self.control.call(lambda: self._decide_now(decide, requester.who))
         verdict, sent = future.result(timeout=DECISION_TIMEOUT_S)
         self.stats.commands_total += 1
         if not verdict.accepted:
@@ -281,8 +284,7 @@ class Actuation:
             self._event(
                 "command",
                 command=command,
-                who=who,
-                origin=origin,
+                **requester.fields(),
                 args=_args(body),
                 accepted=False,
                 reason=verdict.reason,
@@ -300,19 +302,23 @@ class Actuation:
         self, command: str, body: dict[str, Any], sent: list[PendingWrite], **result: Any
     ) -> dict[str, Any]:
         """Wait for the device to acknowledge the first write (if any), then report and audit."""
-        who, origin = _identity(body)
-        audit = functools.partial(
-            self._event, "command", command=command, who=who, origin=origin, args=_args(body), accepted=True
+        record = functools.partial(
+            self._event,
+            "command",
+            command=command,
+            **audit.requester(body).fields(),
+            args=_args(body),
+            accepted=True,
         )
         if sent:
             try:
                 mask = sent[0].done.result(timeout=self._ack_timeout_s + 1.0)
             except (AckTimeoutError, ValveWriteRefusedError, FutureTimeout) as exc:
                 reason = str(exc) or "no acknowledgement from the STM32"
-                audit(result=reason, ok=False)
+                record(result=reason, ok=False)
                 raise RpcError(reason) from exc
             result |= {"valves": self.valve_map.as_list(mask), "bits": self.valve_map.format(mask)}
-        audit(ok=True, result=result)
+        record(ok=True, result=result)
         return result
 
     def _cmd_valves(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -376,7 +382,6 @@ class Actuation:
             ) from exc
 
     def _cmd_motor(self, body: dict[str, Any]) -> dict[str, Any]:
-        who, origin = _identity(body)
         motor_id, angle, target = body.get("motor_id"), body.get("angle"), body.get("target")
         if not isinstance(motor_id, int) or isinstance(motor_id, bool):
             raise RpcError("'motor_id' must be an integer")
@@ -396,8 +401,7 @@ class Actuation:
         self._event(
             "command",
             command="motor",
-            who=who,
-            origin=origin,
+            **audit.requester(body).fields(),
             args=args,
             accepted=move.ok,
             result=asdict(move),
@@ -410,7 +414,7 @@ class Actuation:
 
     def _event(self, kind: str, **fields: Any) -> None:
         event = {"ts": time.time(), "service": SERVICE, "kind": kind, **fields}
-        self.mqtt.publish(topics.EVENTS, pack(event), qos=1)
+        self.mqtt.publish(topics.events(SERVICE), pack(event), qos=1)
 
     def _publish_system(self) -> None:
         core = self.core
@@ -467,7 +471,7 @@ class Actuation:
 
 
 def _args(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in ("who", "origin")}
+    return {k: v for k, v in body.items() if k not in audit.AUDIT_KEYS}
 
 
 def main() -> None:

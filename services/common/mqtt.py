@@ -4,6 +4,11 @@ What it adds to paho: a retained status message per service (online on every con
 Last Will or on `stop()`), subscriptions that survive reconnects, handlers isolated from the network
 thread's fate, and counters for what was published, dropped and received.
 
+Client ids are unguessable (`rcs-<service>-<128 random bits>`) and appear in no message: the broker
+disconnects a client when another connects with the same id, so an id anyone could work out (from
+the host and pid in the status, or from a reply topic) would let any client throw a service off the
+broker and fire its Last Will. Replies go to `rcs/reply/<reply_id>`, a second random name.
+
 Threading: paho runs one network thread per client (`loop_start`). Subscription handlers and
 connection listeners run on that thread, so they must be quick (decode, hand off to a queue or an
 executor) and must never call `stop()`. `publish` and `subscribe` may be called from any thread.
@@ -15,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -44,6 +50,12 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 5.0
 STOP_PUBLISH_TIMEOUT_S = 2.0
+ID_RANDOM_BYTES = 16  # 128 bits: not guessable, not enumerable
+
+
+def unguessable_id(prefix: str) -> str:
+    """`<prefix>-<128 random bits, URL-safe base64>`: valid as a client id and as a topic level."""
+    return f"{prefix}-{secrets.token_urlsafe(ID_RANDOM_BYTES)}"
 
 
 @dataclass(frozen=True)
@@ -90,12 +102,20 @@ def _check_filter(topic_filter: str, qos: int) -> None:
 
 
 class MqttClient:
-    """A service's connection to the broker; create, `subscribe`, `start`, and `stop` at exit."""
+    """A service's connection to the broker; create, `subscribe`, `start`, and `stop` at exit.
 
-    def __init__(self, settings: MqttSettings, service: str, *, client_id: str | None = None) -> None:
+    `announce=False`: no retained status and no Last Will (one-shot tools such as an `rcs-ctl`
+    command, which must not overwrite the status of the same login's long-running client).
+    """
+
+    def __init__(
+        self, settings: MqttSettings, service: str, *, client_id: str | None = None, announce: bool = True
+    ) -> None:
         self.service = service
-        self.client_id = client_id or f"rcs-{service}-{socket.gethostname()}-{os.getpid()}"
+        self.client_id = client_id or unguessable_id(f"rcs-{service}")
+        self.reply_id = unguessable_id(service)  # never the client id: reply topics are public
         self._settings = settings
+        self._announce = announce
         self._status_topic = topics.status(service)
         self._status: dict[str, Any] = {
             "service": service,
@@ -154,6 +174,11 @@ class MqttClient:
             return self._ready.wait_for(lambda: self._connected and not self._unacked, timeout)
 
     @property
+    def login(self) -> str:
+        """The MQTT user this client logs in as ("anonymous" without a login: read-only)."""
+        return self._settings.username or "anonymous"
+
+    @property
     def connected(self) -> bool:
         """Connected to the broker (CONNACK received), subscriptions possibly still in flight."""
         return self._connected
@@ -164,7 +189,7 @@ class MqttClient:
             if self._stopped:
                 return
             self._stopped = True
-        if self.connected:
+        if self.connected and self._announce:
             info = self._client.publish(self._status_topic, self._offline("stopped"), qos=1, retain=True)
             try:
                 info.wait_for_publish(STOP_PUBLISH_TIMEOUT_S)
@@ -205,7 +230,7 @@ class MqttClient:
         """Merge `fields` into the retained status and republish it (now, or on the next connect)."""
         with self._lock:
             self._status.update(fields)
-        if self.connected:
+        if self.connected and self._announce:
             self._publish_status()
 
     # -- subscriptions ---------------------------------------------------------------------------
@@ -268,7 +293,8 @@ class MqttClient:
 
     def _on_pre_connect(self, client: Client, userdata: Any) -> None:
         # Refreshed before every attempt so the Will's ts is the time of the connection it guards.
-        client.will_set(self._status_topic, self._offline("connection lost"), qos=1, retain=True)
+        if self._announce:
+            client.will_set(self._status_topic, self._offline("connection lost"), qos=1, retain=True)
 
     @staticmethod
     def _on_socket_open(client: Client, userdata: Any, sock: Any) -> None:
@@ -306,8 +332,14 @@ class MqttClient:
                     self._unacked.add(mid)
             self._ready.notify_all()
             listeners = list(self._listeners)
-        log.info("connected to %s:%d as %s", self._settings.host, self._settings.port, self.client_id)
-        self._publish_status()
+        log.info(
+            "connected to %s:%d as %s",
+            self._settings.host,
+            self._settings.port,
+            self._settings.username or "anonymous",
+        )
+        if self._announce:
+            self._publish_status()
         for listener in listeners:
             self._call_listener(listener, True)
 

@@ -1,10 +1,15 @@
 """Request/response over MQTT v5: Response Topic + Correlation Data, MessagePack map bodies.
 
-A request is `{**body, "deadline": <UNIX s>}` published with QoS 1 to the service's topic, with the
-properties ResponseTopic = `topics.replies(client_id)`, CorrelationData = 16 random bytes and
+A request is `{**body, "deadline": <UNIX s>}` published with QoS 1 to the service's address followed
+by the requester's MQTT login, `topics.request(address, login)` (the broker's ACL lets each user
+publish only under its own name), with the
+properties ResponseTopic = `topics.replies(client.reply_id)`, CorrelationData = 16 random bytes and
 MessageExpiryInterval = ceil(timeout), so the broker discards it rather than deliver it late. The
 reply goes to the ResponseTopic with the same CorrelationData:
 `{"ok": true, "result": {...}}` or `{"ok": false, "error": "<reason>"}`.
+
+The server hands the handler the body with `login` set to that last topic level (replacing any
+`login` the body carried): the one thing about the requester the broker vouches for.
 
 Staleness: the server drops, without executing, any request whose deadline has passed when it
 arrives or when a worker picks it up (these requests will carry valve commands). The deadline is an
@@ -78,9 +83,11 @@ class RpcServer:
         self._throttled = Throttled(log)
 
     def serve(self, topic: str, handler: Handler) -> None:
-        """Answer requests on `topic` with `handler(body)` (body without the `deadline` key)."""
-        self._topics.append(topic)
-        self._client.subscribe(topic, lambda message: self._on_request(topic, handler, message), qos=1)
+        """Answer requests to the address `topic` with `handler(body)` (body without the `deadline` key,
+        with `login`: the requester's MQTT user)."""
+        served = topics.request(topic, "+")
+        self._topics.append(served)
+        self._client.subscribe(served, lambda message: self._on_request(topic, handler, message), qos=1)
 
     def close(self) -> None:
         """Stop serving; waits for running handlers, requests still queued are dropped unexecuted."""
@@ -113,6 +120,7 @@ class RpcServer:
         except WireFormatError as exc:
             self._drop(topic, str(exc))
             return
+        body["login"] = topics.login_of(message.topic)  # the last level: see topics.request
         deadline = body.pop("deadline", None)
         if not isinstance(deadline, int | float) or isinstance(deadline, bool):
             self._drop(topic, "no numeric deadline")
@@ -173,7 +181,7 @@ class RpcClient:
 
     def __init__(self, client: MqttClient) -> None:
         self._client = client
-        self._reply_topic = topics.replies(client.client_id)
+        self._reply_topic = topics.replies(client.reply_id)
         self._lock = threading.Lock()
         self._pending: dict[bytes, _Pending] = {}
         self._stats = RpcClientStats()
@@ -204,7 +212,9 @@ class RpcClient:
             CorrelationData=correlation,
             MessageExpiryInterval=math.ceil(timeout),
         )
-        if not self._client.publish(topic, payload, qos=1, properties=properties):
+        if not self._client.publish(
+            topics.request(topic, self._client.login), payload, qos=1, properties=properties
+        ):
             self._settle(correlation, RpcError(f"request to {topic} not sent: MQTT outgoing queue full"))
         return future
 

@@ -204,7 +204,7 @@ class LoggerSettings(_Section):
 
 
 class GatewaySettings(_Section):
-    secrets_file: Path | None = Field(None, description="`operator <token>` / `viewer <token>` lines")
+    secrets_file: Path | None = Field(None, description="named accounts, hashed tokens: written by rcs-users")
     cors_origins: tuple[str, ...] = ("http://localhost:3000", "http://localhost:5173")
     sensor_rate_hz: float = Field(30.0, gt=0, le=200, description="sensor_data pushes per second per client")
     display_max_hz: float = Field(60.0, gt=0, le=500)

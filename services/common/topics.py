@@ -2,7 +2,7 @@
 
 TELEMETRY = "rcs/telemetry/sensors"
 TELEMETRY_META = "rcs/telemetry/sensors/meta"
-EVENTS = "rcs/events"
+EVENTS = "rcs/events/+"  # subscribe: every login's events (each login may publish on its own only)
 
 STATE_STM32 = "rcs/state/stm32"
 STATE_VALVES = "rcs/state/valves"
@@ -30,11 +30,32 @@ def actuation(command: str) -> str:
     return f"rcs/rpc/actuation/{command}"
 
 
+def events(login: str) -> str:
+    """Where the MQTT user `login` publishes its audit events (the broker's ACL: nobody else)."""
+    return f"rcs/events/{login}"
+
+
+def login_of(topic: str) -> str:
+    """The MQTT user that published on `topic`, a topic of `events(login)` or `request(address, login)`."""
+    return topic.rsplit("/", 1)[1]
+
+
+def is_event(topic: str) -> bool:
+    return topic.startswith("rcs/events/") and topic.count("/") == 2
+
+
+def request(address: str, login: str) -> str:
+    """The topic on which the MQTT user `login` sends a request to `address` (e.g. `actuation("arm")`);
+    the broker's ACL lets each user publish requests only under its own name."""
+    return f"{address}/{login}"
+
+
 def status(service: str) -> str:
     """Retained online/offline status of a service; its Last Will says offline."""
     return f"rcs/status/{service}"
 
 
-def replies(client_id: str) -> str:
-    """Where a client receives the answers to its requests (its MQTT v5 Response Topic)."""
-    return f"rcs/reply/{client_id}"
+def replies(reply_id: str) -> str:
+    """Where a client receives the answers to its requests (its MQTT v5 Response Topic); `reply_id`
+    is random and never the client id (`MqttClient.reply_id`)."""
+    return f"rcs/reply/{reply_id}"

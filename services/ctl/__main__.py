@@ -1,8 +1,10 @@
 """rcs-ctl: command the stand from a terminal (MQTT request/response to actuation).
 
 Every command carries your identity (`--who`, default user@host) into actuation's audit events.
-While the stand is armed the deadman needs operator heartbeats: keep `rcs-ctl hold` running in a
-terminal for as long as you operate; stopping it (or losing the connection) aborts within 2 s.
+Arming needs operator heartbeats, and while the stand is armed the deadman needs them too: keep
+`rcs-ctl hold` running in a terminal for as long as you operate (no other command sends any);
+stopping it (or losing the connection) aborts within 2 s. Only `hold` publishes the retained
+`rcs/status/operator`: the other commands connect without a status or Last Will.
 Credentials: RCS_MQTT_USERNAME / RCS_MQTT_PASSWORD, or `run/operator.env` written by `make run`.
 """
 
@@ -21,7 +23,7 @@ from rich.table import Table
 
 from services.common import topics
 from services.common.codec import WireFormatError, unpack_map
-from services.common.heartbeat import Heartbeats, send_heartbeat
+from services.common.heartbeat import Heartbeats
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcClient, RpcError, RpcTimeout
 from services.common.settings import PROJECT_ROOT, Settings, load_settings
@@ -44,8 +46,9 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _connect() -> MqttClient:
-    client = MqttClient(_settings().mqtt, "operator")
+def _connect(*, announce: bool = False) -> MqttClient:
+    """Connected as `operator`; `announce`: with the retained status and Last Will (for `hold`)."""
+    client = MqttClient(_settings().mqtt, "operator", announce=announce)
     client.start()
     if not client.wait_connected(5):
         client.stop()
@@ -58,7 +61,6 @@ def _call(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) ->
     client = _connect()
     rpc = RpcClient(client)
     try:
-        send_heartbeat(client, who)
         result = rpc.call(
             topics.actuation(command), {**body, "who": who, "origin": "rcs-ctl"}, timeout=timeout
         )
@@ -136,7 +138,7 @@ def motor(
 @app.command()
 def hold(who: Who = DEFAULT_WHO) -> None:
     """Send operator heartbeats until Ctrl-C: the deadman aborts an armed stand without them."""
-    client = _connect()
+    client = _connect(announce=True)
     console.print(f"holding as {who}: heartbeats every {HEARTBEAT_PERIOD_S} s, Ctrl-C to stop")
     try:
         with Heartbeats(client, who, HEARTBEAT_PERIOD_S):
@@ -157,7 +159,7 @@ def status(wait: float = 1.0) -> None:
         with contextlib.suppress(WireFormatError):
             latest[message.topic] = unpack_map(message.payload)
 
-    client = MqttClient(_settings().mqtt, "operator")
+    client = MqttClient(_settings().mqtt, "operator", announce=False)
     for pattern in ("rcs/status/+", "rcs/state/+"):
         client.subscribe(pattern, keep, qos=1)
     client.start()

@@ -23,7 +23,11 @@ log = logging.getLogger("rcs.gateway")
 def main() -> None:
     settings = load_settings()
     setup_logging(SERVICE, settings.log_level, settings.log_format)
-    auth = Auth(settings)
+    try:
+        auth = Auth(settings)
+    except (OSError, ValueError) as exc:
+        log.error("gateway.secrets_file: %s", exc)
+        sys.exit(2)
     if auth.enabled and auth.token_count == 0:
         log.error(
             "auth is on but no token is configured: set RCS_OPERATOR_TOKEN (and RCS_VIEWER_TOKEN), "

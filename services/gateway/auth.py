@@ -1,8 +1,9 @@
 """Who may do what: bearer tokens with the roles `viewer` (reads) and `operator` (reads and commands).
 
-Tokens come from `RCS_OPERATOR_TOKEN` / `RCS_VIEWER_TOKEN` and from `gateway.secrets_file`, one
-token per line: `operator <token> [name]` or `viewer <token> [name]` (`#` comments, blank lines).
-The name is what actuation's audit records as `who`; it defaults to the role.
+Named accounts come from `gateway.secrets_file` (services/gateway/accounts.py, edited with
+`rcs-users`): the account's name is what actuation's audit records as `who`. `RCS_OPERATOR_TOKEN` /
+`RCS_VIEWER_TOKEN` are one account each, named `operator` / `viewer`. Tokens are compared by their
+SHA-256 against every account, in constant time; no token is ever logged.
 
 `RCS_AUTH=off` is the legacy mode for the existing frontend, which sends no token: everyone,
 with or without a token, is the operator "legacy (auth off)". It is logged as a warning at start.
@@ -14,12 +15,14 @@ import hmac
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, get_args
+
+from pydantic import SecretStr
 
 from services.common.settings import Settings
+from services.gateway.accounts import Role, hash_token, read_accounts
 
-Role = Literal["viewer", "operator"]
+__all__ = ["Auth", "Identity", "RedactTokens", "Role", "redact_tokens_in_server_logs"]
+
 _TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
 SERVER_LOGGERS = ("uvicorn.error", "uvicorn.access")
 LEGACY_NAME = "legacy (auth off)"
@@ -32,39 +35,20 @@ class Identity:
     role: Role
 
 
-def read_secrets_file(path: Path) -> list[tuple[bytes, Identity]]:
-    """Parse `role token [name]` lines; raises ValueError naming the line of any mistake."""
-    entries: list[tuple[bytes, Identity]] = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        fields = line.split(maxsplit=2)
-        role = fields[0]
-        if role not in get_args(Role) or len(fields) < 2:
-            raise ValueError(
-                f"{path}:{number}: expected `operator <token> [name]` or `viewer <token> [name]`"
-            )
-        name = fields[2].strip() if len(fields) == 3 else role
-        entries.append((fields[1].encode(), Identity(name, role)))  # type: ignore[arg-type]  # checked above
-    return entries
-
-
 class Auth:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.auth == "on"
-        self._tokens: list[tuple[bytes, Identity]] = []
-        if settings.operator_token is not None:
-            self._tokens.append(
-                (settings.operator_token.get_secret_value().encode(), Identity("operator", "operator"))
-            )
-        if settings.viewer_token is not None:
-            self._tokens.append(
-                (settings.viewer_token.get_secret_value().encode(), Identity("viewer", "viewer"))
-            )
+        self._tokens: list[tuple[bytes, Identity]] = []  # (SHA-256 of the token, whose it is)
+        env_accounts: tuple[tuple[SecretStr | None, Role], ...] = (
+            (settings.operator_token, "operator"),
+            (settings.viewer_token, "viewer"),
+        )
+        for secret, role in env_accounts:
+            if secret is not None and secret.get_secret_value():
+                self._tokens.append((hash_token(secret.get_secret_value()).encode(), Identity(role, role)))
         if settings.gateway.secrets_file is not None:
-            self._tokens.extend(read_secrets_file(settings.gateway.secrets_file))
-        self._tokens = [(token, identity) for token, identity in self._tokens if token]
+            for account in read_accounts(settings.gateway.secrets_file):
+                self._tokens.append((account.token_hash.encode(), Identity(account.name, account.role)))
         if not self.enabled:
             log.warning(
                 "RCS_AUTH=off: no tokens checked, every client is an operator (legacy frontend mode); "
@@ -83,7 +67,7 @@ class Auth:
             return Identity(LEGACY_NAME, "operator")
         if not token:
             return None
-        offered = token.encode()
+        offered = hash_token(token).encode()
         found: Identity | None = None
         for known, identity in self._tokens:
             if hmac.compare_digest(offered, known) and found is None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.common import topics
+from services.common import audit, topics
 from services.common.codec import WireFormatError, unpack_map
 from services.common.heartbeat import send_heartbeat
 from services.common.logs import Throttled
@@ -45,11 +45,12 @@ class BusStats:
     telemetry_batches: int = 0
     messages: int = 0  # state/status/event/meta maps decoded
     malformed: int = 0  # payloads that did not decode (logged throttled)
+    forged_events: int = 0  # events whose `service` is not the login that published them
     listener_errors: int = 0  # exceptions raised by listeners (logged throttled)
 
 
 class Bus:
-    """Subscribes telemetry, meta, `rcs/state/+`, `rcs/status/+` and `rcs/events`; sends requests."""
+    """Subscribes telemetry, meta, `rcs/state/+`, `rcs/status/+` and `rcs/events/+`; sends requests."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -166,8 +167,11 @@ class Bus:
             )
             return
         self.stats.messages += 1
+        if topics.is_event(message.topic):
+            decoded, forged = audit.attribute_event(message.topic, decoded)
+            self.stats.forged_events += forged
         with self._lock:
-            if message.topic == topics.EVENTS:
+            if topics.is_event(message.topic):
                 self._events.append(decoded)
             else:
                 self._latest[message.topic] = decoded

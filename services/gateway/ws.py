@@ -137,7 +137,7 @@ class _Gateway:
             return {"type": PUSHED_STATES[topic], "data": message}
         if topic.startswith("rcs/status/"):
             return {"type": "service_status", "service": topic.rsplit("/", 1)[1], "data": message}
-        if topic == topics.EVENTS:
+        if topics.is_event(topic):
             return {"type": "event", "data": message}
         return None
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.common import topics
+from services.common import audit, topics
 from services.common.codec import WireFormatError, pack, unpack_map
 from services.common.lifecycle import run_service
 from services.common.logs import Throttled
@@ -55,6 +55,7 @@ class LoggerStats:
     samples_written_total: int = 0
     duplicates_skipped_total: int = 0
     malformed_total: int = 0
+    forged_events_total: int = 0  # events whose `service` is not the login that published them
     gaps_total: int = 0
     repaired_samples_total: int = 0
     unrepairable_samples_total: int = 0
@@ -143,7 +144,16 @@ class Recorder:
             self.stats.malformed_total += 1
             self._problems.warning("malformed-event", "ignored malformed event: %s", exc)
             return
-        self._inbox.put(lambda: self._log_event(event))
+        attributed, forged = audit.attribute_event(message.topic, event)
+        if forged:
+            self.stats.forged_events_total += 1
+            self._problems.warning(
+                f"forged-event:{attributed['login']}",
+                "recorded a forged event: login %s published it as service %r",
+                attributed["login"],
+                event.get("service"),
+            )
+        self._inbox.put(lambda: self._log_event(attributed))
 
     # --- the recorder thread -----------------------------------------------------------------
 
@@ -368,7 +378,9 @@ class Recorder:
 
     def _publish_event(self, kind: str, **fields: Any) -> None:
         self.mqtt.publish(
-            topics.EVENTS, pack({"ts": time.time(), "service": SERVICE, "kind": kind, **fields}), qos=1
+            topics.events(SERVICE),
+            pack({"ts": time.time(), "service": SERVICE, "kind": kind, **fields}),
+            qos=1,
         )
 
     def metrics(self) -> dict[str, float]:

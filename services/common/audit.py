@@ -1,0 +1,53 @@
+"""Who did it: the identities in audit records, and what the broker vouches for (docs/safety.md §11).
+
+The broker authenticates MQTT logins and its ACL lets each login publish requests and events only on
+topics ending in its own name (`topics.request`, `topics.events`). So the login of a request or an
+event is proven; anything a payload says about itself is a claim. Only a relay login (the gateway,
+which authenticates people by their tokens) may name the person it acts for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from services.common import topics
+
+RELAYS = frozenset({"gateway"})  # logins trusted to say `who` and `origin` for the people they serve
+AUDIT_KEYS = ("who", "origin", "login", "claimed_who")
+
+
+@dataclass(frozen=True)
+class Requester:
+    who: str  # the person (a relay's authenticated account) or else the MQTT login itself
+    origin: str  # a relay's origin (`gateway <client ip>`), else `mqtt`
+    login: str  # the MQTT user that sent the request (set by the RPC server from the topic)
+    claimed_who: str | None  # a non-relay's own `who`, when it differs: recorded, proves nothing
+
+    def fields(self) -> dict[str, Any]:
+        """The audit event's identity fields."""
+        base = {"who": self.who, "origin": self.origin, "login": self.login}
+        return base if self.claimed_who is None else base | {"claimed_who": self.claimed_who}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def requester(body: dict[str, Any]) -> Requester:
+    """Who sent an RPC request body (its `login` was set by `RpcServer` from the request topic)."""
+    login = _text(body.get("login")) or "unknown"
+    who, origin = _text(body.get("who")), _text(body.get("origin"))
+    if login in RELAYS:
+        return Requester(who or login, origin or login, login, None)
+    return Requester(login, "mqtt", login, who if who not in (None, login) else None)
+
+
+def attribute_event(topic: str, event: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """`event` with `login` set from its topic, and whether it is forged: its `service` names another
+    login than the one that published it (then it also gets `forged: true`). Any `login` or `forged`
+    the event carried itself is replaced."""
+    login = topics.login_of(topic)
+    forged = event.get("service") != login
+    attributed = {k: v for k, v in event.items() if k != "forged"} | {"login": login}
+    return (attributed | {"forged": True} if forged else attributed), forged
