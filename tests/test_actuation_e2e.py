@@ -146,6 +146,11 @@ def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: 
         wait_until(
             lambda: seen.state(topics.STATE_MOTORS).get("connected") is True, TIMEOUT, "the Arduino handshake"
         )
+        wait_until(
+            lambda: seen.state(topics.STATE_STM32).get("connected") is True,
+            TIMEOUT,
+            "acquisition's STM32 link",
+        )
         yield Stand(stm32, arduino, writes, operator, rpc, seen, mask)
     finally:
         rpc.close()
@@ -245,7 +250,8 @@ def test_an_expired_command_never_runs(stand: Stand) -> None:
         ResponseTopic=reply_topic, CorrelationData=os.urandom(16), MessageExpiryInterval=3
     )
     body = {"valves": "000000110", "deadline": time.time() - 1.0, "who": "late operator"}
-    stand.operator.publish(topics.actuation("valves"), pack(body), qos=1, properties=late)
+    request_topic = topics.request(topics.actuation("valves"), stand.operator.login)
+    assert stand.operator.publish(request_topic, pack(body), qos=1, properties=late)
     # a later, valid command is answered only after the late one was read: by then it must have done nothing
     stand.call("valves", valves="001000000")
     assert stand.mask("000000110") not in stand.writes.seen()

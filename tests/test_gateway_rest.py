@@ -6,9 +6,11 @@ uvicorn (loopback, free port), an httpx client. Every wait is a liveness bound, 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from pydantic import SecretStr
 
 from services.analyze import synth
 from services.common import topics
-from services.common.settings import Settings, load_settings
+from services.common.settings import PROJECT_ROOT, Settings, load_settings
 from services.devstack.broker import Broker, free_port
 from services.emulators.arduino import ArduinoEmulator
 from services.emulators.stm32 import Stm32Emulator
@@ -43,6 +45,7 @@ class Gateway:
     settings: Settings
     data_dir: Path
     synthetic: str = ""  # an older recording's file name
+    tokens: dict[str, str] = field(default_factory=dict)  # named accounts made with rcs-users
 
     def client(self, token: str | None = OPERATOR) -> httpx.Client:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
@@ -85,12 +88,39 @@ class Served:
         self.thread.join(15)
 
 
+def add_account(accounts: Path, name: str, role: str) -> str:
+    """`rcs-users add` as a person runs it; the token it prints once."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.gateway.users",
+            "add",
+            name,
+            "--role",
+            role,
+            "--file",
+            str(accounts),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip().rsplit(" ", 1)[1]
+
+
 @pytest.fixture(scope="module")
 def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway-rest")
     data_dir = tmp / "data"
     data_dir.mkdir()
-    settings = gateway_settings(broker, data_dir)
+    accounts = tmp / "gateway-accounts"
+    tokens = {
+        name: add_account(accounts, name, role) for name, role in (("alice", "operator"), ("bob", "viewer"))
+    }
+    base = gateway_settings(broker, data_dir)
+    settings = base.model_copy(update={"gateway": base.gateway.model_copy(update={"secrets_file": accounts})})
     # an older recording (within the logger's retention), made like the logger's files
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     plan = synth.SynthPlan(start=start, seconds=3.0, rate_hz=2000, gaps=1, rotate_s=60)
@@ -118,7 +148,7 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         wait_until(
             lambda: (bus.latest(topics.status("logger")) or {}).get("state") == "online", TIMEOUT, "logger"
         )
-        yield Gateway(f"http://127.0.0.1:{served.port}", bus, settings, data_dir, synthetic.name)
+        yield Gateway(f"http://127.0.0.1:{served.port}", bus, settings, data_dir, synthetic.name, tokens)
     finally:
         served.stop()
         codes = {name: process.stop() for name, process in services.items()}
@@ -271,6 +301,26 @@ def test_valves_accepted_refused_and_audited(gateway: Gateway) -> None:
         closed, refused_event, opened = audited()[:3]  # newest first
     assert (opened["who"], opened["origin"], opened["accepted"]) == ("operator", "gateway 127.0.0.1", True)
     assert refused_event["accepted"] is False and closed["accepted"] is True
+
+
+def test_named_accounts_are_audited_by_name_whatever_the_body_says(gateway: Gateway) -> None:
+    with gateway.client(gateway.tokens["bob"]) as viewer:
+        assert viewer.get("/api/status").status_code == 200
+        assert viewer.post("/api/valves", json={"valves": [0] * 9}).status_code == 403
+    with gateway.client(gateway.tokens["alice"]) as alice:
+        body = {"valves": [0] * 9, "who": "mallory", "origin": "nowhere", "login": "actuation"}
+        assert alice.post("/api/valves", json=body).status_code == 200
+
+        def audited() -> list[dict[str, Any]]:
+            events = alice.get("/api/events", params={"limit": 50}).json()["events"]
+            return [e for e in events if e.get("kind") == "command" and e.get("who") == "alice"]
+
+        wait_until(lambda: audited() != [], TIMEOUT, "alice's audit event")
+        event = audited()[0]
+    assert (event["login"], event["origin"]) == ("gateway", "gateway 127.0.0.1")
+    assert (event["service"], event["publisher"]) == ("actuation", "actuation")
+    assert "claimed_who" not in event and "forged" not in event
+    assert event["args"] == {"valves": [0] * 9}
 
 
 def test_step_motor(gateway: Gateway) -> None:

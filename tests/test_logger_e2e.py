@@ -16,11 +16,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from services.common import topics
+from services.common.codec import pack
 from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcTimeout
 from services.common.settings import MqttSettings, Settings
 from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
+from services.logger.events import read_events
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
 from tests.recordings import recorded_seqs
@@ -154,3 +156,48 @@ def test_save_now_rotates_and_names_the_file(
         codes = (logger.stop(), acquisition.stop())
         emulator.stop()
         assert codes == (0, 0), (tmp_path / "logger.log").read_text()[-5000:]
+
+
+def test_events_are_recorded_with_their_publishers_login_and_forgeries_counted(
+    broker: Broker, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    """The broker lets `operator` publish events only on rcs/events/operator: one claiming to be
+    actuation's is recorded as operator's, marked forged and counted."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+    operator = MqttClient(mqtt_as("operator"), "operator", announce=False)
+    rpc = RpcClient(operator)
+    try:
+        operator.start()
+        assert operator.wait_connected(10)
+        wait_until(lambda: _call(rpc, topics.LOGGER_STATUS, {}) is not None, TIMEOUT, "the logger to serve")
+        forged = {
+            "ts": time.time(),
+            "service": "actuation",
+            "kind": "state",
+            "new": "idle",
+            "login": "actuation",
+        }
+        assert operator.publish(topics.events("actuation"), pack(forged), qos=1)  # refused by the broker
+        assert operator.publish(topics.events("operator"), pack(forged), qos=1)
+        assert operator.publish(
+            topics.events("operator"), pack({"ts": time.time(), "service": "operator", "kind": "note"}), qos=1
+        )
+
+        def recorded() -> list[dict[str, Any]]:  # the operator's (the logger may add its own)
+            every = [e for path in sorted(data_dir.glob("events_*.jsonl")) for e in read_events(path)]
+            return [e for e in every if e.get("publisher") == "operator"]
+
+        wait_until(lambda: len(recorded()) >= 2, TIMEOUT, "the events on disk")
+        first, second = recorded()
+        assert (first["publisher"], first["service"], first.get("forged")) == ("operator", "actuation", True)
+        assert first["login"] == "actuation", "a field of the payload, kept as it came: it proves nothing"
+        assert (second["publisher"], second["kind"], "forged" in second) == ("operator", "note", False)
+        status = rpc.call(topics.LOGGER_STATUS, {}, timeout=10)
+        assert status["stats"]["forged_events_total"] == 1
+    finally:
+        rpc.close()
+        operator.stop()
+        code = logger.stop()
+        assert code == 0, logger.tail()

@@ -44,10 +44,10 @@ def requester(body: dict[str, Any]) -> Requester:
 
 
 def attribute_event(topic: str, event: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """`event` with `login` set from its topic, and whether it is forged: its `service` names another
-    login than the one that published it (then it also gets `forged: true`). Any `login` or `forged`
-    the event carried itself is replaced."""
+    """`event` with `publisher` (the login that published it, from its topic), and whether it is
+    forged: its `service` names another login (then it also gets `forged: true`). Any `publisher` or
+    `forged` the event carried itself is replaced."""
     login = topics.login_of(topic)
     forged = event.get("service") != login
-    attributed = {k: v for k, v in event.items() if k != "forged"} | {"login": login}
+    attributed = {k: v for k, v in event.items() if k != "forged"} | {"publisher": login}
     return (attributed | {"forged": True} if forged else attributed), forged

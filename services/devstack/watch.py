@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until Ctrl-C)")
     args = parser.parse_args()
     settings = load_settings()
-    client = MqttClient(settings.mqtt, "watch")
+    client = MqttClient(settings.mqtt, "watch", announce=False)
     continuity = Continuity()
     client.subscribe(topics.TELEMETRY, continuity.on_message)
     client.start()

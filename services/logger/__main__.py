@@ -148,9 +148,9 @@ class Recorder:
         if forged:
             self.stats.forged_events_total += 1
             self._problems.warning(
-                f"forged-event:{attributed['login']}",
+                f"forged-event:{attributed['publisher']}",
                 "recorded a forged event: login %s published it as service %r",
-                attributed["login"],
+                attributed["publisher"],
                 event.get("service"),
             )
         self._inbox.put(lambda: self._log_event(attributed))
