@@ -2,10 +2,9 @@
 
 A request is `{**body, "deadline": <UNIX s>}` published with QoS 1 to the service's address followed
 by the requester's MQTT login, `topics.request(address, login)` (the broker's ACL lets each user
-publish only under its own name), with the
-properties ResponseTopic = `topics.replies(client.reply_id)`, CorrelationData = 16 random bytes and
-MessageExpiryInterval = ceil(timeout), so the broker discards it rather than deliver it late. The
-reply goes to the ResponseTopic with the same CorrelationData:
+publish only under its own name), with the properties ResponseTopic = `topics.replies(reply_id)`,
+CorrelationData = 16 random bytes and MessageExpiryInterval = ceil(timeout), so the broker discards
+it rather than deliver it late. The reply goes to the ResponseTopic with the same CorrelationData:
 `{"ok": true, "result": {...}}` or `{"ok": false, "error": "<reason>"}`.
 
 The server hands the handler the body with `login` set to that last topic level (replacing any

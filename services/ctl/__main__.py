@@ -1,6 +1,7 @@
 """rcs-ctl: command the stand from a terminal (MQTT request/response to actuation).
 
-Every command carries your identity (`--who`, default user@host) into actuation's audit events.
+Actuation's audit records each command as the `operator` login's (what the broker proves), with
+your `--who` (default user@host) beside it as `claimed_who`.
 Arming needs operator heartbeats, and while the stand is armed the deadman needs them too: keep
 `rcs-ctl hold` running in a terminal for as long as you operate (no other command sends any);
 stopping it (or losing the connection) aborts within 2 s. Only `hold` publishes the retained
