@@ -296,3 +296,9 @@ def test_a_refused_publish_is_counted_by_our_client(project_broker: Broker) -> N
         assert client.stats.refused == 1
     finally:
         client.stop()
+
+
+def test_a_request_without_the_requesters_login_is_refused(paho: Callable[..., Paho]) -> None:
+    """Requests travel only on topics ending in the sender's login: the plain address has no writer."""
+    for user in USERS:
+        assert paho(user).publish(topics.actuation("arm"), b"{}") == NOT_AUTHORIZED, user
