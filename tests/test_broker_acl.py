@@ -33,7 +33,7 @@ from services.common import topics
 from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcServer, RpcTimeout
 from services.devstack.broker import BASE_ACL, Broker
-from services.devstack.credentials import USERS, hash_password
+from services.devstack.credentials import STACK_USER, USERS, hash_password
 from tests.conftest import new_broker
 
 TIMEOUT = 10.0
@@ -62,6 +62,8 @@ FORBIDDEN = [
     ("gateway", topics.status("actuation")),
     ("acquisition", topics.status("actuation")),
     ("logger", topics.OPERATOR_HEARTBEAT),
+    # rcs-stack's supervisor reports, it never commands
+    *[(STACK_USER, topic) for topic in (topics.STM32_VALVES, topics.actuation("valves"), topics.TELEMETRY)],
 ]
 # (user, topic) pairs the ACL must allow
 ALLOWED = [
@@ -82,6 +84,8 @@ ALLOWED = [
     *[(user, topics.status(user)) for user in USERS],
     *[(user, topics.actuation("valves")) for user in USERS],
     *[(user, topics.replies("rcs-someone-else")) for user in USERS],
+    (STACK_USER, topics.EVENTS),
+    (STACK_USER, topics.status(STACK_USER)),
 ]
 
 

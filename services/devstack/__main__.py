@@ -5,8 +5,14 @@ the project's config and ACL and a fresh random password per user (mosquitto/acl
 logs in as its own user (RCS_MQTT_USERNAME/RCS_MQTT_PASSWORD in its environment), and the operator's
 login is written to run/operator.env (mode 0600) for rcs-ctl and other tools. Then starts the STM32
 emulator behind a pseudo-terminal and every service, each as its own process configured only by
-stand.yaml and RCS_* variables, exactly as compose or a person at a shell would. If any of them
-exits, everything is stopped: a half-running stand is worse than a stopped one.
+stand.yaml and RCS_* variables, exactly as compose or a person at a shell would.
+
+A process that exits is restarted, as compose restarts a container (services/devstack/supervisor.py:
+Docker's backoff, and a crash-loop limit beyond which it stays stopped), while the rest of the stand
+keeps running: stopping everything because one helper crashed would close the valves without the
+abort's vent and purge, and stop the recording. Each exit and restart is logged and published on
+rcs/events as the `stack` user (service "stack"), and the stack's retained status (rcs/status/stack)
+lists every process. Ctrl-C (or SIGTERM) stops everything in reverse start order.
 """
 
 from __future__ import annotations
@@ -18,17 +24,25 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pydantic import SecretStr
+
+from services.common import topics
+from services.common.codec import pack
 from services.common.lifecycle import stop_requested
 from services.common.logs import setup_logging
-from services.common.settings import PROJECT_ROOT, load_settings
+from services.common.mqtt import MqttClient
+from services.common.settings import PROJECT_ROOT, MqttSettings, load_settings
 from services.devstack import credentials
 from services.devstack.broker import Broker, broker_answers
+from services.devstack.supervisor import RestartPolicy, RestartTracker
 
 log = logging.getLogger("rcs.stack")
 
-# (name, python module) in start order; stopped in reverse.
 # (name, python module, the RCS_* variable naming its serial link) in start order; stopped in reverse.
 EMULATORS = (
     ("stm32-emulator", "services.emulators.stm32", "RCS_STM32_PORT"),
@@ -41,6 +55,7 @@ SERVICES = (
     ("gateway", "services.gateway"),
 )
 _LOGIN = ("RCS_MQTT_USERNAME", "RCS_MQTT_PASSWORD")
+POLL_S = 0.2
 
 
 def _service_env(env: dict[str, str], name: str, logins: dict[str, str]) -> dict[str, str]:
@@ -55,24 +70,128 @@ def _service_env(env: dict[str, str], name: str, logins: dict[str, str]) -> dict
     return child
 
 
-def _start(name: str, module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log.info("starting %s", name)
-    # Own process group: Ctrl-C reaches only this launcher, which then stops everything in order.
-    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, process_group=0)
+@dataclass
+class Supervised:
+    """One child process of the stack, started again by `supervise` when it exits."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    tracker: RestartTracker
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None  # monotonic time of the next start, while waiting for it
+    given_up: bool = False
+    exit_code: int | None = None
+
+    def start(self) -> None:
+        log.info("starting %s", self.name)
+        # Own process group: Ctrl-C reaches only this launcher, which then stops everything in order.
+        self.process = subprocess.Popen(self.command, env=self.env, process_group=0)
+        self.started = time.monotonic()
+        self.restart_at = None
+
+    def state(self) -> dict[str, Any]:
+        running = self.process is not None and self.process.poll() is None
+        return {
+            "state": "running" if running else "given_up" if self.given_up else "restarting",
+            "pid": self.process.pid if running and self.process is not None else None,
+            "restarts": self.restarts,
+            "exit_code": self.exit_code,
+        }
 
 
-def _stop_all(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    """Stop in reverse start order, each before the next, so no service sees its hardware vanish."""
-    for name, process in reversed(processes):
-        if process.poll() is None:
-            log.info("stopping %s", name)
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log.error("%s did not stop within 10 s; killing it", name)
-            process.kill()
-            process.wait()
+class Supervisor:
+    """Keeps the stack's processes running (module docstring); `events` publishes what it does."""
+
+    def __init__(self, events: MqttClient | None, policy: RestartPolicy) -> None:
+        self.children: list[Supervised] = []
+        self._events = events
+        self._policy = policy
+
+    def start(self, name: str, module: str, args: list[str], env: dict[str, str]) -> None:
+        child = Supervised(name, [sys.executable, "-m", module, *args], env, RestartTracker(self._policy))
+        self.children.append(child)
+        child.start()
+        self._publish_status()
+
+    def poll(self) -> None:
+        """Notice exits and start what is due; call it often."""
+        now = time.monotonic()
+        for child in self.children:
+            process = child.process
+            waiting = child.restart_at is not None or child.given_up
+            if not waiting and process is not None and process.poll() is not None:
+                self._exited(child, process.returncode, now)
+            if child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                child.start()
+                assert child.process is not None
+                self._publish(
+                    "service_restarted", name=child.name, pid=child.process.pid, restarts=child.restarts
+                )
+                self._publish_status()
+
+    def _exited(self, child: Supervised, code: int, now: float) -> None:
+        child.exit_code = code
+        delay = child.tracker.on_exit(started=child.started, exited=now)
+        if delay is None:
+            child.given_up = True
+            log.critical(
+                "%s exited (code %s) %d times within %.0f s: crash loop, NOT restarting it; the rest of "
+                "the stand keeps running (fix it, then restart rcs-stack)",
+                child.name,
+                code,
+                child.tracker.restarts_in_window,
+                self._policy.window_s,
+            )
+            self._publish(
+                "service_given_up", name=child.name, code=code, exits=child.tracker.restarts_in_window
+            )
+        else:
+            child.restart_at = now + delay
+            log.error("%s exited (code %s): restarting it in %.1f s", child.name, code, delay)
+            self._publish("service_exited", name=child.name, code=code, restart_in_s=delay)
+        self._publish_status()
+
+    def stop_all(self) -> None:
+        """Stop in reverse start order, each before the next, so no service sees its hardware vanish."""
+        for child in reversed(self.children):
+            process = child.process
+            if process is None:
+                continue
+            if process.poll() is None:
+                log.info("stopping %s", child.name)
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.error("%s did not stop within 10 s; killing it", child.name)
+                process.kill()
+                process.wait()
+
+    def _publish(self, kind: str, **fields: Any) -> None:
+        if self._events is not None:
+            event = {"ts": time.time(), "service": "stack", "kind": kind, **fields}
+            self._events.publish(topics.EVENTS, pack(event), qos=1)
+
+    def _publish_status(self) -> None:
+        if self._events is not None:
+            self._events.set_status(services={child.name: child.state() for child in self.children})
+
+
+def _stack_client(mqtt: MqttSettings, logins: dict[str, str]) -> MqttClient | None:
+    """The stack's own MQTT client for its events and status, as `stack` when this stack made the
+    logins, else with the caller's login (None without one: anonymous clients may not publish)."""
+    if logins:
+        mqtt = mqtt.model_copy(
+            update={"username": credentials.STACK_USER, "password": SecretStr(logins[credentials.STACK_USER])}
+        )
+    elif mqtt.username is None:
+        log.warning("no MQTT login (RCS_MQTT_USERNAME): service exits and restarts are only logged")
+        return None
+    return MqttClient(mqtt, "stack")
 
 
 def main() -> None:
@@ -114,17 +233,20 @@ def main() -> None:
         )
         log.info("started Mosquitto on %s:%d (mosquitto/mosquitto.conf, mosquitto/acl)", broker.host, port)
 
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = []
     stop = stop_requested()
+    events = _stack_client(settings.mqtt, logins)
+    if events is not None:
+        events.start()
+    supervisor = Supervisor(events, RestartPolicy())
     try:
         if not args.hardware:
             for name, module, port_variable in EMULATORS:
                 link = run_dir / name.removesuffix("-emulator")
                 env[port_variable] = str(link)
                 emulator_env = {k: v for k, v in env.items() if k not in _LOGIN}  # no MQTT
-                processes.append((name, _start(name, module, ["--link", str(link)], emulator_env)))
+                supervisor.start(name, module, ["--link", str(link)], emulator_env)
         for name, module in SERVICES:
-            processes.append((name, _start(name, module, [], _service_env(env, name, logins))))
+            supervisor.start(name, module, [], _service_env(env, name, logins))
         print(
             f"\nrcs is running: telemetry on mqtt://{host}:{port}/rcs/telemetry/sensors\n"
             f"  watch it:  {sys.executable} -m services.devstack.watch\n"
@@ -141,13 +263,12 @@ def main() -> None:
             + "  stop:      Ctrl-C\n",
             flush=True,
         )
-        while not stop.wait(0.5):
-            exited = [(name, p.returncode) for name, p in processes if p.poll() is not None]
-            if exited:
-                log.error("%s exited (code %s): stopping everything", *exited[0])
-                break
+        while not stop.wait(POLL_S):
+            supervisor.poll()
     finally:
-        _stop_all(processes)
+        supervisor.stop_all()
+        if events is not None:
+            events.stop()
         if broker is not None:
             broker.close()
             operator_env.unlink(missing_ok=True)  # its password died with the broker
