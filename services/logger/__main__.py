@@ -9,7 +9,10 @@ Nothing lost: the coverage of each session's `seq` is rebuilt from the files at 
 recovery); a live batch that does not continue it queues a repair of the hole; repaired pages pass
 through the same coverage, so nothing is written twice. While the disk refuses writes, rows stay in
 memory up to `memory_limit_bytes`; beyond that new rows are not taken, and are repaired from the
-ring buffer once the disk is back (if within its 10 minutes).
+ring buffer once the disk is back (if within its 10 minutes). A logger that cannot write data_dir at
+start (e.g. a segment to recover on a full disk) waits for it, taking no telemetry meanwhile; a stop
+with rows the disk refused names them (session, seq) in a CRITICAL log line: a logger started again
+within the ring's span fetches them from it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from services.logger.segments import SegmentWriter, convert_segment, recover
 
 SERVICE = "logger"
 REPLY_TIMEOUT_S = 30.0
+PREPARE_RETRY_S = 2.0  # how often a logger that cannot write data_dir at start tries again
 log = logging.getLogger("rcs.logger")
 
 Job = Callable[[], None]
@@ -68,12 +72,12 @@ class Recorder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.stats = LoggerStats()
         self._problems = Throttled(log)
         self.coverage = Coverage()
         self._sessions: set[str] = set()
-        self._recover()
+        self._ready = threading.Event()  # data_dir recovered and loaded: telemetry is recorded
+        self._stopping = threading.Event()
         self.events = EventLog(self.data_dir)
         self.writer: SegmentWriter | None = None
         self._channels: tuple[str, ...] = ()
@@ -98,6 +102,23 @@ class Recorder:
         self.rpc_server.serve(topics.LOGGER_STATUS, self._status)
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
 
+    def _prepare(self) -> bool:
+        """Recover and load what data_dir holds, waiting (and saying so) while the disk refuses; False
+        if stopped first. Until then live telemetry is refused: the ring buffer supplies it later."""
+        while True:
+            try:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                self._recover()
+            except OSError as exc:
+                self._disk_failed(exc, action="waiting for it to be writable before recording")
+                if self._stopping.wait(PREPARE_RETRY_S):
+                    return False
+                continue
+            self._disk_recovered()
+            self._ready.set()
+            log.info("recording to %s", self.data_dir.resolve())
+            return True
+
     def _recover(self) -> None:
         for path in recover(self.data_dir, self.settings.logger):
             log.warning("recovered %s from a segment a crash left behind", path.name)
@@ -112,9 +133,9 @@ class Recorder:
         self._thread.start()
         self.repairer.start()
         self.mqtt.start()
-        log.info("recording to %s", self.data_dir.resolve())
 
     def stop(self) -> None:
+        self._stopping.set()
         self.rpc_server.close()
         self.repairer.stop()
         self.mqtt.stop()
@@ -126,6 +147,8 @@ class Recorder:
     # --- paho's thread: decode and queue ------------------------------------------------------
 
     def _on_telemetry(self, message: Message) -> None:
+        if not self._ready.is_set():
+            return  # data_dir not loaded yet: the first batch after it is asks for the repair
         try:
             batch = decode_batch(message.payload)
         except WireFormatError as exc:
@@ -148,6 +171,8 @@ class Recorder:
     # --- the recorder thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        if not self._prepare():
+            return
         period = self.settings.logger.flush_s
         next_flush = time.monotonic() + period
         while True:
@@ -166,6 +191,7 @@ class Recorder:
             except Exception:  # one bad job must not stop the recording
                 self._problems.warning("job", "recorder job failed", exc_info=True)
         self._flush()
+        self._report_unwritten()
         self._close_segment(wait=True)
         self.events.close()
 
@@ -246,21 +272,45 @@ class Recorder:
                 self.writer.flush()
             self.events.flush()
         except OSError as exc:
-            self.stats.disk_errors_total += 1
-            reason = f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror or exc}"
-            if self._disk_error is None:
-                log.error(
-                    "cannot write to %s (%s): keeping data in memory and retrying", self.data_dir, reason
-                )
-                self._publish_event("disk_error", reason=reason, data_dir=str(self.data_dir))
-                self.mqtt.set_status(disk="error", disk_error=reason)
-            self._disk_error = reason
+            self._disk_failed(exc, action="keeping data in memory and retrying")
             return
+        self._disk_recovered()
+
+    def _disk_failed(self, exc: OSError, *, action: str) -> None:
+        self.stats.disk_errors_total += 1
+        reason = f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror or exc}"
+        if self._disk_error is None:
+            log.error("cannot write to %s (%s): %s", self.data_dir, reason, action)
+            self._publish_event("disk_error", reason=reason, data_dir=str(self.data_dir))
+            self.mqtt.set_status(disk="error", disk_error=reason)
+        self._disk_error = reason
+
+    def _disk_recovered(self) -> None:
         if self._disk_error is not None:
             log.warning("writing to %s again", self.data_dir)
             self._publish_event("disk_ok", data_dir=str(self.data_dir))
             self.mqtt.set_status(disk="ok", disk_error=None)
             self._disk_error = None
+
+    def _report_unwritten(self) -> None:
+        """At stop: say loudly which samples never reached the disk, and how to get them back."""
+        unwritten = {} if self.writer is None else self.writer.unwritten()
+        for session, runs in unwritten.items():
+            size = sum(last - first + 1 for first, last in runs)
+            log.critical(
+                "stopping with %d samples of session %s NOT written to %s (%s): seq %s. Acquisition's "
+                "ring buffer holds them for %.0f s after they were taken: make %s writable and start "
+                "rcs-logger again while acquisition still runs session %s, and it fetches them from the "
+                "ring (rcs/rpc/acquisition/history)",
+                size,
+                session,
+                self.data_dir,
+                self._disk_error,
+                ", ".join(f"{first}..{last}" for first, last in runs),
+                self.settings.acquisition.ring_seconds,
+                self.data_dir,
+                session,
+            )
 
     def _rotate_if_due(self) -> None:
         if self._disk_error is not None:
