@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from typer.testing import CliRunner
 
+from services.analyze.__main__ import app as analyze
 from services.common import topics
 from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcTimeout
@@ -154,3 +156,60 @@ def test_save_now_rotates_and_names_the_file(
         codes = (logger.stop(), acquisition.stop())
         emulator.stop()
         assert codes == (0, 0), (tmp_path / "logger.log").read_text()[-5000:]
+
+
+def test_check_reports_a_recording_that_ends_before_acquisitions_ring_buffer(
+    settings: Settings, broker: Broker, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    """A logger killed (and not restarted) leaves files that are continuous up to where they stop:
+    only acquisition, still running the session, knows that more was taken (`check --acquisition`)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
+    emulator.start()
+    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+    acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
+    operator = MqttClient(mqtt_as("operator"), "operator")
+    rpc = RpcClient(operator)
+    try:
+        operator.start()
+        assert operator.wait_connected(10)
+
+        def recorded_some() -> bool:
+            state = _call(rpc, topics.LOGGER_STATUS, {})
+            return state is not None and state["buffered_rows"] + state["segment_rows"] > 0
+
+        wait_until(recorded_some, TIMEOUT, "the logger to record")
+        saved = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)
+        logger.kill()
+        last = int(pq.read_table(data_dir / saved["file"], columns=["seq"]).column("seq").to_numpy().max())
+        wait_until(
+            lambda: ((_call(rpc, topics.ACQ_BUFFER_STATUS, {}) or {}).get("last_seq") or 0) > last,
+            TIMEOUT,
+            "acquisition to go on",
+        )
+
+        files_only = CliRunner().invoke(analyze, ["check", str(data_dir)])
+        assert files_only.exit_code == 0, files_only.output  # the files alone cannot tell
+        assert "--acquisition" in files_only.output
+
+        login = mqtt_as("operator")
+        assert login.password is not None
+        env = {
+            "RCS_MQTT_HOST": login.host,
+            "RCS_MQTT_PORT": str(login.port),
+            "RCS_MQTT_USERNAME": str(login.username),
+            "RCS_MQTT_PASSWORD": login.password.get_secret_value(),
+        }
+        result = CliRunner().invoke(analyze, ["check", str(data_dir), "--acquisition"], env=env)
+        assert result.exit_code == 1, result.output
+        output = " ".join(result.output.split())
+        assert "ends before acquisition's ring buffer" in output and f"stop at seq {last}," in output, output
+        assert "continuous" not in output, output
+    finally:
+        rpc.close()
+        operator.stop()
+        logger.stop()
+        code = acquisition.stop()
+        emulator.stop()
+        assert code == 0
