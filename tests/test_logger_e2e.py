@@ -21,8 +21,10 @@ from services.common import topics
 from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcTimeout
 from services.common.settings import MqttSettings, Settings
+from services.common.telemetry import TelemetryBatch, encode_batch
 from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
+from services.logger.segments import SegmentWriter
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
 from tests.recordings import recorded_seqs
@@ -213,3 +215,38 @@ def test_check_reports_a_recording_that_ends_before_acquisitions_ring_buffer(
         code = acquisition.stop()
         emulator.stop()
         assert code == 0
+
+
+def test_a_stop_names_the_samples_still_to_fetch_from_the_ring(
+    settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    """The logger holds seq 0..999 of a session and then sees 5000..5099 live: 1000..4999 are queued
+    for repair, and acquisition (absent here) never answers. A stop must say so, not drop them."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    channels = ("P1", "P2")
+    earlier = SegmentWriter(data_dir, channels, settings.logger)
+    earlier.append("S", 0, np.arange(1000, dtype=np.float64), np.zeros((1000, 2), np.float32))
+    assert earlier.rotate() is not None
+    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+    publisher = MqttClient(mqtt_as("acquisition"), "acquisition-test")
+    rpc = RpcClient(publisher)
+    try:
+        publisher.start()
+        assert publisher.wait_connected(10)
+        wait_until(lambda: _call(rpc, topics.LOGGER_STATUS, {}) is not None, TIMEOUT, "the logger")
+        live = TelemetryBatch("S", 5000, 1000.0, channels, np.arange(100.0), np.zeros((100, 2), np.float32))
+        publisher.publish(topics.TELEMETRY, encode_batch(live))
+        wait_until(
+            lambda: (_call(rpc, topics.LOGGER_STATUS, {}) or {}).get("repair_pending") == 4000,
+            TIMEOUT,
+            "the repair of 1000..4999 to be queued",
+        )
+    finally:
+        rpc.close()
+        publisher.stop()
+        code = logger.stop()
+    assert code == 0, logger.tail()
+    said = [line for line in logger.tail().splitlines() if "NOT yet fetched" in line]
+    assert said, f"the logger stopped without naming what it had still to fetch:\n{logger.tail()}"
+    assert "CRITICAL" in said[0] and "4000 samples of session S" in said[0] and "seq 1000..4999." in said[0]

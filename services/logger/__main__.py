@@ -36,7 +36,7 @@ from services.common.codec import WireFormatError, pack, unpack_map
 from services.common.lifecycle import run_service
 from services.common.logs import Throttled
 from services.common.mqtt import Message, MqttClient
-from services.common.recording import read_intervals
+from services.common.recording import Intervals, read_intervals
 from services.common.rpc import RpcClient, RpcError, RpcServer
 from services.common.settings import Settings
 from services.common.telemetry import decode_batch
@@ -138,6 +138,11 @@ class Recorder:
         self._stopping.set()
         self.rpc_server.close()
         self.repairer.stop()
+        unfetched = self.repairer.pending()
+        self._report_unrecorded(
+            "NOT yet fetched from acquisition's ring buffer",
+            {session: [(a, b - 1) for a, b in ranges] for session, ranges in unfetched.items()},
+        )
         self.mqtt.stop()
         self._inbox.put(None)
         self._thread.join(timeout=30)
@@ -293,20 +298,22 @@ class Recorder:
             self._disk_error = None
 
     def _report_unwritten(self) -> None:
-        """At stop: say loudly which samples never reached the disk, and how to get them back."""
-        unwritten = {} if self.writer is None else self.writer.unwritten()
-        for session, runs in unwritten.items():
-            size = sum(last - first + 1 for first, last in runs)
+        """At stop: the rows the disk refused."""
+        if self.writer is not None:
+            where = f"NOT written to {self.data_dir} ({self._disk_error})"
+            self._report_unrecorded(where, self.writer.unwritten())
+
+    def _report_unrecorded(self, what: str, runs: Intervals) -> None:
+        """Say loudly which samples a stop leaves unrecorded (inclusive seq runs), and how to get them."""
+        for session, session_runs in runs.items():
             log.critical(
-                "stopping with %d samples of session %s NOT written to %s (%s): seq %s. Acquisition's "
-                "ring buffer holds them for %.0f s after they were taken: make %s writable and start "
-                "rcs-logger again while acquisition still runs session %s, and it fetches them from the "
-                "ring (rcs/rpc/acquisition/history)",
-                size,
+                "stopping with %d samples of session %s %s: seq %s. Acquisition's ring buffer holds them "
+                "for %.0f s after they were taken: start rcs-logger again (with space in %s) while "
+                "acquisition still runs session %s, and it fetches them from the ring",
+                sum(last - first + 1 for first, last in session_runs),
                 session,
-                self.data_dir,
-                self._disk_error,
-                ", ".join(f"{first}..{last}" for first, last in runs),
+                what,
+                ", ".join(f"{first}..{last}" for first, last in session_runs),
                 self.settings.acquisition.ring_seconds,
                 self.data_dir,
                 session,
