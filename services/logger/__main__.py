@@ -36,7 +36,7 @@ from services.common.codec import WireFormatError, pack, unpack_map
 from services.common.lifecycle import run_service
 from services.common.logs import Throttled
 from services.common.mqtt import Message, MqttClient
-from services.common.recording import Intervals, read_intervals
+from services.common.recording import Intervals, IntervalSet, read_intervals
 from services.common.rpc import RpcClient, RpcError, RpcServer
 from services.common.settings import Settings
 from services.common.telemetry import decode_batch
@@ -84,6 +84,7 @@ class Recorder:
         self._converting: set[Path] = set()
         self._unconverted: list[Path] = []  # segments whose conversion failed (disk full)
         self._disk_error: str | None = None
+        self._refused = IntervalSet()  # rows not taken while memory was full (see _report_at_stop)
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
 
         self.mqtt = MqttClient(settings.mqtt, SERVICE)
@@ -138,11 +139,6 @@ class Recorder:
         self._stopping.set()
         self.rpc_server.close()
         self.repairer.stop()
-        unfetched = self.repairer.pending()
-        self._report_unrecorded(
-            "NOT yet fetched from acquisition's ring buffer",
-            {session: [(a, b - 1) for a, b in ranges] for session, ranges in unfetched.items()},
-        )
         self.mqtt.stop()
         self._inbox.put(None)
         self._thread.join(timeout=30)
@@ -196,7 +192,7 @@ class Recorder:
             except Exception:  # one bad job must not stop the recording
                 self._problems.warning("job", "recorder job failed", exc_info=True)
         self._flush()
-        self._report_unwritten()
+        self._report_at_stop()
         self._close_segment(wait=True)
         self.events.close()
 
@@ -221,6 +217,7 @@ class Recorder:
         n = len(t)
         if self._memory_full():
             self.stats.samples_refused_total += n
+            self._refused.add(session, first_seq, first_seq + n - 1)
             return  # not covered: the first live batch after the disk is back asks for the repair
         if live:
             last = self.coverage.last(session)
@@ -297,11 +294,28 @@ class Recorder:
             self.mqtt.set_status(disk="ok", disk_error=None)
             self._disk_error = None
 
-    def _report_unwritten(self) -> None:
-        """At stop: the rows the disk refused."""
-        if self.writer is not None:
-            where = f"NOT written to {self.data_dir} ({self._disk_error})"
-            self._report_unrecorded(where, self.writer.unwritten())
+    def _report_at_stop(self) -> None:
+        """Say loudly what this stop leaves unrecorded (the repairer is stopped by now): rows the disk
+        refused, held in memory or not even taken (memory full), and ranges queued for repair."""
+        pending = self.repairer.pending()
+        unwritten = IntervalSet()
+        for session, runs in ({} if self.writer is None else self.writer.unwritten()).items():
+            for first, last in runs:
+                unwritten.add(session, first, last)
+        for session, runs in self._refused.intervals().items():
+            queued = Coverage()
+            for start, stop in pending.get(session, []):
+                queued.add(session, start, stop - start)
+            for first, last in runs:
+                for start, stop in self.coverage.new_part(session, first, last - first + 1):
+                    for a, b in queued.new_part(session, start, stop - start):
+                        unwritten.add(session, a, b - 1)
+        reason = self._disk_error or "refused earlier"
+        self._report_unrecorded(f"NOT written to {self.data_dir} ({reason})", unwritten.intervals())
+        self._report_unrecorded(
+            "NOT yet fetched from acquisition's ring buffer",
+            {session: [(a, b - 1) for a, b in ranges] for session, ranges in pending.items()},
+        )
 
     def _report_unrecorded(self, what: str, runs: Intervals) -> None:
         """Say loudly which samples a stop leaves unrecorded (inclusive seq runs), and how to get them."""
