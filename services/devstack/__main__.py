@@ -21,25 +21,18 @@ import argparse
 import logging
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import SecretStr
 
-from services.common import topics
-from services.common.codec import pack
 from services.common.lifecycle import stop_requested
 from services.common.logs import setup_logging
 from services.common.mqtt import MqttClient
 from services.common.settings import PROJECT_ROOT, MqttSettings, load_settings
 from services.devstack import credentials
 from services.devstack.broker import Broker, broker_answers
-from services.devstack.supervisor import RestartPolicy, RestartTracker
+from services.devstack.supervisor import RestartPolicy, Supervisor
 
 log = logging.getLogger("rcs.stack")
 
@@ -70,120 +63,10 @@ def _service_env(env: dict[str, str], name: str, logins: dict[str, str]) -> dict
     return child
 
 
-@dataclass
-class Supervised:
-    """One child process of the stack, started again by `supervise` when it exits."""
-
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    tracker: RestartTracker
-    process: subprocess.Popen[bytes] | None = None
-    started: float = 0.0
-    restarts: int = 0
-    restart_at: float | None = None  # monotonic time of the next start, while waiting for it
-    given_up: bool = False
-    exit_code: int | None = None
-
-    def start(self) -> None:
-        log.info("starting %s", self.name)
-        # Own process group: Ctrl-C reaches only this launcher, which then stops everything in order.
-        self.process = subprocess.Popen(self.command, env=self.env, process_group=0)
-        self.started = time.monotonic()
-        self.restart_at = None
-
-    def state(self) -> dict[str, Any]:
-        running = self.process is not None and self.process.poll() is None
-        return {
-            "state": "running" if running else "given_up" if self.given_up else "restarting",
-            "pid": self.process.pid if running and self.process is not None else None,
-            "restarts": self.restarts,
-            "exit_code": self.exit_code,
-        }
-
-
-class Supervisor:
-    """Keeps the stack's processes running (module docstring); `events` publishes what it does."""
-
-    def __init__(self, events: MqttClient | None, policy: RestartPolicy) -> None:
-        self.children: list[Supervised] = []
-        self._events = events
-        self._policy = policy
-
-    def start(self, name: str, module: str, args: list[str], env: dict[str, str]) -> None:
-        child = Supervised(name, [sys.executable, "-m", module, *args], env, RestartTracker(self._policy))
-        self.children.append(child)
-        child.start()
-        self._publish_status()
-
-    def poll(self) -> None:
-        """Notice exits and start what is due; call it often."""
-        now = time.monotonic()
-        for child in self.children:
-            process = child.process
-            waiting = child.restart_at is not None or child.given_up
-            if not waiting and process is not None and process.poll() is not None:
-                self._exited(child, process.returncode, now)
-            if child.restart_at is not None and now >= child.restart_at:
-                child.restarts += 1
-                child.start()
-                assert child.process is not None
-                self._publish(
-                    "service_restarted", name=child.name, pid=child.process.pid, restarts=child.restarts
-                )
-                self._publish_status()
-
-    def _exited(self, child: Supervised, code: int, now: float) -> None:
-        child.exit_code = code
-        delay = child.tracker.on_exit(started=child.started, exited=now)
-        if delay is None:
-            child.given_up = True
-            log.critical(
-                "%s exited (code %s) %d times within %.0f s: crash loop, NOT restarting it; the rest of "
-                "the stand keeps running (fix it, then restart rcs-stack)",
-                child.name,
-                code,
-                child.tracker.restarts_in_window,
-                self._policy.window_s,
-            )
-            self._publish(
-                "service_given_up", name=child.name, code=code, exits=child.tracker.restarts_in_window
-            )
-        else:
-            child.restart_at = now + delay
-            log.error("%s exited (code %s): restarting it in %.1f s", child.name, code, delay)
-            self._publish("service_exited", name=child.name, code=code, restart_in_s=delay)
-        self._publish_status()
-
-    def stop_all(self) -> None:
-        """Stop in reverse start order, each before the next, so no service sees its hardware vanish."""
-        for child in reversed(self.children):
-            process = child.process
-            if process is None:
-                continue
-            if process.poll() is None:
-                log.info("stopping %s", child.name)
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                log.error("%s did not stop within 10 s; killing it", child.name)
-                process.kill()
-                process.wait()
-
-    def _publish(self, kind: str, **fields: Any) -> None:
-        if self._events is not None:
-            event = {"ts": time.time(), "service": "stack", "kind": kind, **fields}
-            self._events.publish(topics.EVENTS, pack(event), qos=1)
-
-    def _publish_status(self) -> None:
-        if self._events is not None:
-            self._events.set_status(services={child.name: child.state() for child in self.children})
-
-
 def _stack_client(mqtt: MqttSettings, logins: dict[str, str]) -> MqttClient | None:
     """The stack's own MQTT client for its events and status, as `stack` when this stack made the
-    logins, else with the caller's login (None without one: anonymous clients may not publish)."""
+    logins, else with the caller's login (None without one: anonymous clients may not publish; the
+    broker refuses rcs/status/stack to another user, the events it takes from any named user)."""
     if logins:
         mqtt = mqtt.model_copy(
             update={"username": credentials.STACK_USER, "password": SecretStr(logins[credentials.STACK_USER])}
