@@ -1,4 +1,5 @@
-"""What the logger wrote, read with pyarrow directly rather than with the project's own readers."""
+"""What the logger wrote, read with pyarrow directly rather than with the project's own readers, and
+what acquisition's ring buffer holds to compare it with."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
+
+from services.common import topics
+from services.common.rpc import RpcClient
 
 
 def recorded_seqs(data_dir: Path, session: str) -> npt.NDArray[np.uint64]:
@@ -19,3 +23,13 @@ def recorded_seqs(data_dir: Path, session: str) -> npt.NDArray[np.uint64]:
         mask = np.asarray(table.column("session").to_pylist()) == session
         seqs.append(table.column("seq").to_numpy()[mask])
     return np.sort(np.concatenate(seqs))
+
+
+def acquired_seqs(rpc: RpcClient, up_to: int) -> npt.NDArray[np.int64]:
+    """Every seq from 0 to `up_to` that acquisition's ring buffer holds (paged history requests)."""
+    pages, seq_from = [], 0
+    while seq_from <= up_to:
+        reply = rpc.call(topics.ACQ_HISTORY, {"seq_from": seq_from, "seq_to": up_to + 1}, timeout=10)
+        pages.append(np.frombuffer(reply["seq"], "<i8"))
+        seq_from = int(reply["next_seq"])
+    return np.concatenate(pages)

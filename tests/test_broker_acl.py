@@ -33,7 +33,7 @@ from services.common import topics
 from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcServer, RpcTimeout
 from services.devstack.broker import BASE_ACL, Broker
-from services.devstack.credentials import USERS, hash_password
+from services.devstack.credentials import STACK_USER, USERS, hash_password
 from tests.conftest import new_broker
 
 TIMEOUT = 10.0
@@ -68,6 +68,9 @@ FORBIDDEN = [
     ("logger", topics.events("actuation")),
     ("operator", topics.request(topics.actuation("valves"), "gateway")),
     ("logger", topics.request(topics.actuation("valves"), "gateway")),
+    # rcs-stack's supervisor reports, it never commands
+    *[(STACK_USER, topic) for topic in (topics.STM32_VALVES, topics.TELEMETRY)],
+    (STACK_USER, topics.request(topics.actuation("valves"), "operator")),
 ]
 # (user, topic) pairs the ACL must allow
 ALLOWED = [
@@ -88,6 +91,8 @@ ALLOWED = [
     *[(user, topics.status(user)) for user in USERS],
     *[(user, topics.request(topics.actuation("valves"), user)) for user in USERS],
     *[(user, topics.replies("rcs-someone-else")) for user in USERS],
+    (STACK_USER, topics.events(STACK_USER)),
+    (STACK_USER, topics.status(STACK_USER)),
 ]
 
 

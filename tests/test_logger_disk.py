@@ -38,6 +38,7 @@ from services.common.settings import MqttSettings, Settings
 from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
 from services.logger.events import read_events
+from services.logger.segments import SegmentWriter
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
 from tests.recordings import recorded_seqs
@@ -332,3 +333,117 @@ def test_disk_full_error_event_memory_bound_and_recovery_with_every_sample_once(
             codes = {"logger": logger.stop(), "acquisition": acquisition.stop()}
             emulator.stop()
             assert codes == {"logger": 0, "acquisition": 0}, logger.tail()
+
+
+def test_a_logger_started_on_a_full_disk_waits_for_space_then_recovers_and_records(
+    broker: Broker, mqtt_as: Callable[[str], MqttSettings], settings: Settings, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with tmpfs(data_dir, TMPFS_BYTES):
+        # what a logger killed earlier left behind: a segment that must be converted at start
+        leftover = SegmentWriter(data_dir, ["P1", "P2"], settings.logger)
+        leftover.append("earlier", 0, np.arange(50_000, dtype=np.float64), np.ones((50_000, 2), np.float32))
+        assert leftover.close_segment() is not None  # flushed, left unconverted
+        filler = Filler(data_dir / "filler")
+        filler.start()
+        operator = MqttClient(mqtt_as("operator"), "operator")
+        rpc = RpcClient(operator)
+        events = Events()
+        operator.subscribe(topics.EVENTS, events.on_message, qos=1)
+        operator.start()
+        assert operator.wait_connected(10)
+        logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+        try:
+            wait_until(
+                lambda: bool(events.of_kind("disk_error")) or not logger.alive(), TIMEOUT, "disk_error"
+            )
+            assert logger.alive(), f"the logger crashed at start on a full disk:\n{logger.tail()}"
+            assert "ENOSPC" in events.of_kind("disk_error")[0]["reason"]
+            assert "waiting for it to be writable" in logger.tail()
+
+            filler.stop()
+            wait_until(lambda: bool(events.of_kind("disk_ok")), TIMEOUT, "disk_ok once space is back")
+            status = rpc.call(topics.LOGGER_STATUS, {}, timeout=30)
+            assert status["sessions"]["earlier"] == [[0, 49_999]], status
+            assert recorded_seqs(data_dir, "earlier").tolist() == list(range(50_000))
+            assert logger.alive()
+        finally:
+            filler.stop()
+            rpc.close()
+            operator.stop()
+            code = logger.stop()
+        assert code == 0, logger.tail()
+
+
+def test_a_logger_stopped_on_a_full_disk_names_what_it_could_not_write_and_the_ring_gives_it_back(
+    settings: Settings, broker: Broker, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with tmpfs(data_dir, TMPFS_BYTES):
+        emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
+        emulator.start()
+        # memory fills up before the stop: rows held and rows refused must both be named
+        logger = Logger(
+            mqtt_as("logger"), tmp_path, data_dir, RCS_LOGGER_MEMORY_LIMIT_BYTES=str(MEMORY_LIMIT_BYTES)
+        )
+        acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
+        operator = MqttClient(mqtt_as("operator"), "operator")
+        rpc = RpcClient(operator)
+        events = Events()
+        operator.subscribe(topics.EVENTS, events.on_message, qos=1)
+        filler = Filler(data_dir / "filler")
+        try:
+            operator.start()
+            assert operator.wait_connected(10)
+            wait_until(lambda: any(data_dir.glob("*.arrows")), TIMEOUT, "the logger's first segment")
+            filler.start()
+            wait_until(lambda: bool(events.of_kind("disk_error")), TIMEOUT, "a disk_error event")
+            status: dict[str, Any] = {}
+
+            def refusing() -> bool:
+                nonlocal status
+                status = _call(rpc, topics.LOGGER_STATUS, {}) or {}
+                return int(status.get("stats", {}).get("samples_refused_total", 0)) > 10_000
+
+            wait_until(refusing, TIMEOUT, "rows kept in memory up to the limit, then refused")
+            held, refused = status["buffered_rows"], status["stats"]["samples_refused_total"]
+            session = next(iter(status["sessions"]))
+            assert logger.stop() == 0, logger.tail()
+
+            # said loudly: how many, which, and how to get them back
+            said = [line for line in logger.log.read_text().splitlines() if "NOT written" in line]
+            assert said, f"the logger stopped without naming what it could not write:\n{logger.tail()}"
+            line = said[0]
+            assert "CRITICAL" in line and session in line and "ring buffer" in line, line
+            runs = [
+                [int(x) for x in run.split("..")] for run in line.split("seq ")[1].split(". ")[0].split(", ")
+            ]
+            unwritten = int(line.split("stopping with ")[1].split(" ")[0])
+            assert unwritten == sum(b - a + 1 for a, b in runs) >= held + refused, (line, status)
+
+            # ...and they are: space back, a logger started again fetches them from the ring, once
+            filler.stop()
+            logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+
+            def holds_them() -> bool:
+                state = _call(rpc, topics.LOGGER_STATUS, {})
+                if state is None or state["repair_pending"]:
+                    return False
+                covered = state["sessions"].get(session, [])
+                return all(any(a <= first and last <= b for a, b in covered) for first, last in runs)
+
+            wait_until(holds_them, TIMEOUT, f"the logger to fetch {runs} from the ring")
+            rpc.call(topics.LOGGER_SAVE, {}, timeout=30)
+            seqs = recorded_seqs(data_dir, session)
+            assert len(np.unique(seqs)) == len(seqs), "a sample was written twice"
+            for first, last in runs:
+                assert np.count_nonzero((seqs >= first) & (seqs <= last)) == last - first + 1
+        finally:
+            filler.stop()
+            rpc.close()
+            operator.stop()
+            codes = {"logger": logger.stop(), "acquisition": acquisition.stop()}
+            emulator.stop()
+        assert codes == {"logger": 0, "acquisition": 0}, logger.tail()

@@ -14,15 +14,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from typer.testing import CliRunner
 
+from services.analyze.__main__ import app as analyze
 from services.common import topics
 from services.common.codec import pack
 from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcTimeout
 from services.common.settings import MqttSettings, Settings
+from services.common.telemetry import TelemetryBatch, encode_batch
 from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
 from services.logger.events import read_events
+from services.logger.segments import SegmentWriter
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
 from tests.recordings import recorded_seqs
@@ -201,3 +205,96 @@ def test_events_are_recorded_with_their_publishers_login_and_forgeries_counted(
         operator.stop()
         code = logger.stop()
         assert code == 0, logger.tail()
+
+
+def test_check_reports_a_recording_that_ends_before_acquisitions_ring_buffer(
+    settings: Settings, broker: Broker, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    """A logger killed (and not restarted) leaves files that are continuous up to where they stop:
+    only acquisition, still running the session, knows that more was taken (`check --acquisition`)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
+    emulator.start()
+    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+    acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
+    operator = MqttClient(mqtt_as("operator"), "operator")
+    rpc = RpcClient(operator)
+    try:
+        operator.start()
+        assert operator.wait_connected(10)
+
+        def recorded_some() -> bool:
+            state = _call(rpc, topics.LOGGER_STATUS, {})
+            return state is not None and state["buffered_rows"] + state["segment_rows"] > 0
+
+        wait_until(recorded_some, TIMEOUT, "the logger to record")
+        saved = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)
+        logger.kill()
+        last = int(pq.read_table(data_dir / saved["file"], columns=["seq"]).column("seq").to_numpy().max())
+        wait_until(
+            lambda: ((_call(rpc, topics.ACQ_BUFFER_STATUS, {}) or {}).get("last_seq") or 0) > last,
+            TIMEOUT,
+            "acquisition to go on",
+        )
+
+        # the files alone cannot tell (they may show the device's own gaps: a loaded machine's emulator)
+        files_only = CliRunner().invoke(analyze, ["check", str(data_dir)])
+        assert files_only.exit_code in (0, 1), files_only.output
+        assert "ring buffer" not in files_only.output
+
+        login = mqtt_as("operator")
+        assert login.password is not None
+        env = {
+            "RCS_MQTT_HOST": login.host,
+            "RCS_MQTT_PORT": str(login.port),
+            "RCS_MQTT_USERNAME": str(login.username),
+            "RCS_MQTT_PASSWORD": login.password.get_secret_value(),
+        }
+        result = CliRunner().invoke(analyze, ["check", str(data_dir), "--acquisition"], env=env)
+        assert result.exit_code == 1, result.output
+        output = " ".join(result.output.split())
+        assert "ends before acquisition's ring buffer" in output and f"stop at seq {last}," in output, output
+        assert "continuous" not in output, output
+    finally:
+        rpc.close()
+        operator.stop()
+        logger.stop()
+        code = acquisition.stop()
+        emulator.stop()
+        assert code == 0
+
+
+def test_a_stop_names_the_samples_still_to_fetch_from_the_ring(
+    settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    """The logger holds seq 0..999 of a session and then sees 5000..5099 live: 1000..4999 are queued
+    for repair, and acquisition (absent here) never answers. A stop must say so, not drop them."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    channels = ("P1", "P2")
+    earlier = SegmentWriter(data_dir, channels, settings.logger)
+    earlier.append("S", 0, np.arange(1000, dtype=np.float64), np.zeros((1000, 2), np.float32))
+    assert earlier.rotate() is not None
+    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
+    publisher = MqttClient(mqtt_as("acquisition"), "acquisition-test")
+    rpc = RpcClient(publisher)
+    try:
+        publisher.start()
+        assert publisher.wait_connected(10)
+        wait_until(lambda: _call(rpc, topics.LOGGER_STATUS, {}) is not None, TIMEOUT, "the logger")
+        live = TelemetryBatch("S", 5000, 1000.0, channels, np.arange(100.0), np.zeros((100, 2), np.float32))
+        publisher.publish(topics.TELEMETRY, encode_batch(live))
+        wait_until(
+            lambda: (_call(rpc, topics.LOGGER_STATUS, {}) or {}).get("repair_pending") == 4000,
+            TIMEOUT,
+            "the repair of 1000..4999 to be queued",
+        )
+    finally:
+        rpc.close()
+        publisher.stop()
+        code = logger.stop()
+    assert code == 0, logger.tail()
+    said = [line for line in logger.tail().splitlines() if "NOT yet fetched" in line]
+    assert said, f"the logger stopped without naming what it had still to fetch:\n{logger.tail()}"
+    assert "CRITICAL" in said[0] and "4000 samples of session S" in said[0] and "seq 1000..4999." in said[0]

@@ -259,6 +259,7 @@ def test_stop_while_a_request_is_in_flight(make_logger: Callable[..., Logger]) -
     logger.repairer.stop()  # pytest's timeout bounds it: stop() must not wait for the RPC
     assert logger.rpc.pending == 0  # abandoned, not left to time out
     assert logger.repairer.pending_samples == 10
+    assert logger.repairer.pending() == {SESSION: [(0, 10)]}  # what the logger names at its stop
     assert logger.repairer.stats.rpc_failures == 0
 
 

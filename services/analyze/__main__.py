@@ -4,7 +4,8 @@ plots, exports, and synthetic recordings to try it all on.
 FILES are recording files or directories (a directory means every sensor_log_*.parquet in it).
 Times (--start, --end) are ISO 8601, UTC unless they carry an offset, e.g. 2026-11-24T13:07:00 or
 2026-11-24T15:07:00+02:00; --start is inclusive, --end exclusive. Exit codes: 0 fine, 1 `check`
-found gaps or duplicates, 2 a bad file or argument.
+found gaps or duplicates (or, with --acquisition, a recording that ends before acquisition's ring
+buffer), 2 a bad file or argument (or, with --acquisition, no answer from acquisition).
 
 The files are plain Parquet (timestamp UTC, seq, session, one float32 column per channel). Read them
 yourself, e.g. with pandas or DuckDB:
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -45,6 +46,9 @@ from services.analyze.load import (
     to_micros,
 )
 from services.analyze.stats import summarise
+from services.common import topics
+from services.common.mqtt import MqttClient
+from services.common.rpc import RpcClient, RpcError, RpcTimeout
 from services.common.settings import Settings, load_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -69,6 +73,27 @@ def _settings() -> Settings:
         return load_settings()
     except (ValidationError, FileNotFoundError) as exc:
         _fail(f"stand configuration: {exc}")
+
+
+def _ring_status() -> dict[str, Any]:
+    """Acquisition's buffer status, over MQTT as the configured user; exit 2 when nobody answers."""
+    client = MqttClient(_settings().mqtt, "analyze")
+    client.start()
+    try:
+        if not client.wait_connected(5):
+            _fail("--acquisition: no MQTT broker answers (RCS_MQTT_HOST/RCS_MQTT_PORT)")
+        rpc = RpcClient(client)
+        try:
+            return rpc.call(topics.ACQ_BUFFER_STATUS, {}, timeout=5)
+        except (RpcTimeout, RpcError) as exc:
+            _fail(
+                f"--acquisition: acquisition did not answer ({exc}); "
+                "requests need a login (RCS_MQTT_USERNAME/RCS_MQTT_PASSWORD)"
+            )
+        finally:
+            rpc.close()
+    finally:
+        client.stop()
 
 
 def _open(files: Sequence[Path]) -> list[Recording]:
@@ -172,12 +197,27 @@ def stats(files: Files, *, start: Start = None, end: End = None, channels: Chann
 def check(
     files: Files,
     largest: Annotated[int, typer.Option(min=1, help="list this many of each session's largest gaps")] = 5,
+    acquisition: Annotated[
+        bool,
+        typer.Option(
+            "--acquisition",
+            help="also ask the running acquisition (MQTT, RCS_MQTT_* login) whether the recording of its "
+            "session ends before its ring buffer does: samples not (yet) recorded",
+        ),
+    ] = False,
 ) -> None:
-    """Continuity by seq, per session: gaps (samples lost) and duplicates. Exit code 1 if any."""
+    """Continuity by seq, per session: gaps (samples lost) and duplicates; with --acquisition, also a
+    recording that ends before acquisition's ring buffer. Exit code 1 if any."""
     recordings = _open(files)
+    ring = _ring_status() if acquisition else None
     with _work() as progress:
         keys = continuity.read_keys(scan(recordings, list(KEY_COLUMNS), progress=progress))
     sessions = continuity.check(keys, largest)
+    tail = (
+        None
+        if ring is None
+        else continuity.ring_tail(sessions, ring["session"], ring["first_seq"], ring["last_seq"])
+    )
     if not sessions:
         out.print(f"{len(recordings)} file(s), no samples")
         return
@@ -207,9 +247,21 @@ def check(
                 )
                 listing.add_row(*(str(c) for c in gap_cells))
             out.print(listing)
-    if all(s.ok for s in sessions):
+    if tail is not None:
+        out.print(
+            f"[bold red]{tail.session} ends before acquisition's ring buffer:[/bold red] the files stop at "
+            f"seq {tail.recorded_last_seq}, acquisition is at {tail.ring_last_seq}: {tail.unrecorded} "
+            f"sample(s) not (yet) recorded, {max(0, tail.in_ring)} of them still in its ring buffer. "
+            "A running logger may hold the newest in its open segment (`save` writes it); a logger "
+            "started again fetches the rest from the ring while it holds them."
+        )
+    if all(s.ok for s in sessions) and tail is None:
         out.print("[green]continuous: no gaps, no duplicates[/green]")
+        if ring is None:
+            out.print("whether the recording's end is complete: see --acquisition")
         return
+    if all(s.ok for s in sessions):
+        raise typer.Exit(1)
     total_gaps = sum(s.gap_count for s in sessions)
     total_duplicates = sum(s.duplicates for s in sessions)
     out.print(f"[bold red]{total_gaps} gap(s), {total_duplicates} duplicate(s)[/bold red]")

@@ -114,3 +114,43 @@ def _session(name: str, seq: Int64Array, t_us: Int64Array, largest: int) -> Sess
             Gap(int(seq[i]), int(seq[i + 1]), int(t_us[i]), int(t_us[i + 1])) for i in biggest
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RingTail:
+    """Samples of a recorded session that acquisition took after the recording's last one."""
+
+    session: str
+    recorded_last_seq: int
+    ring_first_seq: int
+    ring_last_seq: int
+
+    @property
+    def unrecorded(self) -> int:
+        """Seqs after the recording's last, up to the ring's newest."""
+        return self.ring_last_seq - self.recorded_last_seq
+
+    @property
+    def in_ring(self) -> int:
+        """Of those, the ones the ring still holds (the rest it has overwritten)."""
+        return self.ring_last_seq - max(self.recorded_last_seq + 1, self.ring_first_seq) + 1
+
+
+def ring_tail(
+    sessions: list[SessionContinuity],
+    ring_session: str,
+    ring_first_seq: int | None,
+    ring_last_seq: int | None,
+) -> RingTail | None:
+    """What acquisition's ring buffer (its buffer status) says the recording of its session lacks at
+    the end; None when the files do not hold that session, the ring is empty, or nothing is missing.
+
+    A recording cannot tell by itself that it ends early (a logger killed before flushing leaves a
+    file that is continuous up to where it stops); acquisition, still running the session, can.
+    """
+    recorded = next((s for s in sessions if s.session == ring_session), None)
+    if recorded is None or ring_first_seq is None or ring_last_seq is None:
+        return None
+    if ring_last_seq <= recorded.last_seq:
+        return None
+    return RingTail(ring_session, recorded.last_seq, ring_first_seq, ring_last_seq)

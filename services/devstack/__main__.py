@@ -5,8 +5,14 @@ the project's config and ACL and a fresh random password per user (mosquitto/acl
 logs in as its own user (RCS_MQTT_USERNAME/RCS_MQTT_PASSWORD in its environment), and the operator's
 login is written to run/operator.env (mode 0600) for rcs-ctl and other tools. Then starts the STM32
 emulator behind a pseudo-terminal and every service, each as its own process configured only by
-stand.yaml and RCS_* variables, exactly as compose or a person at a shell would. If any of them
-exits, everything is stopped: a half-running stand is worse than a stopped one.
+stand.yaml and RCS_* variables, exactly as compose or a person at a shell would.
+
+A process that exits is restarted, as compose restarts a container (services/devstack/supervisor.py:
+Docker's backoff, and a crash-loop limit beyond which it stays stopped), while the rest of the stand
+keeps running: stopping everything because one helper crashed would close the valves without the
+abort's vent and purge, and stop the recording. Each exit and restart is logged and published on
+rcs/events as the `stack` user (service "stack"), and the stack's retained status (rcs/status/stack)
+lists every process. Ctrl-C (or SIGTERM) stops everything in reverse start order.
 """
 
 from __future__ import annotations
@@ -15,20 +21,21 @@ import argparse
 import logging
 import os
 import secrets
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from services.common.lifecycle import stop_requested
 from services.common.logs import setup_logging
-from services.common.settings import PROJECT_ROOT, load_settings
+from services.common.mqtt import MqttClient
+from services.common.settings import PROJECT_ROOT, MqttSettings, load_settings
 from services.devstack import credentials
 from services.devstack.broker import Broker, broker_answers
+from services.devstack.supervisor import RestartPolicy, Supervisor
 
 log = logging.getLogger("rcs.stack")
 
-# (name, python module) in start order; stopped in reverse.
 # (name, python module, the RCS_* variable naming its serial link) in start order; stopped in reverse.
 EMULATORS = (
     ("stm32-emulator", "services.emulators.stm32", "RCS_STM32_PORT"),
@@ -41,6 +48,7 @@ SERVICES = (
     ("gateway", "services.gateway"),
 )
 _LOGIN = ("RCS_MQTT_USERNAME", "RCS_MQTT_PASSWORD")
+POLL_S = 0.2
 
 
 def _service_env(env: dict[str, str], name: str, logins: dict[str, str]) -> dict[str, str]:
@@ -55,24 +63,18 @@ def _service_env(env: dict[str, str], name: str, logins: dict[str, str]) -> dict
     return child
 
 
-def _start(name: str, module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log.info("starting %s", name)
-    # Own process group: Ctrl-C reaches only this launcher, which then stops everything in order.
-    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, process_group=0)
-
-
-def _stop_all(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    """Stop in reverse start order, each before the next, so no service sees its hardware vanish."""
-    for name, process in reversed(processes):
-        if process.poll() is None:
-            log.info("stopping %s", name)
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log.error("%s did not stop within 10 s; killing it", name)
-            process.kill()
-            process.wait()
+def _stack_client(mqtt: MqttSettings, logins: dict[str, str]) -> MqttClient | None:
+    """The stack's own MQTT client for its events and status, as `stack` when this stack made the
+    logins, else with the caller's login (None without one: anonymous clients may not publish; the
+    broker refuses rcs/status/stack to another user, the events it takes from any named user)."""
+    if logins:
+        mqtt = mqtt.model_copy(
+            update={"username": credentials.STACK_USER, "password": SecretStr(logins[credentials.STACK_USER])}
+        )
+    elif mqtt.username is None:
+        log.warning("no MQTT login (RCS_MQTT_USERNAME): service exits and restarts are only logged")
+        return None
+    return MqttClient(mqtt, "stack")
 
 
 def main() -> None:
@@ -114,17 +116,20 @@ def main() -> None:
         )
         log.info("started Mosquitto on %s:%d (mosquitto/mosquitto.conf, mosquitto/acl)", broker.host, port)
 
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = []
     stop = stop_requested()
+    events = _stack_client(settings.mqtt, logins)
+    if events is not None:
+        events.start()
+    supervisor = Supervisor(events, RestartPolicy())
     try:
         if not args.hardware:
             for name, module, port_variable in EMULATORS:
                 link = run_dir / name.removesuffix("-emulator")
                 env[port_variable] = str(link)
                 emulator_env = {k: v for k, v in env.items() if k not in _LOGIN}  # no MQTT
-                processes.append((name, _start(name, module, ["--link", str(link)], emulator_env)))
+                supervisor.start(name, module, ["--link", str(link)], emulator_env)
         for name, module in SERVICES:
-            processes.append((name, _start(name, module, [], _service_env(env, name, logins))))
+            supervisor.start(name, module, [], _service_env(env, name, logins))
         print(
             f"\nrcs is running: telemetry on mqtt://{host}:{port}/rcs/telemetry/sensors\n"
             f"  watch it:  {sys.executable} -m services.devstack.watch\n"
@@ -141,13 +146,12 @@ def main() -> None:
             + "  stop:      Ctrl-C\n",
             flush=True,
         )
-        while not stop.wait(0.5):
-            exited = [(name, p.returncode) for name, p in processes if p.poll() is not None]
-            if exited:
-                log.error("%s exited (code %s): stopping everything", *exited[0])
-                break
+        while not stop.wait(POLL_S):
+            supervisor.poll()
     finally:
-        _stop_all(processes)
+        supervisor.stop_all()
+        if events is not None:
+            events.stop()
         if broker is not None:
             broker.close()
             operator_env.unlink(missing_ok=True)  # its password died with the broker

@@ -26,6 +26,9 @@ from pathlib import Path
 
 # The named users of mosquitto/acl: every service connects as its own name; `operator` is people.
 USERS = ("acquisition", "actuation", "logger", "gateway", "operator")
+# rcs-stack's supervisor (make run only, with the broker it starts: under compose Docker restarts the
+# containers, so deployments need no password for it).
+STACK_USER = "stack"
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for sha512-pbkdf2 in Mosquitto 2.0
 SALT_BYTES = 12  # as mosquitto_passwd

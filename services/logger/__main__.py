@@ -9,7 +9,10 @@ Nothing lost: the coverage of each session's `seq` is rebuilt from the files at 
 recovery); a live batch that does not continue it queues a repair of the hole; repaired pages pass
 through the same coverage, so nothing is written twice. While the disk refuses writes, rows stay in
 memory up to `memory_limit_bytes`; beyond that new rows are not taken, and are repaired from the
-ring buffer once the disk is back (if within its 10 minutes).
+ring buffer once the disk is back (if within its 10 minutes). A logger that cannot write data_dir at
+start (e.g. a segment to recover on a full disk) waits for it, taking no telemetry meanwhile; a stop
+with rows the disk refused names them (session, seq) in a CRITICAL log line: a logger started again
+within the ring's span fetches them from it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from services.common.codec import WireFormatError, pack, unpack_map
 from services.common.lifecycle import run_service
 from services.common.logs import Throttled
 from services.common.mqtt import Message, MqttClient
-from services.common.recording import read_intervals
+from services.common.recording import Intervals, IntervalSet, read_intervals
 from services.common.rpc import RpcClient, RpcError, RpcServer
 from services.common.settings import Settings
 from services.common.telemetry import decode_batch
@@ -45,6 +48,7 @@ from services.logger.segments import SegmentWriter, convert_segment, recover
 
 SERVICE = "logger"
 REPLY_TIMEOUT_S = 30.0
+PREPARE_RETRY_S = 2.0  # how often a logger that cannot write data_dir at start tries again
 log = logging.getLogger("rcs.logger")
 
 Job = Callable[[], None]
@@ -69,18 +73,19 @@ class Recorder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.stats = LoggerStats()
         self._problems = Throttled(log)
         self.coverage = Coverage()
         self._sessions: set[str] = set()
-        self._recover()
+        self._ready = threading.Event()  # data_dir recovered and loaded: telemetry is recorded
+        self._stopping = threading.Event()
         self.events = EventLog(self.data_dir)
         self.writer: SegmentWriter | None = None
         self._channels: tuple[str, ...] = ()
         self._converting: set[Path] = set()
         self._unconverted: list[Path] = []  # segments whose conversion failed (disk full)
         self._disk_error: str | None = None
+        self._refused = IntervalSet()  # rows not taken while memory was full (see _report_at_stop)
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
 
         self.mqtt = MqttClient(settings.mqtt, SERVICE)
@@ -99,6 +104,23 @@ class Recorder:
         self.rpc_server.serve(topics.LOGGER_STATUS, self._status)
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
 
+    def _prepare(self) -> bool:
+        """Recover and load what data_dir holds, waiting (and saying so) while the disk refuses; False
+        if stopped first. Until then live telemetry is refused: the ring buffer supplies it later."""
+        while True:
+            try:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                self._recover()
+            except OSError as exc:
+                self._disk_failed(exc, action="waiting for it to be writable before recording")
+                if self._stopping.wait(PREPARE_RETRY_S):
+                    return False
+                continue
+            self._disk_recovered()
+            self._ready.set()
+            log.info("recording to %s", self.data_dir.resolve())
+            return True
+
     def _recover(self) -> None:
         for path in recover(self.data_dir, self.settings.logger):
             log.warning("recovered %s from a segment a crash left behind", path.name)
@@ -113,9 +135,9 @@ class Recorder:
         self._thread.start()
         self.repairer.start()
         self.mqtt.start()
-        log.info("recording to %s", self.data_dir.resolve())
 
     def stop(self) -> None:
+        self._stopping.set()
         self.rpc_server.close()
         self.repairer.stop()
         self.mqtt.stop()
@@ -127,6 +149,8 @@ class Recorder:
     # --- paho's thread: decode and queue ------------------------------------------------------
 
     def _on_telemetry(self, message: Message) -> None:
+        if not self._ready.is_set():
+            return  # data_dir not loaded yet: the first batch after it is asks for the repair
         try:
             batch = decode_batch(message.payload)
         except WireFormatError as exc:
@@ -158,6 +182,8 @@ class Recorder:
     # --- the recorder thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        if not self._prepare():
+            return
         period = self.settings.logger.flush_s
         next_flush = time.monotonic() + period
         while True:
@@ -176,6 +202,7 @@ class Recorder:
             except Exception:  # one bad job must not stop the recording
                 self._problems.warning("job", "recorder job failed", exc_info=True)
         self._flush()
+        self._report_at_stop()
         self._close_segment(wait=True)
         self.events.close()
 
@@ -200,6 +227,7 @@ class Recorder:
         n = len(t)
         if self._memory_full():
             self.stats.samples_refused_total += n
+            self._refused.add(session, first_seq, first_seq + n - 1)
             return  # not covered: the first live batch after the disk is back asks for the repair
         if live:
             last = self.coverage.last(session)
@@ -256,21 +284,64 @@ class Recorder:
                 self.writer.flush()
             self.events.flush()
         except OSError as exc:
-            self.stats.disk_errors_total += 1
-            reason = f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror or exc}"
-            if self._disk_error is None:
-                log.error(
-                    "cannot write to %s (%s): keeping data in memory and retrying", self.data_dir, reason
-                )
-                self._publish_event("disk_error", reason=reason, data_dir=str(self.data_dir))
-                self.mqtt.set_status(disk="error", disk_error=reason)
-            self._disk_error = reason
+            self._disk_failed(exc, action="keeping data in memory and retrying")
             return
+        self._disk_recovered()
+
+    def _disk_failed(self, exc: OSError, *, action: str) -> None:
+        self.stats.disk_errors_total += 1
+        reason = f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror or exc}"
+        if self._disk_error is None:
+            log.error("cannot write to %s (%s): %s", self.data_dir, reason, action)
+            self._publish_event("disk_error", reason=reason, data_dir=str(self.data_dir))
+            self.mqtt.set_status(disk="error", disk_error=reason)
+        self._disk_error = reason
+
+    def _disk_recovered(self) -> None:
         if self._disk_error is not None:
             log.warning("writing to %s again", self.data_dir)
             self._publish_event("disk_ok", data_dir=str(self.data_dir))
             self.mqtt.set_status(disk="ok", disk_error=None)
             self._disk_error = None
+
+    def _report_at_stop(self) -> None:
+        """Say loudly what this stop leaves unrecorded (the repairer is stopped by now): rows the disk
+        refused, held in memory or not even taken (memory full), and ranges queued for repair."""
+        pending = self.repairer.pending()
+        unwritten = IntervalSet()
+        for session, runs in ({} if self.writer is None else self.writer.unwritten()).items():
+            for first, last in runs:
+                unwritten.add(session, first, last)
+        for session, runs in self._refused.intervals().items():
+            queued = Coverage()
+            for start, stop in pending.get(session, []):
+                queued.add(session, start, stop - start)
+            for first, last in runs:
+                for start, stop in self.coverage.new_part(session, first, last - first + 1):
+                    for a, b in queued.new_part(session, start, stop - start):
+                        unwritten.add(session, a, b - 1)
+        reason = self._disk_error or "refused earlier"
+        self._report_unrecorded(f"NOT written to {self.data_dir} ({reason})", unwritten.intervals())
+        self._report_unrecorded(
+            "NOT yet fetched from acquisition's ring buffer",
+            {session: [(a, b - 1) for a, b in ranges] for session, ranges in pending.items()},
+        )
+
+    def _report_unrecorded(self, what: str, runs: Intervals) -> None:
+        """Say loudly which samples a stop leaves unrecorded (inclusive seq runs), and how to get them."""
+        for session, session_runs in runs.items():
+            log.critical(
+                "stopping with %d samples of session %s %s: seq %s. Acquisition's ring buffer holds them "
+                "for %.0f s after they were taken: start rcs-logger again (with space in %s) while "
+                "acquisition still runs session %s, and it fetches them from the ring",
+                sum(last - first + 1 for first, last in session_runs),
+                session,
+                what,
+                ", ".join(f"{first}..{last}" for first, last in session_runs),
+                self.settings.acquisition.ring_seconds,
+                self.data_dir,
+                session,
+            )
 
     def _rotate_if_due(self) -> None:
         if self._disk_error is not None:

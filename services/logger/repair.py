@@ -138,6 +138,9 @@ class _Queue:
     def ranges(self, session: str) -> list[tuple[int, int]]:
         return list(self._ranges.get(session, []))
 
+    def sessions(self) -> list[str]:
+        return list(self._ranges)
+
     def first(self) -> tuple[str, int, int] | None:
         """The oldest session's lowest range: the one closest to being overwritten in the ring."""
         for session, ranges in self._ranges.items():
@@ -199,6 +202,11 @@ class Repairer:
     def stats(self) -> RepairStats:
         with self._cond:
             return RepairStats(**asdict(self._stats))
+
+    def pending(self) -> dict[str, list[tuple[int, int]]]:
+        """The queued ranges `[start, stop)` per session, not settled yet."""
+        with self._cond:
+            return {session: self._queue.ranges(session) for session in self._queue.sessions()}
 
     @property
     def pending_samples(self) -> int:

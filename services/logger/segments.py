@@ -107,6 +107,7 @@ class SegmentWriter:
         self._fd: int | None = None
         self._size = 0  # bytes of the file known to be on disk
         self._intervals = IntervalSet()
+        self._unwritten = IntervalSet()  # the buffered rows' seqs
 
     @property
     def buffered_rows(self) -> int:
@@ -121,6 +122,10 @@ class SegmentWriter:
     def intervals(self) -> Intervals:
         """The seq intervals the open segment holds, buffered rows included."""
         return self._intervals.intervals()
+
+    def unwritten(self) -> Intervals:
+        """The seq intervals of the buffered rows: what a stop would lose if the disk refuses them."""
+        return self._unwritten.intervals()
 
     def append(self, session: str, first_seq: int, t: NDArray[np.float64], data: NDArray[np.float32]) -> None:
         """Buffer rows `seq = first_seq + i` (copies: the caller may reuse its arrays).
@@ -139,6 +144,7 @@ class SegmentWriter:
         self._chunks.append(_Chunk(session, first_seq, np.array(t, np.float64), np.array(data, np.float32)))
         self._chunk_rows += n
         self._intervals.add(session, first_seq, first_seq + n - 1)
+        self._unwritten.add(session, first_seq, first_seq + n - 1)
 
     def flush(self) -> None:
         """Buffered rows to the end of the stream file, then fsync; opens the file on the first rows.
@@ -249,6 +255,8 @@ class SegmentWriter:
         self._size += written
         self._sink.data.clear()
         self._sink_rows = 0
+        if not self._chunks:  # every buffered row is on disk
+            self._unwritten = IntervalSet()
 
 
 def convert_segment(arrows: Path, settings: LoggerSettings) -> Path | None:
