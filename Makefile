@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench bootstrap mosquitto-present clean
+.PHONY: run test lint bench bootstrap mosquitto-present gcc-present clean
 
 bootstrap: $(STAMP) mosquitto-present
 
@@ -22,6 +22,10 @@ mosquitto-present:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] \
 		|| { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; }
 
+# The firmware core's host build (firmware/: unit tests, firmware in the loop) needs a C compiler.
+gcc-present:
+	@command -v gcc >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q gcc libc6-dev; }
+
 run: bootstrap
 	$(BIN)/rcs-stack
 
@@ -30,7 +34,7 @@ lint: bootstrap
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint gcc-present
 	$(BIN)/pytest
 
 bench: bootstrap
