@@ -26,7 +26,8 @@ mosquitto-present:
 gcc-present:
 	@command -v gcc >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q gcc libc6-dev; }
 
-run: bootstrap
+# RCS_STM32_EMULATOR=firmware: the STM32 is the C core of firmware/, built for the host on demand.
+run: bootstrap $(if $(filter firmware,$(RCS_STM32_EMULATOR)),gcc-present)
 	$(BIN)/rcs-stack
 
 lint: bootstrap

@@ -110,7 +110,7 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     const char *link = NULL, *device_text = "rcs-emulator rcs-fw-core (host pty)";
-    unsigned long rate = 10000, channels = 17, valves = 9, tx_size = 64u * 1024u;
+    unsigned long rate = 10000, channels = 17, valves = 9, tx_size = 128u * 1024u; /* ~370 ms */
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) {
             usage();

@@ -23,7 +23,7 @@ from pathlib import Path
 from services.common.lifecycle import stop_requested
 from services.common.logs import setup_logging
 from services.common.settings import PROJECT_ROOT, load_settings
-from services.devstack import credentials
+from services.devstack import credentials, firmware_board
 from services.devstack.broker import Broker, broker_answers
 
 log = logging.getLogger("rcs.stack")
@@ -55,10 +55,13 @@ def _service_env(env: dict[str, str], name: str, logins: dict[str, str]) -> dict
     return child
 
 
-def _start(name: str, module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(
+    name: str, module: str, args: list[str], env: dict[str, str], argv: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m module args`, or `argv` when given."""
     log.info("starting %s", name)
     # Own process group: Ctrl-C reaches only this launcher, which then stops everything in order.
-    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, process_group=0)
+    return subprocess.Popen(argv or [sys.executable, "-m", module, *args], env=env, process_group=0)
 
 
 def _stop_all(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
@@ -122,7 +125,9 @@ def main() -> None:
                 link = run_dir / name.removesuffix("-emulator")
                 env[port_variable] = str(link)
                 emulator_env = {k: v for k, v in env.items() if k not in _LOGIN}  # no MQTT
-                processes.append((name, _start(name, module, ["--link", str(link)], emulator_env)))
+                firmware = name == "stm32-emulator" and settings.stm32.emulator == "firmware"
+                argv = firmware_board.command(settings, link) if firmware else None
+                processes.append((name, _start(name, module, ["--link", str(link)], emulator_env, argv)))
         for name, module in SERVICES:
             processes.append((name, _start(name, module, [], _service_env(env, name, logins))))
         print(
