@@ -23,6 +23,7 @@ from services.common.settings import PROJECT_ROOT, Settings
 
 FIRMWARE = PROJECT_ROOT / "firmware"
 HOST_BUILD = FIRMWARE / "build" / "host"
+QEMU_IMAGE = FIRMWARE / "build" / "m7" / "rcs-fw-mps2.elf"
 STOP_TIMEOUT_S = 15.0
 
 _READY = re.compile(r"ready (\S+)")
@@ -58,6 +59,26 @@ def pty_board_command(settings: Settings, link: Path, rate_hz: float | None = No
         str(len(settings.measured_channels)),
         "--valves",
         str(len(settings.valves)),
+    ]
+
+
+def qemu_board_command() -> list[str]:
+    """The Cortex-M7 build under QEMU mps2-an500: UART0 on a pty (the link), UART1 the console."""
+    make_firmware("arm")
+    return [
+        "qemu-system-arm",
+        "-M",
+        "mps2-an500",
+        "-kernel",
+        str(QEMU_IMAGE),
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "pty",
+        "-serial",
+        "stdio",
     ]
 
 

@@ -1,7 +1,8 @@
 """End to end: STM32 emulator behind a real pty -> rcs-acquisition (its own process) -> real Mosquitto.
 
 The binary-protocol tests run against both emulated boards: the Python emulator and the C firmware
-core of firmware/ compiled for the host (firmware in the loop, tests/firmware.py).
+core of firmware/ compiled for the host (firmware in the loop, tests/firmware.py); the valve test
+also against the core's ARM build on an emulated Cortex-M7 (QEMU, `make firmware-check`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from services.common.settings import MqttSettings, Settings
 from services.devstack.watch import Continuity
 from services.emulators.stm32 import Stm32Emulator
 from tests.conftest import wait_until
-from tests.firmware import FirmwareBoard, pty_board_command
+from tests.firmware import FirmwareBoard, pty_board_command, qemu_board_command
 from tests.processes import Acquisition
 
 RETAINED_WAIT_S = 10.0
 GOX1, FUEL1 = 0b000000010, 0b000010000
-Board = Literal["python", "firmware"]
+Board = Literal["python", "firmware", "qemu"]
 BOARDS: tuple[Board, ...] = ("python", "firmware")
+# the Cortex-M7 build under QEMU: `make firmware-check` (pytest -m qemu)
+WITH_QEMU = (*BOARDS, pytest.param("qemu", marks=pytest.mark.qemu))
 
 
 class Retained:
@@ -79,8 +82,10 @@ def running_stack(
     emulator: Stm32Emulator | FirmwareBoard
     if board == "python":
         emulator = Stm32Emulator(settings, protocol=protocol, link_path=link)
-    else:
+    elif board == "firmware":
         emulator = FirmwareBoard(pty_board_command(settings, link), link, tmp_path / "board.log")
+    else:
+        emulator = FirmwareBoard(qemu_board_command(), link, tmp_path / "board.log", qemu_link=True)
     emulator.start()
     acquisition = Acquisition(acquisition_mqtt, link, tmp_path)
     try:
@@ -146,7 +151,7 @@ def test_binary_stream_is_contiguous_at_full_rate(
     assert retained.latest[topics.status("acquisition")]["state"] == "offline"
 
 
-@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("board", WITH_QEMU)
 def test_valve_commands_go_safe_and_the_device_watchdog_seen_by_acquisition(
     settings: Settings,
     mqtt_as: Callable[[str], MqttSettings],
@@ -157,7 +162,7 @@ def test_valve_commands_go_safe_and_the_device_watchdog_seen_by_acquisition(
     """Commands as actuation publishes them are applied and acknowledged by the device; GO_SAFE closes
     everything; a host that stops sending heartbeats (acquisition frozen with SIGSTOP) finds the valves
     closed by the device's own watchdog when it wakes, and reports it."""
-    _client, _continuity, retained = observer
+    _client, continuity, retained = observer
     actuation = MqttClient(mqtt_as("actuation"), "test-e2e-actuation")
     actuation.start()
     assert actuation.wait_connected(10)
@@ -189,6 +194,8 @@ def test_valve_commands_go_safe_and_the_device_watchdog_seen_by_acquisition(
     try:
         with running_stack(settings, mqtt_as("acquisition"), tmp_path, "binary", board) as (device, acq):
             wait_until(lambda: state().get("valves") == 0, 30, "acquisition to report the device's STATUS")
+            assert state()["device"].startswith("rcs-emulator") and state()["protocol"] == "binary"
+            wait_until(lambda: continuity.snapshot().samples >= 1000, 30, "samples from the device")
             open_valves(GOX1 | FUEL1)
             wait_until(lambda: device.valves == GOX1 | FUEL1, 10, "the device to drive the outputs")
             wait_until(lambda: (state()["valves"], state()["safe"]) == (GOX1 | FUEL1, False), 10, "state")

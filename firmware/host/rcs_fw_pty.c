@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "rcs_fw.h"
+#include "synthetic_adc.h"
 
 #define MAX_CHANNELS 64u
 #define BLOCK_MAX 4096u
@@ -75,17 +76,6 @@ static void port_exit(void *ctx, uint32_t state)
 {
     (void)ctx;
     (void)state;
-}
-
-/* Synthetic ADC counts: the spec's example values (docs/stm32-protocol.md §5.1) plus a small
- * triangle per channel, so values move and stay in 12 bits. */
-static uint16_t adc_count(uint64_t sample, unsigned channel)
-{
-    static const uint16_t base[17] = {512, 627, 745, 823, 921, 1024, 1159, 1233, 558,
-                                      577, 596, 614, 633, 651, 2458, 2234, 2662};
-    unsigned phase = (unsigned)((sample + 37u * channel) % 64u);
-    unsigned wobble = phase < 32u ? phase : 64u - phase;
-    return (uint16_t)((base[channel % 17u] + wobble) & 0x0FFF);
 }
 
 static int make_link(const char *link, const char *device)
@@ -189,7 +179,7 @@ int main(int argc, char **argv)
         while (due - generated >= block) { /* the DMA callback, however late this loop woke */
             for (uint64_t s = 0; s < block; s++) {
                 for (unsigned c = 0; c < channels; c++) {
-                    samples[s * channels + c] = adc_count(generated + s, c);
+                    samples[s * channels + c] = synthetic_adc_count(generated + s, c);
                 }
             }
             rcs_fw_samples(&fw, samples, block);
