@@ -51,7 +51,8 @@ lint: bootstrap
 test: lint gcc-present
 	$(BIN)/pytest
 
-bench: bootstrap
+bench: bootstrap gcc-present
+	$(BIN)/python bench/firmware.py
 	$(BIN)/python bench/acquisition.py
 	$(BIN)/python bench/actuation.py
 	$(BIN)/python bench/logger.py
