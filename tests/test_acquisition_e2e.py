@@ -213,6 +213,10 @@ def test_valve_commands_go_safe_and_the_device_watchdog_seen_by_acquisition(
             finally:
                 acq.process.send_signal(signal.SIGCONT)
             wait_until(lambda: (state()["valves"], state()["safe"]) == (0, True), 20, "acquisition to see it")
+            resumed = continuity.snapshot().samples
+            wait_until(lambda: continuity.snapshot().samples >= resumed + 1000, 20, "samples after the stall")
+            seen = continuity.snapshot()
+            assert seen.duplicates == 0 and seen.malformed == 0 and len(seen.sessions) == 1
             assert acq.alive()
     finally:
         actuation.stop()

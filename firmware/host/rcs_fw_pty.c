@@ -165,7 +165,12 @@ int main(int argc, char **argv)
         return 1;
     }
     rcs_fw_config_t cfg = rcs_fw_default_config((uint32_t)rate, (uint8_t)channels, (uint8_t)valves, device_text);
-    rcs_fw_init(&fw, &cfg, &port, tx, tx_size);
+    if (!rcs_fw_init(&fw, &cfg, &port, tx, tx_size)) {
+        fprintf(stderr, "rcs-fw-pty: --tx-buffer %lu holds fewer than 2 frames of %u samples\n", tx_size,
+                (unsigned)cfg.max_frame_samples);
+        unlink(link);
+        return 2;
+    }
     printf("ready %s\n", device);
 
     const uint64_t block = cfg.max_frame_samples; /* one DMA half-transfer: 2 ms of samples */

@@ -14,7 +14,13 @@ PTY_BOARD = Path("build") / "host" / "rcs-fw-pty"
 
 def command(settings: Settings, link: Path) -> list[str]:
     """Build rcs-fw-pty if needed (make, gcc) and return its command line for this stand."""
-    subprocess.run(["make", "-s", "-C", str(FIRMWARE), str(PTY_BOARD)], check=True)
+    try:
+        subprocess.run(["make", "-s", "-C", str(FIRMWARE), str(PTY_BOARD)], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(
+            f"stm32.emulator is firmware but {FIRMWARE / PTY_BOARD} could not be built ({exc}); "
+            "it needs make and gcc (`make gcc-present` installs them)"
+        ) from exc
     return [
         str(FIRMWARE / PTY_BOARD),
         "--link",
