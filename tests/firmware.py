@@ -1,6 +1,7 @@
 """The C firmware core (firmware/) as tests use it: built with its Makefile, run as a board behind a pty.
 
-`FirmwareBoard` runs a program whose stdout is the board's console (firmware/host/rcs_fw_pty.c and
+`FirmwareBoard` runs a program (rcs-fw-pty as `make run` starts it: services.devstack.firmware_board,
+or QEMU) whose stdout is the board's console (firmware/host/rcs_fw_pty.c and
 the QEMU image print the same lines): `ready <pty>`, then `valves 0x<mask> safe <0|1>` at every
 change of the outputs. It exposes `valves` like the Python emulator, so tests take either.
 """
@@ -19,7 +20,7 @@ from typing import IO, Self
 
 import pytest
 
-from services.common.settings import PROJECT_ROOT, Settings
+from services.common.settings import PROJECT_ROOT
 
 FIRMWARE = PROJECT_ROOT / "firmware"
 HOST_BUILD = FIRMWARE / "build" / "host"
@@ -45,21 +46,6 @@ def host_build() -> Path:
     """The host build (unit tests, rcs-fw-pty, librcsfw.so), made once per test session."""
     make_firmware("host")
     return HOST_BUILD
-
-
-def pty_board_command(settings: Settings, link: Path, rate_hz: float | None = None) -> list[str]:
-    """rcs-fw-pty for this stand: its channel and valve counts, acquisition.rate_hz unless given."""
-    return [
-        str(host_build() / "rcs-fw-pty"),
-        "--link",
-        str(link),
-        "--rate",
-        str(round(rate_hz or settings.acquisition.rate_hz)),
-        "--channels",
-        str(len(settings.measured_channels)),
-        "--valves",
-        str(len(settings.valves)),
-    ]
 
 
 def qemu_board_command() -> list[str]:

@@ -23,10 +23,11 @@ from services.common.codec import pack
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcClient, RpcError
 from services.common.settings import MqttSettings, Settings
+from services.devstack import firmware_board
 from services.devstack.watch import Continuity
 from services.emulators.stm32 import Stm32Emulator
 from tests.conftest import wait_until
-from tests.firmware import FirmwareBoard, pty_board_command, qemu_board_command
+from tests.firmware import FirmwareBoard, qemu_board_command
 from tests.processes import Acquisition
 
 RETAINED_WAIT_S = 10.0
@@ -83,7 +84,7 @@ def running_stack(
     if board == "python":
         emulator = Stm32Emulator(settings, protocol=protocol, link_path=link)
     elif board == "firmware":
-        emulator = FirmwareBoard(pty_board_command(settings, link), link, tmp_path / "board.log")
+        emulator = FirmwareBoard(firmware_board.command(settings, link), link, tmp_path / "board.log")
     else:
         emulator = FirmwareBoard(qemu_board_command(), link, tmp_path / "board.log", qemu_link=True)
     emulator.start()
