@@ -105,7 +105,12 @@ class FirmwareBoard:
 
     def start(self, timeout: float = 30.0) -> None:
         self._process = subprocess.Popen(
-            self._command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=FIRMWARE
+            self._command,
+            stdin=subprocess.DEVNULL,  # QEMU's `-serial stdio` would otherwise take over a terminal
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=FIRMWARE,
         )
         for stream in (self._process.stdout, self._process.stderr):
             assert stream is not None
