@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench bootstrap mosquitto-present clean
+.PHONY: run test lint bench bootstrap mosquitto-present gcc-present arm-tools-present firmware-check clean
 
 bootstrap: $(STAMP) mosquitto-present
 
@@ -22,7 +22,25 @@ mosquitto-present:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] \
 		|| { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; }
 
-run: bootstrap
+# The firmware core's host build (firmware/: unit tests, firmware in the loop) needs a C compiler.
+gcc-present:
+	@command -v gcc >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q gcc libc6-dev; }
+
+# The Cortex-M7 build of the firmware core and the emulated board it runs on.
+arm-tools-present:
+	@{ command -v arm-none-eabi-gcc && command -v qemu-system-arm \
+		&& [ -f /usr/lib/arm-none-eabi/newlib/libc.a ]; } >/dev/null 2>&1 \
+		|| { $(SUDO) apt-get update -q \
+			&& $(SUDO) apt-get install -y -q gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm; }
+
+# firmware/ on a Cortex-M7: cross-compiled (code and RAM sizes printed), then run under QEMU
+# mps2-an500 against the real acquisition service (handshake, valve write, go-safe, watchdog).
+firmware-check: bootstrap gcc-present arm-tools-present
+	$(MAKE) -C firmware size
+	$(BIN)/pytest -m qemu tests/
+
+# RCS_STM32_EMULATOR=firmware: the STM32 is the C core of firmware/, built for the host on demand.
+run: bootstrap $(if $(filter firmware,$(RCS_STM32_EMULATOR)),gcc-present)
 	$(BIN)/rcs-stack
 
 lint: bootstrap
@@ -30,10 +48,11 @@ lint: bootstrap
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint gcc-present
 	$(BIN)/pytest
 
-bench: bootstrap
+bench: bootstrap gcc-present
+	$(BIN)/python bench/firmware.py
 	$(BIN)/python bench/acquisition.py
 	$(BIN)/python bench/actuation.py
 	$(BIN)/python bench/logger.py

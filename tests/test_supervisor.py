@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from services.devstack.supervisor import RestartPolicy, RestartTracker, Supervisor
+from services.devstack.supervisor import RestartPolicy, RestartTracker, Supervisor, python_module
 from tests.conftest import wait_until
 
 POLICY = RestartPolicy(
@@ -50,8 +50,10 @@ def test_a_crash_looping_process_is_given_up_while_its_sibling_keeps_running(tmp
     supervisor = Supervisor(None, RestartPolicy(backoff_min_s=0.01, backoff_max_s=0.05, max_restarts=1))
     env = dict(os.environ)
     try:
-        supervisor.start("healthy", "services.emulators.stm32", ["--link", str(tmp_path / "stm32")], env)
-        supervisor.start("broken", "services.emulators.stm32", ["--no-such-option"], env)
+        supervisor.start(
+            "healthy", python_module("services.emulators.stm32", "--link", str(tmp_path / "stm32")), env
+        )
+        supervisor.start("broken", python_module("services.emulators.stm32", "--no-such-option"), env)
         healthy, broken = supervisor.children
 
         def gave_up() -> bool:

@@ -55,6 +55,9 @@ class Stm32Settings(_Section):
     detect_timeout_s: float = Field(3.0, gt=0)
     heartbeat_ms: int = Field(100, gt=0, lt=500)
     reconnect_s: float = Field(0.5, gt=0)
+    emulator: Literal["python", "firmware"] = Field(
+        "python", description="the emulated board `make run` starts: Python, or the C core of firmware/"
+    )
 
 
 class AcquisitionSettings(_Section):

@@ -30,9 +30,9 @@ from services.common.lifecycle import stop_requested
 from services.common.logs import setup_logging
 from services.common.mqtt import MqttClient
 from services.common.settings import PROJECT_ROOT, MqttSettings, load_settings
-from services.devstack import credentials
+from services.devstack import credentials, firmware_board
 from services.devstack.broker import Broker, broker_answers
-from services.devstack.supervisor import RestartPolicy, Supervisor
+from services.devstack.supervisor import RestartPolicy, Supervisor, python_module
 
 log = logging.getLogger("rcs.stack")
 
@@ -127,9 +127,15 @@ def main() -> None:
                 link = run_dir / name.removesuffix("-emulator")
                 env[port_variable] = str(link)
                 emulator_env = {k: v for k, v in env.items() if k not in _LOGIN}  # no MQTT
-                supervisor.start(name, module, ["--link", str(link)], emulator_env)
+                firmware = name == "stm32-emulator" and settings.stm32.emulator == "firmware"
+                command = (
+                    firmware_board.command(settings, link)
+                    if firmware
+                    else python_module(module, "--link", str(link))
+                )
+                supervisor.start(name, command, emulator_env)
         for name, module in SERVICES:
-            supervisor.start(name, module, [], _service_env(env, name, logins))
+            supervisor.start(name, python_module(module), _service_env(env, name, logins))
         print(
             f"\nrcs is running: telemetry on mqtt://{host}:{port}/rcs/telemetry/sensors\n"
             f"  watch it:  {sys.executable} -m services.devstack.watch\n"

@@ -98,6 +98,11 @@ class Supervised:
         }
 
 
+def python_module(module: str, *args: str) -> list[str]:
+    """The command line running `module` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
 class Supervisor:
     """Starts the stack's processes and keeps them running; `events` (the stack's MQTT client)
     publishes each exit and restart on rcs/events and every process's state in its retained status."""
@@ -107,8 +112,9 @@ class Supervisor:
         self._events = events
         self._policy = policy
 
-    def start(self, name: str, module: str, args: list[str], env: dict[str, str]) -> None:
-        child = Supervised(name, [sys.executable, "-m", module, *args], env, RestartTracker(self._policy))
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        """Run `command` (see `python_module`) as `name`, and keep it running."""
+        child = Supervised(name, command, env, RestartTracker(self._policy))
         self.children.append(child)
         child.start()
         self._publish_status()
