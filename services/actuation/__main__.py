@@ -38,6 +38,8 @@ SERVICE = "actuation"
 DEADMAN_PERIOD_S = 0.05
 DECISION_TIMEOUT_S = 2.0  # the control thread answers in microseconds; this only bounds a bug
 MOTOR_REPLY_CAP_S = 60.0
+AUDIT_TEXT_CHARS = 200  # who, origin, a reason, each string of args: longer ones are clipped
+AUDIT_ITEMS = 32  # items of a list or map in args
 log = logging.getLogger("rcs.actuation")
 
 
@@ -59,7 +61,25 @@ class ActuationStats:
 
 def _identity(body: dict[str, Any]) -> tuple[str, str]:
     who, origin = body.get("who"), body.get("origin")
-    return (who if isinstance(who, str) and who else "unknown", origin if isinstance(origin, str) else "mqtt")
+    return (
+        _clipped(who) if isinstance(who, str) and who else "unknown",
+        _clipped(origin) if isinstance(origin, str) else "mqtt",
+    )
+
+
+def _clipped(value: Any) -> Any:
+    """`value` bounded for the audit (events, state reasons, logs): a sender may put megabytes in any
+    field; strings keep AUDIT_TEXT_CHARS, lists and maps AUDIT_ITEMS, and say what was cut."""
+    if isinstance(value, str | bytes) and len(value) > AUDIT_TEXT_CHARS:
+        cut = value[:AUDIT_TEXT_CHARS]
+        return f"{cut!r}… ({len(value)} long)" if isinstance(cut, bytes) else f"{cut}… ({len(value)} long)"
+    if isinstance(value, list | tuple):
+        items = [_clipped(v) for v in value[:AUDIT_ITEMS]]
+        return [*items, f"… ({len(value)} items)"] if len(value) > AUDIT_ITEMS else items
+    if isinstance(value, dict):
+        kept = {_clipped(k): _clipped(v) for k, v in list(value.items())[:AUDIT_ITEMS]}
+        return kept | {"…": f"{len(value)} items"} if len(value) > AUDIT_ITEMS else kept
+    return value
 
 
 class Actuation:
@@ -366,7 +386,7 @@ class Actuation:
 
     def _cmd_abort(self, body: dict[str, Any]) -> dict[str, Any]:
         reason = body.get("reason")
-        why = reason if isinstance(reason, str) and reason else "operator abort"
+        why = _clipped(reason) if isinstance(reason, str) and reason else "operator abort"
         _, sent = self._decide("abort", body, lambda who, now: self._abort_verdict(why, who, now))
         try:
             return self._finish("abort", body, sent, state=str(self.core.state))
@@ -467,7 +487,8 @@ class Actuation:
 
 
 def _args(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in ("who", "origin")}
+    args: dict[str, Any] = _clipped({k: v for k, v in body.items() if k not in ("who", "origin")})
+    return args
 
 
 def main() -> None:
