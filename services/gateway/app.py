@@ -441,22 +441,22 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         points: Annotated[int, Query(ge=1, le=MAX_POINTS)] = 2000,
     ) -> History:
         """The last `seconds` from acquisition's ring buffer in at most `points` min/max buckets."""
-        with heavy.take():
+        with heavy.take():  # the answer (up to points x channels x 2 numbers) is built under it too
             result = await call(
                 "acquisition", topics.ACQ_HISTORY_REDUCED, {"seconds": seconds, "points": points}
             )
-        n, channels = int(result["n"]), list(result["channels"])
-        return History(
-            session=result.get("session"),
-            channels=channels,
-            n=n,
-            n_source=int(result["n_source"]),
-            seq_first=result.get("seq_first"),
-            seq_last=result.get("seq_last"),
-            t=np.frombuffer(result["t"], dtype="<f8").tolist(),
-            min=_columns(result["min"], n, channels),
-            max=_columns(result["max"], n, channels),
-        )
+            n, channels = int(result["n"]), list(result["channels"])
+            return History(
+                session=result.get("session"),
+                channels=channels,
+                n=n,
+                n_source=int(result["n_source"]),
+                seq_first=result.get("seq_first"),
+                seq_last=result.get("seq_last"),
+                t=np.frombuffer(result["t"], dtype="<f8").tolist(),
+                min=_columns(result["min"], n, channels),
+                max=_columns(result["max"], n, channels),
+            )
 
     @app.get("/api/events", tags=["status"])
     async def events(_: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> Events:
@@ -501,8 +501,8 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
             raise HTTPException(404, "no such recording") from exc
         wanted = list(dict.fromkeys(c.strip() for c in columns.split(",") if c.strip())) if columns else None
         rows_limit = limit if limit is not None or points is not None else DEFAULT_RAW_ROWS
-        try:
-            with heavy.take():
+        with heavy.take():  # reading and encoding: what a read costs in memory
+            try:
                 rows = recordings.read_rows(
                     path,
                     offset=offset,
@@ -511,21 +511,21 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
                     points=points,
                     max_cells=settings.gateway.max_answer_cells,
                 )
-        except recordings.TooLargeError as exc:
-            raise invalid("query", "limit", str(exc)) from exc
-        except recordings.BadQueryError as exc:
-            raise invalid("query", "columns", str(exc)) from exc
-        except FileNotFoundError as exc:  # removed by retention meanwhile
-            raise HTTPException(404, "no such recording") from exc
-        body = {
-            "columns": rows.columns,
-            "rowCount": rows.row_count,
-            "offset": rows.offset,
-            "reduced": rows.reduced,
-            "data": rows.data,
-        }
-        # Built here rather than validated through the model: up to millions of cells.
-        return Response(json.dumps(body, allow_nan=False), media_type="application/json")
+            except recordings.TooLargeError as exc:
+                raise invalid("query", "limit", str(exc)) from exc
+            except recordings.BadQueryError as exc:
+                raise invalid("query", "columns", str(exc)) from exc
+            except FileNotFoundError as exc:  # removed by retention meanwhile
+                raise HTTPException(404, "no such recording") from exc
+            body = {
+                "columns": rows.columns,
+                "rowCount": rows.row_count,
+                "offset": rows.offset,
+                "reduced": rows.reduced,
+                "data": rows.data,
+            }
+            # Built here rather than validated through the model: up to max_answer_cells cells.
+            return Response(json.dumps(body, allow_nan=False), media_type="application/json")
 
     @app.get("/metrics", tags=["status"], response_class=Response)
     async def metrics(_: Viewer) -> Response:
