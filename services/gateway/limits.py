@@ -5,7 +5,7 @@
 bodies), so no request can grow the process by more than the bound. `ReadSlots` lets only
 `gateway.heavy_reads` recordings/history reads run at once; one more is answered 503 at once
 rather than queued (a queue of reads is memory too). uvicorn itself bounds WebSocket messages
-(`ws_max_size` = `gateway.max_ws_message_bytes`: over it, the connection is closed 1009).
+(`ws_max_size` = `gateway.max_ws_message_bytes` in serving.py: over it, the connection is closed 1009).
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class ReadSlots:
 
     def __init__(self, count: int) -> None:
         self._free = threading.Semaphore(count)
+        self._lock = threading.Lock()
         self.count = count
         self.refused = 0
 
@@ -88,7 +89,8 @@ class ReadSlots:
     def take(self) -> Iterator[None]:
         """Hold a slot for the `with` block; 503 (with Retry-After) when all are taken."""
         if not self._free.acquire(blocking=False):
-            self.refused += 1
+            with self._lock:
+                self.refused += 1
             raise HTTPException(
                 503,
                 f"busy: {self.count} recording/history reads in progress; retry shortly",
