@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from services.common import topics
@@ -186,6 +187,22 @@ def test_valve_command_reaches_the_device_and_the_acknowledged_state_is_publishe
     )
     assert accepted["claimed_who"] == "test-operator"
     assert refused["accepted"] is False and "igniter-needs-armed" in refused["reason"]
+
+
+def test_audit_fields_are_bounded_whatever_the_sender_puts_in_them(stand: Stand) -> None:
+    huge = "W" * 500_000
+    body = {"valves": [0] * 9, "who": huge, "origin": huge, "note": [huge] * 3, "many": list(range(10_000))}
+    assert stand.rpc.call(topics.actuation("valves"), body, timeout=10)["bits"] == "000000000"
+    with pytest.raises(RpcError):
+        stand.rpc.call(topics.actuation("valves"), {**body, "valves": huge}, timeout=10)
+    stand.rpc.call(topics.actuation("abort"), {"who": huge, "reason": huge}, timeout=10)
+    wait_until(lambda: len(stand.seen.events_of("command")) >= 2, TIMEOUT, "audit events")  # valves, abort
+    wait_until(lambda: "abort" in str(stand.seen.state(topics.STATE_SYSTEM).get("reason")), TIMEOUT, "abort")
+    for event in [*stand.seen.events_of("command"), *stand.seen.events_of("state")]:
+        assert len(msgpack.packb(event)) < 20_000, {k: str(v)[:80] for k, v in event.items()}
+    for event in stand.seen.events_of("command"):  # the body's `who` is a claim, kept clipped
+        assert event["who"] == "operator" and event["claimed_who"].startswith("W" * 200)
+    assert len(str(stand.seen.state(topics.STATE_SYSTEM)["reason"])) < 1000
 
 
 def test_the_valve_state_follows_what_the_device_reports_by_itself(stand: Stand) -> None:

@@ -6,6 +6,7 @@ uvicorn (loopback, free port), an httpx client. Every wait is a liveness bound, 
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import HTTPException
 from pydantic import SecretStr
 
 from services.analyze import synth
@@ -29,6 +31,8 @@ from services.emulators.stm32 import Stm32Emulator
 from services.gateway.app import create_app
 from services.gateway.auth import Auth
 from services.gateway.bus import Bus
+from services.gateway.limits import ReadSlots
+from services.gateway.serving import server_config
 from tests.conftest import new_broker, wait_until
 from tests.processes import Acquisition, Actuation, Logger
 
@@ -36,6 +40,7 @@ TIMEOUT = 20.0
 OPERATOR = "op-token-0123456789"
 VIEWER = "viewer-token-0123456789"
 ORIGIN = "http://localhost:3000"
+MAX_CELLS = 100_000  # less than the synthetic recording's 6000 rows x 25 columns
 
 
 @dataclass
@@ -72,11 +77,8 @@ class Served:
     def __init__(self, settings: Settings) -> None:
         self.bus = Bus(settings)
         self.port = free_port()
-        config = uvicorn.Config(
-            create_app(settings, self.bus, Auth(settings)),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
+        config = server_config(
+            create_app(settings, self.bus, Auth(settings)), settings, host="127.0.0.1", port=self.port
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -120,7 +122,13 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         name: add_account(accounts, name, role) for name, role in (("alice", "operator"), ("bob", "viewer"))
     }
     base = gateway_settings(broker, data_dir)
-    settings = base.model_copy(update={"gateway": base.gateway.model_copy(update={"secrets_file": accounts})})
+    settings = base.model_copy(
+        update={
+            "gateway": base.gateway.model_copy(
+                update={"secrets_file": accounts, "max_answer_cells": MAX_CELLS}
+            )
+        }
+    )
     # an older recording (within the logger's retention), made like the logger's files
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     plan = synth.SynthPlan(start=start, seconds=3.0, rate_hz=2000, gaps=1, rotate_s=60)
@@ -273,6 +281,16 @@ def test_metrics_count_bad_requests_and_log_them_once(
     assert caplog.text.count("refused an invalid request POST /api/valves") == 1
 
 
+def test_invalid_requests_are_logged_once_per_route_whatever_the_names(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    with gateway.client(VIEWER) as viewer, caplog.at_level(logging.WARNING, logger="rcs.gateway.http"):
+        for n in range(5):
+            name = f"sensor_log_20260101_00000{n}_0.parquet"
+            assert viewer.get(f"/api/parquet_data/{name}", params={"offset": -1}).status_code == 422
+    assert caplog.text.count("refused an invalid request GET /api/parquet_data/{filename}") == 1, caplog.text
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 
@@ -331,6 +349,73 @@ def test_step_motor(gateway: Gateway) -> None:
         assert client.post("/api/step_motor", json={"motor_id": 3, "angle": 10}).status_code == 422
         assert client.post("/api/step_motor", json={"motor_id": 1, "angle": 1e9}).status_code == 422
         assert client.post("/api/step_motor", json={"motor_id": 1}).status_code == 422
+        assert client.post("/api/step_motor", json={"motor_id": True, "angle": 10}).status_code == 422
+
+
+@pytest.mark.parametrize("angle", ["NaN", "1e309", "-Infinity", "Infinity"])
+def test_a_motor_angle_that_is_no_finite_number_is_422_with_the_reason(gateway: Gateway, angle: str) -> None:
+    with gateway.client() as client:
+        response = client.post(
+            "/api/step_motor",
+            content=f'{{"motor_id": 1, "angle": {angle}}}',
+            headers={"Content-Type": "application/json"},
+        )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("body.angle: "), response.text
+
+
+def test_booleans_are_no_valve_states(gateway: Gateway) -> None:
+    with gateway.client() as client:
+
+        def commands() -> list[dict[str, Any]]:
+            events = client.get("/api/events", params={"limit": 500}).json()["events"]
+            return [e for e in events if e.get("kind") == "command"]
+
+        before = commands()
+        response = client.post("/api/valves", json={"valves": [True] + [0] * 8})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith("body.valves.0: ")
+        assert client.post("/api/valves", json={"valves": [1.0] + [0] * 8}).status_code == 422
+        assert commands() == before  # never sent to actuation
+
+
+def test_errors_never_echo_the_input(gateway: Gateway) -> None:
+    huge = "X" * 50_000  # within the body bound
+    with gateway.client() as client:
+        answers = [
+            client.post("/api/valves", json={"valves": huge}),
+            client.post("/api/valves", json={"valves": [huge[:5000]] * 9}),
+            client.get("/api/parquet_data/" + huge[:2000]),
+            client.get(f"/api/parquet_data/{gateway.synthetic}", params={"columns": f"seq,{huge[:3000]}"}),
+            client.get("/api/events", params={"limit": huge[:2000]}),
+        ]
+    for answer in answers:
+        assert answer.status_code in (404, 422), answer.text[:300]
+        assert "XXX" not in answer.text and len(answer.text) < 1000, answer.text[:300]
+        assert isinstance(answer.json()["detail"], str)
+
+
+def test_a_body_over_the_bound_is_413_before_it_is_read(gateway: Gateway) -> None:
+    bound = gateway.settings.gateway.max_body_bytes
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:  # no token, no body
+        sock.sendall(
+            f"POST /api/valves HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {64 * 1024**2}\r\n\r\n".encode()
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413 ")  # answered without waiting for 64 MB
+
+    def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to go by
+        yield b'{"valves": ['
+        for _ in range(4 * bound // 1024):
+            yield b"0, " * 341 + b"0,"
+        yield b"0]}"
+
+    with gateway.client() as client:
+        streamed = client.post("/api/valves", content=chunks(), headers={"Content-Type": "application/json"})
+        assert streamed.status_code == 413, streamed.text
+        assert "request body larger than" in streamed.json()["detail"]
+        assert client.post("/api/valves", json={"valves": [0] * 9}).status_code == 200  # the next one is fine
 
 
 def test_arm_needs_an_operator_heartbeat_then_arm_and_disarm(gateway: Gateway) -> None:
@@ -379,7 +464,7 @@ def test_save_sensor_buffer_then_recordings(gateway: Gateway) -> None:
 def test_parquet_data_windows_columns_and_reduction(gateway: Gateway) -> None:
     old = gateway.synthetic
     with gateway.client(VIEWER) as client:
-        whole = client.get(f"/api/parquet_data/{old}", params={"limit": 100_000}).json()
+        whole = client.get(f"/api/parquet_data/{old}", params={"limit": 100_000, "columns": "seq,P5"}).json()
         window = client.get(
             f"/api/parquet_data/{old}", params={"offset": 100, "limit": 10, "columns": "seq,P5"}
         )
@@ -399,6 +484,30 @@ def test_parquet_data_windows_columns_and_reduction(gateway: Gateway) -> None:
         and body["data"]["seq"][-1] == whole["data"]["seq"][-1]
     )
     assert unknown.status_code == 422
+
+
+def test_parquet_data_answers_are_bounded(gateway: Gateway) -> None:
+    old = gateway.synthetic
+    with gateway.client(VIEWER) as client:
+        everything = client.get(f"/api/parquet_data/{old}", params={"limit": 100_000})
+        page = client.get(f"/api/parquet_data/{old}", params={"limit": MAX_CELLS // 25})
+        repeated = client.get(f"/api/parquet_data/{old}", params={"limit": 10, "columns": "P1," * 1000})
+        too_long = client.get(f"/api/parquet_data/{old}", params={"columns": "P1," * 2000})
+    assert everything.status_code == 422
+    assert "page with offset" in everything.json()["detail"]
+    assert page.status_code == 200 and len(page.json()["data"]["seq"]) == MAX_CELLS // 25
+    assert repeated.status_code == 200 and repeated.json()["columns"] == ["P1"]
+    assert too_long.status_code == 422
+
+
+def test_heavy_reads_beyond_the_bound_are_refused_not_queued() -> None:
+    slots = ReadSlots(1)
+    with slots.take():
+        with pytest.raises(HTTPException) as busy, slots.take():
+            pass
+        assert busy.value.status_code == 503 and busy.value.headers == {"Retry-After": "1"}
+    with slots.take():  # released
+        assert slots.refused == 1
 
 
 @pytest.mark.parametrize(

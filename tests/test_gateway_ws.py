@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import msgpack
 import numpy as np
 import pytest
@@ -28,14 +29,17 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from services.common.settings import Settings, load_settings
 from services.devstack.broker import Broker, free_port
 from services.emulators.arduino import ArduinoEmulator
 from services.emulators.stm32 import Stm32Emulator
+from services.gateway.app import create_app
 from services.gateway.auth import Auth, redact_tokens_in_server_logs
 from services.gateway.bus import Bus
 from services.gateway.hub import Hub
+from services.gateway.serving import server_config
 from services.gateway.ws import WebSocketStats, register_websocket
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Actuation
@@ -89,9 +93,7 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     app = FastAPI(lifespan=lifespan)
     register_websocket(app, bus, Auth(settings), settings)
     port = free_port()
-    server = Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_ping_interval=None)
-    )
+    server = Server(server_config(app, settings, host="127.0.0.1", port=port, ws_ping_interval=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -192,6 +194,7 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
                 operator, {"type": "valve_command", "valves": igniter}, "valve_response", binary=True
             )
             assert answer["success"] is False and "igniter" in answer["reason"]
+            assert answer["valves"] == run_valves, "the acknowledged valves, never the refused pattern"
             closed = await ask(operator, {"type": "valve_command", "valves": [0] * 9}, "valve_response")
             assert closed["success"] is True
 
@@ -311,6 +314,60 @@ def test_auth_by_first_message_and_refusals(gateway: Gateway) -> None:
             assert "data" in await ask(ws, {"type": "get_sensors"}, "sensor_data")
 
     run(scenario())
+
+
+def test_a_message_over_the_bound_closes_the_connection(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with open_ws(gateway, VIEWER) as ws:
+            await ws.send(json.dumps({"type": "get_sensors", "pad": "x" * 100_000}))
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+    run(scenario())
+
+
+def test_a_star_in_cors_origins_allows_any_origin_for_cors_and_websocket(broker: Broker) -> None:
+    """An app as rcs-gateway builds it; its bus is never started (lifespan off): only the checks run."""
+    base = load_settings()
+    settings = base.model_copy(
+        update={
+            "mqtt": broker.settings("gateway"),
+            "auth": "on",
+            "viewer_token": SecretStr(VIEWER),
+            "gateway": base.gateway.model_copy(update={"cors_origins": ("*",)}),
+        }
+    )
+    port = free_port()
+    server = Server(
+        server_config(
+            create_app(settings, Bus(settings), Auth(settings)),
+            settings,
+            host="127.0.0.1",
+            port=port,
+            lifespan="off",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    elsewhere = Origin("http://elsewhere.example")
+    try:
+        wait_until(lambda: server.started, TIMEOUT, "uvicorn")
+        preflight = httpx.options(
+            f"http://127.0.0.1:{port}/api/valves",
+            headers={"Origin": elsewhere, "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+
+        async def scenario() -> None:
+            async with connect(f"ws://127.0.0.1:{port}/ws?token={VIEWER}", origin=elsewhere) as ws:
+                assert "data" in await ask(ws, {"type": "get_sensors"}, "sensor_data")
+
+        run(scenario())
+    finally:
+        server.should_exit = True
+        thread.join(15)
 
 
 def stuck_socket() -> socket.socket:

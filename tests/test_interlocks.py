@@ -71,6 +71,14 @@ def test_bad_patterns_say_what_is_wrong(pattern: str | list[int], message: str) 
     assert message in str(caught.value)
 
 
+def test_a_bad_pattern_is_never_repeated_in_the_error() -> None:
+    huge: list[str | list[int]] = ["1" * 100_000, [7] * 100_000]
+    for pattern in huge:
+        with pytest.raises(ValueError, match="valve pattern") as caught:
+            VALVES.parse(pattern)
+        assert len(str(caught.value)) < 200
+
+
 def test_bad_masks_names_and_roles_are_refused() -> None:
     with pytest.raises(ValueError, match="valve mask 512 is out of range for 9 valves"):
         VALVES.format(512)

@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
+from services.common import metrics
 from services.common.logs import Throttled, setup_logging
 from services.common.metrics import counters, register_stats, start_metrics_server, stop_metrics_server
 from services.common.mqtt import MqttStats
@@ -131,9 +132,11 @@ def test_http_endpoint_serves_the_registry_and_port_zero_disables_it() -> None:
 
     registry = CollectorRegistry()
     register_stats("http", lambda: {"requests_total": 2.0}, registry)
-    port = start_metrics_server(free_port(), "127.0.0.1", registry)
+    port = start_metrics_server(free_port(), registry=registry)
     assert port is not None
     try:
+        server, _ = metrics._servers[port]
+        assert server.server_address[0] == "127.0.0.1", "unauthenticated: loopback unless configured"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             body = response.read().decode()
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import threading
 import time
@@ -17,7 +19,7 @@ from paho.mqtt.properties import Properties
 
 from services.common import topics
 from services.common.mqtt import MqttClient
-from services.common.rpc import RpcClient, RpcError, RpcServer, RpcTimeout
+from services.common.rpc import MAX_DEADLINE_AHEAD_S, RpcClient, RpcError, RpcServer, RpcTimeout
 from services.common.settings import MqttSettings
 from tests.conftest import wait_until
 
@@ -154,6 +156,27 @@ def test_a_request_whose_deadline_passes_while_queued_is_never_executed(stack: S
     assert [f.result()["echo"]["i"] for f in busy] == [0, 1]
     wait_until(lambda: stack.server.stats.dropped == 1, what="the queued request to be dropped")
     assert {"open": "MAIN_OX"} not in stack.handler.calls
+
+
+@pytest.mark.parametrize("deadline", [math.nan, math.inf, time.time() + 10 * MAX_DEADLINE_AHEAD_S])
+def test_a_request_that_could_never_go_stale_is_never_executed(stack: Stack, deadline: float) -> None:
+    forever = msgpack.packb({"open": "MAIN_OX", "deadline": deadline})
+    raw_request(stack, forever, response_topic=topics.replies("nobody"), correlation=os.urandom(16))
+    wait_until(lambda: stack.server.stats.dropped == 1, what="the request to be dropped")
+    assert stack.client.call(TOPIC, {"fresh": 1}, timeout=5) == {"echo": {"fresh": 1, "login": "operator"}}
+    assert stack.handler.calls == [{"fresh": 1, "login": "operator"}]
+
+
+def test_garbage_is_logged_once_per_kind_not_once_per_text(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    reply_to = topics.replies("nobody")
+    with caplog.at_level(logging.WARNING, logger="services.common.rpc"):
+        for i in range(20):
+            garbage = b"\xc1" + os.urandom(8) if i % 2 else msgpack.packb(list(os.urandom(i)))
+            raw_request(stack, garbage, response_topic=reply_to, correlation=os.urandom(16))
+        wait_until(lambda: stack.server.stats.dropped == 20, what="twenty garbage requests to be dropped")
+    assert caplog.text.count("dropped request on") == 1, caplog.text
 
 
 def test_malformed_requests_are_counted_and_the_server_survives(stack: Stack) -> None:

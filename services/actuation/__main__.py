@@ -372,7 +372,7 @@ class Actuation:
 
     def _cmd_abort(self, body: dict[str, Any]) -> dict[str, Any]:
         reason = body.get("reason")
-        why = reason if isinstance(reason, str) and reason else "operator abort"
+        why = audit.clipped(reason) if isinstance(reason, str) and reason else "operator abort"
         _, sent = self._decide("abort", body, lambda who, now: self._abort_verdict(why, who, now))
         try:
             return self._finish("abort", body, sent, state=str(self.core.state))
@@ -471,7 +471,8 @@ class Actuation:
 
 
 def _args(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in audit.AUDIT_KEYS}
+    args: dict[str, Any] = audit.clipped({k: v for k, v in body.items() if k not in audit.AUDIT_KEYS})
+    return args
 
 
 def main() -> None:

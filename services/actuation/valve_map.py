@@ -26,11 +26,13 @@ class ValveMap:
         return len(self.names)
 
     def parse(self, pattern: str | Sequence[int]) -> int:
-        """A pattern ("010000000" or [0, 1, 0, ...], one digit per valve, 1 = open) as a mask."""
+        """A pattern ("010000000" or [0, 1, 0, ...], one digit per valve, 1 = open) as a mask.
+
+        The ValueError's text never repeats the pattern (it goes back to whoever sent it)."""
         digits = list(pattern)
         if len(digits) != self.count:
             raise ValueError(
-                f"valve pattern {pattern!r} has {len(digits)} digits, expected {self.count} "
+                f"valve pattern has {len(digits)} digits, expected {self.count} "
                 f"(one per valve: {', '.join(self.names)})"
             )
         if isinstance(pattern, str):
@@ -38,7 +40,7 @@ class ValveMap:
         else:
             bits = [d if type(d) is int and d in (0, 1) else -1 for d in digits]
         if -1 in bits:
-            raise ValueError(f"valve pattern {pattern!r} may only contain 0 and 1")
+            raise ValueError("valve pattern may only contain 0 and 1 (not true/false)")
         return sum(bit << i for i, bit in enumerate(bits))
 
     def format(self, mask: int) -> str:

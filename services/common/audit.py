@@ -15,6 +15,8 @@ from services.common import topics
 
 RELAYS = frozenset({"gateway"})  # logins trusted to say `who` and `origin` for the people they serve
 AUDIT_KEYS = ("who", "origin", "login", "claimed_who")
+AUDIT_TEXT_CHARS = 200  # who, origin, a reason, each string of args: longer ones are clipped
+AUDIT_ITEMS = 32  # items of a list or map in args
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,24 @@ class Requester:
         return base if self.claimed_who is None else base | {"claimed_who": self.claimed_who}
 
 
+def clipped(value: Any) -> Any:
+    """`value` bounded for the audit (events, state reasons, logs): a sender may put megabytes in any
+    field; strings keep AUDIT_TEXT_CHARS, lists and maps AUDIT_ITEMS, and say what was cut."""
+    if isinstance(value, str | bytes) and len(value) > AUDIT_TEXT_CHARS:
+        cut = value[:AUDIT_TEXT_CHARS]
+        return f"{cut!r}… ({len(value)} long)" if isinstance(cut, bytes) else f"{cut}… ({len(value)} long)"
+    if isinstance(value, list | tuple):
+        items = [clipped(v) for v in value[:AUDIT_ITEMS]]
+        return [*items, f"… ({len(value)} items)"] if len(value) > AUDIT_ITEMS else items
+    if isinstance(value, dict):
+        kept = {clipped(k): clipped(v) for k, v in list(value.items())[:AUDIT_ITEMS]}
+        return kept | {"…": f"{len(value)} items"} if len(value) > AUDIT_ITEMS else kept
+    return value
+
+
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A non-empty string field, clipped for the audit; else None."""
+    return clipped(value) if isinstance(value, str) and value else None
 
 
 def requester(body: dict[str, Any]) -> Requester:

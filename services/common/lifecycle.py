@@ -44,7 +44,7 @@ def run_service(
     setup_logging(name, settings.log_level, settings.log_format)
     service = build(settings)
     register_stats(name, service.metrics)
-    start_metrics_server(metrics_port(settings))
+    start_metrics_server(metrics_port(settings), settings.metrics_host)
     stop = stop_requested()
     service.start()
     stop.wait()

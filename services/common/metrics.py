@@ -28,9 +28,11 @@ _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def start_metrics_server(
-    port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY
 ) -> int | None:
     """Serve /metrics on `addr:port` from a daemon thread; port 0 means disabled (returns None).
+
+    Unauthenticated, so loopback by default (`metrics_host` in stand.yaml to let a scraper in).
 
     Returns the bound port. Raises OSError if the port is taken.
     """

@@ -11,8 +11,10 @@ The server hands the handler the body with `login` set to that last topic level 
 `login` the body carried): the one thing about the requester the broker vouches for.
 
 Staleness: the server drops, without executing, any request whose deadline has passed when it
-arrives or when a worker picks it up (these requests will carry valve commands). The deadline is an
-absolute UNIX time, so client and server clocks must agree (NTP) to well within the timeouts used.
+arrives or when a worker picks it up (these requests will carry valve commands), and any request whose
+deadline is not a finite number at most MAX_DEADLINE_AHEAD_S ahead (NaN or a far future would never go
+stale). The deadline is an absolute UNIX time, so client and server clocks must agree (NTP) to well
+within the timeouts used.
 
 Values of type `bytes` travel as MessagePack bin (numpy arrays are sent as raw bytes).
 """
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 _CORRELATION_BYTES = 16
+MAX_DEADLINE_AHEAD_S = 120.0  # longer than any caller's timeout (a full motor travel: 40 s)
 
 
 class RpcError(Exception):
@@ -101,10 +104,11 @@ class RpcServer:
         with self._lock:
             return RpcServerStats(**asdict(self._stats))
 
-    def _drop(self, topic: str, reason: str) -> None:
+    def _drop(self, topic: str, kind: str, reason: str) -> None:
+        """Count and log (once per topic and `kind`: `reason` may be anything a sender made up)."""
         with self._lock:
             self._stats.dropped += 1
-        self._throttled.warning(f"{topic}:{reason}", "dropped request on %s: %s", topic, reason)
+        self._throttled.warning(f"{topic}:{kind}", "dropped request on %s: %s", topic, reason)
 
     def _on_request(self, topic: str, handler: Handler, message: Message) -> None:
         # Network thread: validate cheaply, execute elsewhere.
@@ -112,20 +116,24 @@ class RpcServer:
         reply_to = getattr(properties, "ResponseTopic", None)
         correlation = getattr(properties, "CorrelationData", None)
         if not reply_to or not correlation:
-            self._drop(topic, "no ResponseTopic/CorrelationData")
+            self._drop(topic, "no-reply-to", "no ResponseTopic/CorrelationData")
             return
         try:
             body = unpack_map(message.payload)
         except WireFormatError as exc:
-            self._drop(topic, str(exc))
+            self._drop(topic, "undecodable", str(exc))
             return
         body["login"] = topics.login_of(message.topic)  # the last level: see topics.request
         deadline = body.pop("deadline", None)
-        if not isinstance(deadline, int | float) or isinstance(deadline, bool):
-            self._drop(topic, "no numeric deadline")
+        if not isinstance(deadline, int | float) or isinstance(deadline, bool) or not math.isfinite(deadline):
+            self._drop(topic, "deadline", "no finite numeric deadline")
             return
-        if time.time() > deadline:
-            self._drop(topic, "deadline passed before delivery")
+        now = time.time()
+        if now > deadline:
+            self._drop(topic, "stale", "deadline passed before delivery")
+            return
+        if deadline - now > MAX_DEADLINE_AHEAD_S:
+            self._drop(topic, "deadline", f"deadline more than {MAX_DEADLINE_AHEAD_S:g} s ahead")
             return
         with self._lock:
             if self._closed:
@@ -136,7 +144,7 @@ class RpcServer:
 
     def _execute(self, handler: Handler, request: _Request) -> None:
         if time.time() > request.deadline:
-            self._drop(request.topic, "deadline passed while queued")
+            self._drop(request.topic, "stale", "deadline passed while queued")
             return
         try:
             result: object = handler(request.body)
@@ -192,8 +200,10 @@ class RpcClient:
         self, topic: str, body: dict[str, Any], *, timeout: float = 2.0
     ) -> concurrent.futures.Future[dict[str, Any]]:
         """Publish a request; the future gives the result, or raises RpcError or RpcTimeout."""
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+        if not 0 < timeout <= MAX_DEADLINE_AHEAD_S:
+            raise ValueError(
+                f"timeout must be positive and at most {MAX_DEADLINE_AHEAD_S:g} s, got {timeout}"
+            )
         payload = pack({**body, "deadline": time.time() + timeout})  # TypeError before any bookkeeping
         correlation = os.urandom(_CORRELATION_BYTES)
         future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()

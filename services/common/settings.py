@@ -213,6 +213,14 @@ class GatewaySettings(_Section):
     display_max_hz: float = Field(60.0, gt=0, le=500)
     client_queue_frames: int = Field(256, ge=8, description="per-client bound; the oldest frames go first")
     command_timeout_s: float = Field(3.0, gt=0, le=10)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies: 413, never read")
+    max_ws_message_bytes: int = Field(
+        64 * 1024, ge=1024, description="larger WebSocket messages: closed 1009"
+    )
+    max_answer_cells: int = Field(
+        500_000, ge=1000, description="rows x columns of one /api/parquet_data answer (page with offset)"
+    )
+    heavy_reads: int = Field(2, ge=1, description="recordings and history reads at once; more: 503")
 
 
 class EmulatorSettings(_Section):
@@ -245,6 +253,7 @@ class Settings(BaseSettings):
     viewer_token: SecretStr | None = None
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    metrics_host: str = Field("127.0.0.1", description="address of the services' /metrics endpoints")
     mqtt: MqttSettings = MqttSettings()
     stm32: Stm32Settings = Stm32Settings()
     acquisition: AcquisitionSettings = AcquisitionSettings()

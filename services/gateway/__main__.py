@@ -16,6 +16,7 @@ from services.common.settings import load_settings
 from services.gateway.app import create_app
 from services.gateway.auth import Auth, redact_tokens_in_server_logs
 from services.gateway.bus import SERVICE, Bus
+from services.gateway.serving import server_config
 
 log = logging.getLogger("rcs.gateway")
 
@@ -36,18 +37,7 @@ def main() -> None:
         sys.exit(2)
     app = create_app(settings, Bus(settings), auth)
     redact_tokens_in_server_logs()
-    # uvloop: the fan-out is mostly socket writes, which it does at a fraction of asyncio's cost;
-    # no per-message deflate: float telemetry barely compresses, and it would be paid per client per frame
-    uvicorn.run(
-        app,
-        host="0.0.0.0",
-        port=settings.http_port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        ws_per_message_deflate=False,
-    )
+    uvicorn.Server(server_config(app, settings)).run()
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Commands go to actuation (and the logger) by MQTT request/response and return the service's verdict:
 a refusal is 409 `{detail: <the rule's reason>}`, a service that does not answer (or is offline, or
-the broker is unreachable) is 503, bad input is 422. Every command carries `who` (the token's name)
-and `origin` (`gateway <client ip>`) into actuation's audit.
+the broker is unreachable) is 503, bad input is 422 `{detail: "<field>: <problem>"}` (one line, the
+input never echoed), a body over `gateway.max_body_bytes` is 413 (unread). Every command carries
+`who` (the token's name) and `origin` (`gateway <client ip>`) into actuation's audit.
 
 Reads need a viewer token, commands an operator token (`Authorization: Bearer <token>`): 401 without
 or with an unknown token, 403 for a viewer on a command. `/api/health` is open (liveness probes).
@@ -23,14 +24,13 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.common import topics
 from services.common.logs import Throttled
@@ -40,6 +40,7 @@ from services.common.settings import Settings
 from services.gateway import legacy, recordings
 from services.gateway.auth import Auth, Identity, Role
 from services.gateway.bus import Bus
+from services.gateway.limits import BodyLimit, ReadSlots
 from services.gateway.ws import register_websocket
 
 log = logging.getLogger("rcs.gateway.http")
@@ -51,6 +52,8 @@ MAX_RAW_ROWS = 100_000
 DEFAULT_RAW_ROWS = 10_000
 MAX_POINTS = 20_000
 MAX_HISTORY_S = 3600.0  # acquisition returns what its ring buffer holds (10 minutes by default)
+MAX_COLUMNS_QUERY = 4096  # characters of `columns`: every channel name of a stand, comma-separated
+MAX_PROBLEM_CHARS = 300  # a 422's one line
 _bearer = HTTPBearer(auto_error=False, description="viewer or operator token")
 
 Number = float | None
@@ -68,6 +71,9 @@ UNANSWERED: dict[int | str, dict[str, Any]] = {
     503: {"model": Detail, "description": "the service (or the broker) did not answer"}
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail, "description": "no such item"}}
+BUSY: dict[int | str, dict[str, Any]] = {
+    503: {"model": Detail, "description": "gateway.heavy_reads reads already running (Retry-After)"}
+}
 
 
 class Hello(BaseModel):
@@ -115,7 +121,9 @@ class Sensors(BaseModel):
 
 
 class ValvesIn(BaseModel):
-    valves: list[Literal[0, 1]] = Field(
+    model_config = ConfigDict(strict=True)  # true/false are no 0/1 (nor "1"): as on MQTT
+
+    valves: list[Annotated[int, Field(ge=0, le=1, json_schema_extra={"enum": [0, 1]})]] = Field(
         min_length=1, max_length=16, description="one 0/1 per valve of config/stand.yaml (9), 1 = open"
     )
 
@@ -127,6 +135,8 @@ class ValvesOut(BaseModel):
 
 
 class StepMotorIn(BaseModel):
+    model_config = ConfigDict(strict=True)  # true is no motor 1 nor 1 degree
+
     motor_id: int = Field(ge=1, le=2, description="a configured motor (1 or 2)")
     angle: float = Field(allow_inf_nan=False, description="relative move in degrees")
 
@@ -211,6 +221,7 @@ class GatewayStats:
     unauthorized: int = 0  # 401
     forbidden: int = 0  # 403
     invalid: int = 0  # 422: a request the API cannot take
+    too_large: int = 0  # 413: a body over gateway.max_body_bytes
 
 
 def jsonable(value: Any) -> Any:
@@ -231,8 +242,19 @@ def _columns(values: bytes, n: int, channels: list[str]) -> dict[str, list[Numbe
     return {name: [legacy.finite(v) for v in matrix[:, i].tolist()] for i, name in enumerate(channels)}
 
 
+def one_line(errors: list[dict[str, Any]]) -> str:
+    """A 422's text: where and what of the first problem, never the input (it may be huge or NaN)."""
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    line = f"{where}: {first.get('msg', 'invalid')}{more}"
+    return line if len(line) <= MAX_PROBLEM_CHARS else line[: MAX_PROBLEM_CHARS - 1] + "…"
+
+
 def invalid(where: str, field: str, message: str) -> RequestValidationError:
-    """A 422 in FastAPI's own shape (`detail: [{loc, msg, type}]`), for checks a model cannot make."""
+    """A 422 (answered `detail: "<where>.<field>: <message>"`), for checks a model cannot make."""
     return RequestValidationError([{"loc": (where, field), "msg": message, "type": "value_error"}])
 
 
@@ -293,10 +315,20 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
             400: {"model": Detail, "description": "a body that cannot be parsed"},
             401: {"model": Detail, "description": "no or unknown token"},
             403: {"model": Detail, "description": "operator token needed"},
+            413: {"model": Detail, "description": "a body over gateway.max_body_bytes (never read)"},
+            422: {"model": Detail, "description": "invalid input: `<field>: <problem>`, one line"},
         },
     )
     app.state.auth = auth
     app.state.stats = stats
+    heavy = ReadSlots(settings.gateway.heavy_reads)
+
+    def body_too_large() -> None:
+        stats.too_large += 1
+        problems.warning("too-large", "refused a request body over %d bytes", settings.gateway.max_body_bytes)
+
+    # inside CORS, so that a browser sees the 413 itself
+    app.add_middleware(BodyLimit, max_bytes=settings.gateway.max_body_bytes, on_refused=body_too_large)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.gateway.cors_origins),
@@ -409,19 +441,22 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         points: Annotated[int, Query(ge=1, le=MAX_POINTS)] = 2000,
     ) -> History:
         """The last `seconds` from acquisition's ring buffer in at most `points` min/max buckets."""
-        result = await call("acquisition", topics.ACQ_HISTORY_REDUCED, {"seconds": seconds, "points": points})
-        n, channels = int(result["n"]), list(result["channels"])
-        return History(
-            session=result.get("session"),
-            channels=channels,
-            n=n,
-            n_source=int(result["n_source"]),
-            seq_first=result.get("seq_first"),
-            seq_last=result.get("seq_last"),
-            t=np.frombuffer(result["t"], dtype="<f8").tolist(),
-            min=_columns(result["min"], n, channels),
-            max=_columns(result["max"], n, channels),
-        )
+        with heavy.take():  # the answer (up to points x channels x 2 numbers) is built under it too
+            result = await call(
+                "acquisition", topics.ACQ_HISTORY_REDUCED, {"seconds": seconds, "points": points}
+            )
+            n, channels = int(result["n"]), list(result["channels"])
+            return History(
+                session=result.get("session"),
+                channels=channels,
+                n=n,
+                n_source=int(result["n_source"]),
+                seq_first=result.get("seq_first"),
+                seq_last=result.get("seq_last"),
+                t=np.frombuffer(result["t"], dtype="<f8").tolist(),
+                min=_columns(result["min"], n, channels),
+                max=_columns(result["max"], n, channels),
+            )
 
     @app.get("/api/events", tags=["status"])
     async def events(_: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> Events:
@@ -438,14 +473,16 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         "/api/parquet_data/{filename}",
         tags=["recordings"],
         response_model=ParquetData,
-        responses={404: {"model": Detail, "description": "not a recording of the data directory"}},
+        responses={404: {"model": Detail, "description": "not a recording of the data directory"}, **BUSY},
     )
     def parquet_data(
         _: Viewer,
         filename: str,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int | None, Query(ge=1, le=MAX_RAW_ROWS)] = None,
-        columns: Annotated[str | None, Query(description="comma-separated; default: all")] = None,
+        columns: Annotated[
+            str | None, Query(max_length=MAX_COLUMNS_QUERY, description="comma-separated; default: all")
+        ] = None,
         points: Annotated[int | None, Query(ge=2, le=MAX_POINTS)] = None,
     ) -> Response:
         """Rows of a recording (`timestamp` ISO-8601 UTC, NaN as null).
@@ -453,31 +490,42 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         Without `points`: rows `offset … offset+limit` (limit default 10000, at most 100000). With
         `points`: the window `offset … offset+limit` (default: to the end of the file) as at most
         `points` rows, two per bucket of equal row count: its minimum then its maximum of every
-        channel, at the bucket's first and last timestamp and seq.
+        channel, at the bucket's first and last timestamp and seq. An answer holds at most
+        `gateway.max_answer_cells` cells (rows × columns): ask more and it is 422; page with `offset`.
         """
         try:
             path = recordings.resolve(settings.data_dir, filename)
         except recordings.BadQueryError as exc:  # traversal, other files: they are no recordings
-            raise HTTPException(404, f"no recording {filename!r}: {exc}") from exc
+            raise HTTPException(404, f"no such recording: {exc}") from exc
         except FileNotFoundError as exc:
-            raise HTTPException(404, f"no recording {filename!r}") from exc
-        wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+            raise HTTPException(404, "no such recording") from exc
+        wanted = list(dict.fromkeys(c.strip() for c in columns.split(",") if c.strip())) if columns else None
         rows_limit = limit if limit is not None or points is not None else DEFAULT_RAW_ROWS
-        try:
-            rows = recordings.read_rows(path, offset=offset, limit=rows_limit, columns=wanted, points=points)
-        except recordings.BadQueryError as exc:
-            raise invalid("query", "columns", str(exc)) from exc
-        except FileNotFoundError as exc:  # removed by retention meanwhile
-            raise HTTPException(404, f"no recording {filename!r}") from exc
-        body = {
-            "columns": rows.columns,
-            "rowCount": rows.row_count,
-            "offset": rows.offset,
-            "reduced": rows.reduced,
-            "data": rows.data,
-        }
-        # Built here rather than validated through the model: up to millions of cells.
-        return Response(json.dumps(body, allow_nan=False), media_type="application/json")
+        with heavy.take():  # reading and encoding: what a read costs in memory
+            try:
+                rows = recordings.read_rows(
+                    path,
+                    offset=offset,
+                    limit=rows_limit,
+                    columns=wanted,
+                    points=points,
+                    max_cells=settings.gateway.max_answer_cells,
+                )
+            except recordings.TooLargeError as exc:
+                raise invalid("query", "limit", str(exc)) from exc
+            except recordings.BadQueryError as exc:
+                raise invalid("query", "columns", str(exc)) from exc
+            except FileNotFoundError as exc:  # removed by retention meanwhile
+                raise HTTPException(404, "no such recording") from exc
+            body = {
+                "columns": rows.columns,
+                "rowCount": rows.row_count,
+                "offset": rows.offset,
+                "reduced": rows.reduced,
+                "data": rows.data,
+            }
+            # Built here rather than validated through the model: up to max_answer_cells cells.
+            return Response(json.dumps(body, allow_nan=False), media_type="application/json")
 
     @app.get("/metrics", tags=["status"], response_class=Response)
     async def metrics(_: Viewer) -> Response:
@@ -580,15 +628,26 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     hub_metrics = register_websocket(app, bus, auth, settings)
-    register_stats("gateway", lambda: {**bus.metrics(), **counters(stats, "http"), **hub_metrics()}, registry)
+    register_stats(
+        "gateway",
+        lambda: {
+            **bus.metrics(),
+            **counters(stats, "http"),
+            "http_busy_total": float(heavy.refused),
+            **hub_metrics(),
+        },
+        registry,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        """422 with FastAPI's detail, counted, and logged once per path and interval."""
+        """422 `{detail: "<field>: <problem>"}`, counted, and logged once per route and interval."""
         stats.invalid += 1
-        where = f"{request.method} {request.url.path}"
-        problems.warning(f"invalid:{where}", "refused an invalid request %s: %s", where, exc.errors()[:3])
-        return await request_validation_exception_handler(request, exc)
+        route = request.scope.get("route")
+        where = f"{request.method} {getattr(route, 'path', 'unrouted')}"  # the template: names are free
+        problem = one_line(list(exc.errors()))
+        problems.warning(f"invalid:{where}", "refused an invalid request %s: %s", where, problem)
+        return JSONResponse({"detail": problem}, status_code=422)
 
     # -- the live dashboard: a static page (no data in it, so no token); it asks for one for `/ws` --
 

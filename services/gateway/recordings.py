@@ -28,6 +28,10 @@ class BadQueryError(ValueError):
     """A request this file cannot answer (unknown column); the text says why."""
 
 
+class TooLargeError(BadQueryError):
+    """The answer would hold more cells than allowed; the text says how many rows fit."""
+
+
 @dataclass(frozen=True)
 class FileInfo:
     name: str
@@ -77,19 +81,36 @@ def resolve(data_dir: Path, filename: str) -> Path:
 
 
 def read_rows(
-    path: Path, *, offset: int, limit: int | None, columns: Sequence[str] | None, points: int | None
+    path: Path,
+    *,
+    offset: int,
+    limit: int | None,
+    columns: Sequence[str] | None,
+    points: int | None,
+    max_cells: int,
 ) -> Rows:
-    """Rows `offset … offset+limit` (None: to the end) of these columns (None: all), maybe reduced."""
+    """Rows `offset … offset+limit` (None: to the end) of these columns (None: all), maybe reduced.
+
+    Raises TooLargeError, before reading any row, when the answer would hold more than `max_cells`.
+    """
     parquet = pq.ParquetFile(path)
     available = parquet.schema_arrow.names
     selected = list(columns) if columns else list(available)
-    unknown = [c for c in selected if c not in available]
-    if unknown:
-        raise BadQueryError(f"unknown columns {unknown}; this file has {available}")
+    unknown = sum(1 for c in selected if c not in available)
+    if unknown:  # the names asked are not repeated: they may be anything
+        raise BadQueryError(f"{unknown} unknown columns; this file has {', '.join(available)}")
     total = parquet.metadata.num_rows
     start = min(offset, total)
     stop = total if limit is None else min(total, start + limit)
-    if points is not None and stop - start > points:
+    reduce = points is not None and stop - start > points
+    rows = points if reduce and points is not None else stop - start
+    if rows * len(selected) > max_cells:
+        fit = max(1, max_cells // len(selected))
+        raise TooLargeError(
+            f"{rows} rows × {len(selected)} columns is more than {max_cells} cells per answer: "
+            f"ask at most {fit} rows (limit or points) or fewer columns, and page with offset"
+        )
+    if reduce and points is not None:
         data = _reduced(parquet, selected, start, stop, max(1, points // 2))
         return Rows(selected, total, start, True, data)
     data = {name: [] for name in selected}

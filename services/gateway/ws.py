@@ -5,8 +5,9 @@ Messages are specified in docs/protocol.md ("Gateway WebSocket"): the existing f
 `valve_response`, `valve_state`, `step_motor_response`, `error`) plus `auth`, `subscribe`
 (`sensor_batch` / `sensor_display` streams) and `heartbeat`, and state pushes as they happen.
 
-Security: a browser's `Origin` must be one of `gateway.cors_origins` or the gateway's own (the
-dashboard page at `/`; else HTTP 403 before the upgrade); no `Origin` (programs) is accepted. With
+Security: a browser's `Origin` must be one of `gateway.cors_origins` (`*`: any, as for CORS) or the
+gateway's own (the dashboard page at `/`; else HTTP 403 before the upgrade); no `Origin` (programs) is
+accepted. A message over `gateway.max_ws_message_bytes` closes the connection (1009, by uvicorn). With
 auth on, the token comes from `?token=` or a first `auth` message within AUTH_GRACE_S; without a
 valid one the client gets `error` and is closed (1008).
 """
@@ -164,13 +165,9 @@ class _Gateway:
 
     async def serve(self, websocket: WebSocket) -> None:
         origin = websocket.headers.get("origin")
-        if (
-            origin is not None
-            and origin not in self.settings.gateway.cors_origins
-            and not _same_origin(origin, websocket)
-        ):
+        if origin is not None and not _origin_allowed(origin, websocket, self.settings.gateway.cors_origins):
             self.stats.origin_refused += 1
-            self.problems.warning(f"origin:{origin}", "refused a WebSocket from origin %r", origin)
+            self.problems.warning("origin", "refused a WebSocket from origin %.200r", origin)
             await websocket.close(code=POLICY_VIOLATION)  # before accept: HTTP 403
             return
         await websocket.accept()
@@ -351,7 +348,7 @@ class Connection:
             if self.require_operator(raw):
                 self.spawn(self.system_mode(str(mode), raw))
         else:
-            raise BadMessageError(f"unknown message type {kind!r}")
+            raise BadMessageError("unknown message type (see docs/protocol.md, Gateway WebSocket)")
 
     def subscribe(self, message: dict[str, Any], raw: str | bytes) -> None:
         hub, mode = self.gateway.hub, message.get("mode", "full")
@@ -385,17 +382,23 @@ class Connection:
             return None
         if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
             raise BadMessageError("'channels' must be a non-empty list of channel names")
-        unknown = [c for c in channels if c not in self.gateway.settings.channel_names]
-        if unknown:
-            raise BadMessageError(f"unknown channels {unknown}")
+        known = self.gateway.settings.channel_names
+        unknown = sum(1 for c in channels if c not in known)
+        if unknown:  # the names asked are not repeated: they may be anything
+            raise BadMessageError(f"{unknown} unknown channels; this stand has {', '.join(known)}")
         return channels
 
     async def valve_command(self, valves: list[Any] | str, raw: str | bytes) -> None:
+        """Answered with the valves as the STM32 last acknowledged them, whatever the outcome: the
+        existing frontend shows `valves` as the stand's state (never the refused pattern)."""
         try:
             result = await self.gateway.bus.call(topics.actuation("valves"), {"valves": valves, **self.who})
         except (RpcError, RpcTimeout) as exc:
             reason = str(exc) if isinstance(exc, RpcError) else f"actuation did not answer: {exc}"
-            self.reply({"type": "valve_response", "success": False, "valves": valves, "reason": reason}, raw)
+            acknowledged = (self.gateway.bus.latest(topics.STATE_VALVES) or {}).get("valves")
+            self.reply(
+                {"type": "valve_response", "success": False, "valves": acknowledged, "reason": reason}, raw
+            )
             return
         self.reply({"type": "valve_response", "success": True, "valves": result.get("valves")}, raw)
 
@@ -454,8 +457,11 @@ class Connection:
         self.reply({**answer, "success": True, "state": result.get("state")}, raw)
 
 
-def _same_origin(origin: str, websocket: WebSocket) -> bool:
-    """The page came from this gateway (`Origin` names the host the browser connected to)."""
+def _origin_allowed(origin: str, websocket: WebSocket, allowed: tuple[str, ...]) -> bool:
+    """As CORS decides (`*` allows any), or the page came from this gateway (`Origin` names the host
+    the browser connected to)."""
+    if "*" in allowed or origin in allowed:
+        return True
     host = websocket.headers.get("host")
     return host is not None and origin in (f"http://{host}", f"https://{host}")
 
