@@ -173,3 +173,51 @@ def test_a_reply_nobody_waits_for_is_counted_and_ignored(stack: Stack) -> None:
     )
     wait_until(lambda: stack.client.stats.unmatched == 1, what="the unmatched reply")
     assert stack.client.call(TOPIC, {}, timeout=5) == {"echo": {}}
+
+
+@pytest.fixture
+def one_worker(stack: Stack) -> Iterator[tuple[RpcServer, Recorder]]:
+    """A second server on the stack's connection: one worker, at most 2 requests waiting for it."""
+    server, handler = RpcServer(stack.server_mqtt, workers=1, max_queued=2), Recorder()
+    server.serve(f"{TOPIC}/bounded", handler)
+    try:
+        assert stack.server_mqtt.wait_connected(10)
+        yield server, handler
+    finally:
+        handler.gate.set()
+        server.close()
+
+
+def test_a_bounded_server_refuses_at_once_what_finds_its_queue_full(
+    stack: Stack, one_worker: tuple[RpcServer, Recorder]
+) -> None:
+    server, handler = one_worker
+    running = stack.client.request(f"{TOPIC}/bounded", {"n": 0, "block": True}, timeout=10)
+    wait_until(lambda: len(handler.calls) == 1, 5, "the worker to be busy")
+    queued = [stack.client.request(f"{TOPIC}/bounded", {"n": n}, timeout=10) for n in (1, 2)]
+    wait_until(lambda: server.queued == 2, 5, "two requests queued")
+    with pytest.raises(RpcError, match=r"^busy: request queue full \(2 waiting\)$"):
+        stack.client.call(f"{TOPIC}/bounded", {"n": 3}, timeout=10)  # answered while the worker blocks
+    assert server.stats.busy == 1 and [c["n"] for c in handler.calls] == [0]
+    handler.gate.set()
+    assert [f.result(10)["echo"]["n"] for f in (running, *queued)] == [0, 1, 2]
+
+
+def test_superseded_requests_are_answered_and_never_run(
+    stack: Stack, one_worker: tuple[RpcServer, Recorder]
+) -> None:
+    server, handler = one_worker
+    running = stack.client.request(f"{TOPIC}/bounded", {"n": 0, "block": True}, timeout=10)
+    wait_until(lambda: len(handler.calls) == 1, 5, "the worker to be busy")
+    queued = [stack.client.request(f"{TOPIC}/bounded", {"n": n}, timeout=10) for n in (1, 2)]
+    wait_until(lambda: server.queued == 2, 5, "two requests queued")
+    server.supersede_queued("superseded by abort")
+    later = stack.client.request(f"{TOPIC}/bounded", {"n": 3}, timeout=10)
+    handler.gate.set()
+    assert running.result(10)["echo"]["n"] == 0, "the request already running completes"
+    for future in queued:
+        with pytest.raises(RpcError, match="^superseded by abort$"):
+            future.result(10)
+    assert later.result(10)["echo"]["n"] == 3, "requests after it are served as usual"
+    assert [c["n"] for c in handler.calls] == [0, 3]
+    assert server.stats.superseded == 2

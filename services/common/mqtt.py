@@ -92,8 +92,13 @@ def _check_filter(topic_filter: str, qos: int) -> None:
 class MqttClient:
     """A service's connection to the broker; create, `subscribe`, `start`, and `stop` at exit."""
 
-    def __init__(self, settings: MqttSettings, service: str, *, client_id: str | None = None) -> None:
+    def __init__(
+        self, settings: MqttSettings, service: str, *, client_id: str | None = None, announce: bool = True
+    ) -> None:
+        """`announce=False`: a service's second connection, which publishes no status and has no Last
+        Will (the service's status is its main connection's)."""
         self.service = service
+        self._announce = announce
         self.client_id = client_id or f"rcs-{service}-{socket.gethostname()}-{os.getpid()}"
         self._settings = settings
         self._status_topic = topics.status(service)
@@ -129,7 +134,8 @@ class MqttClient:
         paho_log = logging.getLogger(f"{__name__}.paho")
         paho_log.addFilter(_not_the_reconnect_race)
         self._client.enable_logger(paho_log)
-        self._client.on_pre_connect = self._on_pre_connect
+        if announce:
+            self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
@@ -164,7 +170,7 @@ class MqttClient:
             if self._stopped:
                 return
             self._stopped = True
-        if self.connected:
+        if self.connected and self._announce:
             info = self._client.publish(self._status_topic, self._offline("stopped"), qos=1, retain=True)
             try:
                 info.wait_for_publish(STOP_PUBLISH_TIMEOUT_S)
@@ -205,7 +211,7 @@ class MqttClient:
         """Merge `fields` into the retained status and republish it (now, or on the next connect)."""
         with self._lock:
             self._status.update(fields)
-        if self.connected:
+        if self.connected and self._announce:
             self._publish_status()
 
     # -- subscriptions ---------------------------------------------------------------------------
@@ -307,7 +313,8 @@ class MqttClient:
             self._ready.notify_all()
             listeners = list(self._listeners)
         log.info("connected to %s:%d as %s", self._settings.host, self._settings.port, self.client_id)
-        self._publish_status()
+        if self._announce:
+            self._publish_status()
         for listener in listeners:
             self._call_listener(listener, True)
 

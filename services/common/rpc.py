@@ -6,6 +6,10 @@ MessageExpiryInterval = ceil(timeout), so the broker discards it rather than del
 reply goes to the ResponseTopic with the same CorrelationData:
 `{"ok": true, "result": {...}}` or `{"ok": false, "error": "<reason>"}`.
 
+Bounds: a server built with `max_queued` answers a request that finds that many already waiting for
+a worker at once with `busy: request queue full` (never queued). `supersede_queued(reason)` answers
+every request still waiting for a worker with `reason` and runs none of them (abort uses it).
+
 Staleness: the server drops, without executing, any request whose deadline has passed when it
 arrives or when a worker picks it up (these requests will carry valve commands). The deadline is an
 absolute UNIX time, so client and server clocks must agree (NTP) to well within the timeouts used.
@@ -55,6 +59,7 @@ class _Request:
     deadline: float
     reply_to: str
     correlation: bytes
+    generation: int  # the server's generation when it was queued (see supersede_queued)
 
 
 @dataclass
@@ -63,14 +68,20 @@ class RpcServerStats:
     refused: int = 0  # handler raised RpcError
     failed: int = 0  # handler raised anything else
     dropped: int = 0  # not executed: stale, malformed, or without ResponseTopic/CorrelationData
+    busy: int = 0  # not queued: `max_queued` requests were already waiting (answered at once)
+    superseded: int = 0  # queued, then answered by supersede_queued() without being executed
 
 
 class RpcServer:
     """Runs handlers on a thread pool (never on paho's network thread) and replies to each request."""
 
-    def __init__(self, client: MqttClient, *, workers: int = 2) -> None:
+    def __init__(self, client: MqttClient, *, workers: int = 2, max_queued: int | None = None) -> None:
         self._client = client
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rpc")
+        self._max_queued = max_queued
+        self._queued = 0  # submitted, not yet picked up by a worker
+        self._generation = 0
+        self._superseded_by = ""
         self._topics: list[str] = []
         self._closed = False
         self._lock = threading.Lock()
@@ -90,10 +101,29 @@ class RpcServer:
             self._client.unsubscribe(topic)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def supersede_queued(self, reason: str) -> None:
+        """Every request waiting for a worker now is answered `reason` (ok: false), never executed.
+
+        Requests already running are not affected; requests arriving afterwards are queued as usual.
+        """
+        with self._lock:
+            self._generation += 1
+            self._superseded_by = reason
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker."""
+        with self._lock:
+            return self._queued
+
     @property
     def stats(self) -> RpcServerStats:
         with self._lock:
             return RpcServerStats(**asdict(self._stats))
+
+    def _reply(self, request: _Request, reply: dict[str, Any]) -> None:
+        properties = publish_properties(CorrelationData=request.correlation)
+        self._client.publish(request.reply_to, pack(reply), qos=1, properties=properties)
 
     def _drop(self, topic: str, reason: str) -> None:
         with self._lock:
@@ -123,11 +153,29 @@ class RpcServer:
         with self._lock:
             if self._closed:
                 return
-            self._executor.submit(
-                self._execute, handler, _Request(topic, body, deadline, reply_to, correlation)
+            request = _Request(topic, body, deadline, reply_to, correlation, self._generation)
+            busy = self._max_queued is not None and self._queued >= self._max_queued
+            if busy:
+                self._stats.busy += 1
+            else:
+                self._queued += 1
+                self._executor.submit(self._execute, handler, request)
+        if busy:
+            self._throttled.warning(f"{topic}:busy", "refused a request on %s: queue full", topic)
+            self._reply(
+                request, {"ok": False, "error": f"busy: request queue full ({self._max_queued} waiting)"}
             )
 
     def _execute(self, handler: Handler, request: _Request) -> None:
+        with self._lock:
+            self._queued -= 1
+            superseded = request.generation != self._generation
+            if superseded:
+                self._stats.superseded += 1
+                reason = self._superseded_by
+        if superseded:
+            self._reply(request, {"ok": False, "error": reason})
+            return
         if time.time() > request.deadline:
             self._drop(request.topic, "deadline passed while queued")
             return
@@ -135,19 +183,18 @@ class RpcServer:
             result: object = handler(request.body)
             if not isinstance(result, dict):
                 raise TypeError(f"handler returned {type(result).__name__}, not a dict")
-            reply = pack({"ok": True, "result": result})
+            reply: dict[str, Any] = {"ok": True, "result": result}
             outcome = "served"
         except RpcError as exc:
-            reply = pack({"ok": False, "error": str(exc)})
+            reply = {"ok": False, "error": str(exc)}
             outcome = "refused"
         except Exception as exc:
             log.exception("RPC handler for %s failed", request.topic)
-            reply = pack({"ok": False, "error": f"internal error: {type(exc).__name__}"})
+            reply = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
             outcome = "failed"
         with self._lock:
             setattr(self._stats, outcome, getattr(self._stats, outcome) + 1)
-        properties = publish_properties(CorrelationData=request.correlation)
-        self._client.publish(request.reply_to, reply, qos=1, properties=properties)
+        self._reply(request, reply)
 
 
 @dataclass
