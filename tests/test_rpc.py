@@ -216,7 +216,7 @@ def test_superseded_requests_are_answered_and_never_run(
     handler.gate.set()
     assert running.result(10)["echo"]["n"] == 0, "the request already running completes"
     for future in queued:
-        with pytest.raises(RpcError, match="^superseded by abort$"):
+        with pytest.raises(RpcError, match=r"^superseded by abort$"):
             future.result(10)
     assert later.result(10)["echo"]["n"] == 3, "requests after it are served as usual"
     assert [c["n"] for c in handler.calls] == [0, 3]
