@@ -221,3 +221,15 @@ def test_superseded_requests_are_answered_and_never_run(
     assert later.result(10)["echo"]["n"] == 3, "requests after it are served as usual"
     assert [c["n"] for c in handler.calls] == [0, 3]
     assert server.stats.superseded == 2
+
+
+def test_a_request_sent_before_a_supersede_that_arrives_after_it_never_runs(stack: Stack) -> None:
+    """In transit (e.g. in the broker's queue) when the abort came: it was sent before, so superseded."""
+    stack.server.supersede_queued("superseded by abort")
+    in_transit = msgpack.packb(
+        {"n": 1, "deadline": time.time() + 5, "sent": time.time() - 1}, use_bin_type=True
+    )
+    raw_request(stack, in_transit, response_topic=topics.replies("nobody"), correlation=os.urandom(16))
+    wait_until(lambda: stack.server.stats.superseded == 1, what="the request sent before to be superseded")
+    assert stack.client.call(TOPIC, {"n": 2}, timeout=5) == {"echo": {"n": 2}}, "sent after: served"
+    assert stack.handler.calls == [{"n": 2}]

@@ -1,14 +1,15 @@
 """Request/response over MQTT v5: Response Topic + Correlation Data, MessagePack map bodies.
 
-A request is `{**body, "deadline": <UNIX s>}` published with QoS 1 to the service's topic, with the
-properties ResponseTopic = `topics.replies(client_id)`, CorrelationData = 16 random bytes and
-MessageExpiryInterval = ceil(timeout), so the broker discards it rather than deliver it late. The
-reply goes to the ResponseTopic with the same CorrelationData:
+A request is `{**body, "deadline": <UNIX s>, "sent": <UNIX s>}` published with QoS 1 to the
+service's topic, with the properties ResponseTopic = `topics.replies(client_id)`, CorrelationData =
+16 random bytes and MessageExpiryInterval = ceil(timeout), so the broker discards it rather than
+deliver it late. The reply goes to the ResponseTopic with the same CorrelationData:
 `{"ok": true, "result": {...}}` or `{"ok": false, "error": "<reason>"}`.
 
 Bounds: a server built with `max_queued` answers a request that finds that many already waiting for
 a worker at once with `busy: request queue full` (never queued). `supersede_queued(reason)` answers
-every request still waiting for a worker with `reason` and runs none of them (abort uses it).
+every request still waiting for a worker, and every one sent before it that arrives later, with
+`reason` and runs none of them (abort uses it).
 
 Staleness: the server drops, without executing, any request whose deadline has passed when it
 arrives or when a worker picks it up (these requests will carry valve commands). The deadline is an
@@ -60,6 +61,7 @@ class _Request:
     reply_to: str
     correlation: bytes
     generation: int  # the server's generation when it was queued (see supersede_queued)
+    sent: float | None  # the client's UNIX time when it sent the request, if it said
 
 
 @dataclass
@@ -79,8 +81,9 @@ class RpcServer:
         self._client = client
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rpc")
         self._max_queued = max_queued
-        self._queued = 0  # submitted, not yet picked up by a worker
+        self._queued = 0  # submitted since the last supersede_queued(), not yet picked up by a worker
         self._generation = 0
+        self._superseded_at = -math.inf  # UNIX s of the last supersede_queued()
         self._superseded_by = ""
         self._topics: list[str] = []
         self._closed = False
@@ -102,13 +105,21 @@ class RpcServer:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def supersede_queued(self, reason: str) -> None:
-        """Every request waiting for a worker now is answered `reason` (ok: false), never executed.
+        """Every request waiting for a worker now, and every one sent before now that arrives later
+        (by its `sent` time), is answered `reason` (ok: false), never executed.
 
-        Requests already running are not affected; requests arriving afterwards are queued as usual.
+        Requests already running are not affected; requests sent afterwards are served as usual.
         """
         with self._lock:
             self._generation += 1
+            self._queued = 0  # what is queued now takes no room: answered as soon as a worker is free
+            self._superseded_at = time.time()
             self._superseded_by = reason
+
+    def _superseded(self, request: _Request) -> bool:
+        """Whether supersede_queued() came after `request` was queued or sent (under the lock)."""
+        sent_before = request.sent is not None and request.sent <= self._superseded_at
+        return sent_before or request.generation != self._generation
 
     @property
     def queued(self) -> int:
@@ -143,24 +154,32 @@ class RpcServer:
         except WireFormatError as exc:
             self._drop(topic, str(exc))
             return
-        deadline = body.pop("deadline", None)
+        deadline, sent = body.pop("deadline", None), body.pop("sent", None)
         if not isinstance(deadline, int | float) or isinstance(deadline, bool):
             self._drop(topic, "no numeric deadline")
             return
+        if not isinstance(sent, int | float) or isinstance(sent, bool):
+            sent = None
         if time.time() > deadline:
             self._drop(topic, "deadline passed before delivery")
             return
         with self._lock:
             if self._closed:
                 return
-            request = _Request(topic, body, deadline, reply_to, correlation, self._generation)
-            busy = self._max_queued is not None and self._queued >= self._max_queued
-            if busy:
+            request = _Request(topic, body, deadline, reply_to, correlation, self._generation, sent)
+            superseded = self._superseded(request)
+            busy = not superseded and self._max_queued is not None and self._queued >= self._max_queued
+            if superseded:
+                self._stats.superseded += 1
+                reason = self._superseded_by
+            elif busy:
                 self._stats.busy += 1
             else:
                 self._queued += 1
                 self._executor.submit(self._execute, handler, request)
-        if busy:
+        if superseded:
+            self._reply(request, {"ok": False, "error": reason})
+        elif busy:
             self._throttled.warning(f"{topic}:busy", "refused a request on %s: queue full", topic)
             self._reply(
                 request, {"ok": False, "error": f"busy: request queue full ({self._max_queued} waiting)"}
@@ -168,8 +187,9 @@ class RpcServer:
 
     def _execute(self, handler: Handler, request: _Request) -> None:
         with self._lock:
-            self._queued -= 1
-            superseded = request.generation != self._generation
+            if request.generation == self._generation:
+                self._queued -= 1
+            superseded = self._superseded(request)
             if superseded:
                 self._stats.superseded += 1
                 reason = self._superseded_by
@@ -234,7 +254,8 @@ class RpcClient:
         """Publish a request; the future gives the result, or raises RpcError or RpcTimeout."""
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
-        payload = pack({**body, "deadline": time.time() + timeout})  # TypeError before any bookkeeping
+        now = time.time()
+        payload = pack({**body, "deadline": now + timeout, "sent": now})  # TypeError before any bookkeeping
         correlation = os.urandom(_CORRELATION_BYTES)
         future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         timer = threading.Timer(timeout, self._expire, (correlation, topic, timeout))

@@ -291,6 +291,9 @@ class Connection:
                         "bad-message", "answered a bad WebSocket message from %s: %s", self.origin, exc
                     )
                     self.error(str(exc), raw)
+                # Messages already buffered are received without suspending: yield, so that one
+                # client's flood never holds up other connections (an abort on another one).
+                await asyncio.sleep(0)
         except WebSocketDisconnect:
             pass
         finally:
