@@ -17,8 +17,11 @@ tap stamps each SET_VALVES frame with the `now` of the loop pass that read it; s
 from just before the abort request is handed to the HTTP / MQTT client to the emulator reading the
 abort's first write (mask 0: no flood command writes it), and to the abort's answer (HTTP response,
 or the RPC reply resolving its future). Also counted per round: flood commands refused by the rate
-limits, `busy`, `superseded by abort`, and whether any flood pattern reached the device after the
-abort (must be 0). Hops, as a third subscriber (this process's operator login, QoS 0) sees them:
+limits, `busy`, `superseded by abort`, and the rounds where a flood pattern reached the device after
+the abort's first write: while aborting (must be 0), and after the (shortened) abort sequence ended
+(commands issued after the abort: for the WebSocket, those the gateway read from the socket after it).
+The clients of a round run in a process of their own (see `flood_and_abort`).
+Hops, as a third subscriber (this process's operator login, QoS 0) sees them:
 request -> abort request seen on the broker -> the abort's first valve command seen on the broker ->
 SET_VALVES at the device. The emergency sequence's waits are scaled by 0.05 in a temp copy of
 config/stand.yaml (patterns kept), so a round's abort ends in ~0.4 s.
@@ -28,9 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
+import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -49,7 +55,7 @@ from websockets.asyncio.client import connect
 from services.common import topics
 from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcError
-from services.common.settings import load_settings
+from services.common.settings import MqttSettings, load_settings
 from services.devstack.broker import Broker, free_port
 from services.emulators.arduino import ArduinoEmulator
 from services.emulators.stm32 import Stm32Emulator
@@ -95,7 +101,26 @@ async def websocket_round(http_port: int, n: int) -> tuple[float, float, dict[st
     return requested, answered, counts
 
 
-def mqtt_round(flooder: RpcClient, aborter: RpcClient, n: int) -> tuple[float, float, dict[str, int]]:
+def mqtt_round(operator: MqttSettings, n: int) -> tuple[float, float, dict[str, int]]:
+    with contextlib.ExitStack() as stack:
+        flooding = MqttClient(operator, "operator", client_id="rcs-bench-flooder")
+        flooder = RpcClient(flooding)
+        flooding.start()
+        stack.callback(flooding.stop)
+        stack.callback(flooder.close)
+        console = MqttClient(operator, "operator", client_id="rcs-bench-console")
+        aborter = RpcClient(console)
+        console.start()
+        stack.callback(console.stop)
+        stack.callback(aborter.close)
+        if not (flooding.wait_connected(10) and console.wait_connected(10)):
+            raise RuntimeError("the operator clients did not connect")
+        return _mqtt_flood_then_abort(flooder, aborter, n)
+
+
+def _mqtt_flood_then_abort(
+    flooder: RpcClient, aborter: RpcClient, n: int
+) -> tuple[float, float, dict[str, int]]:
     topic = topics.actuation("valves")
     flood = [flooder.request(topic, {"valves": FLOOD_PATTERNS[i % 2], **WHO}, timeout=20) for i in range(n)]
     requested = time.monotonic()
@@ -118,6 +143,16 @@ def mqtt_round(flooder: RpcClient, aborter: RpcClient, n: int) -> tuple[float, f
             kind = type(exc).__name__
         counts[kind] = counts.get(kind, 0) + 1
     return requested, answered, counts
+
+
+def flood_and_abort(
+    variant: str, http_port: int, operator: MqttSettings, n: int
+) -> tuple[float, float, dict[str, int]]:
+    """One round's clients, in a process of their own: the STM32 emulator's thread in the parent is
+    not starved of the GIL by them (time.monotonic() is the same clock in every process)."""
+    if variant == "websocket":
+        return asyncio.run(websocket_round(http_port, n))
+    return mqtt_round(operator, n)
 
 
 def run(n_flood: int, rounds: int) -> dict[str, Any]:
@@ -178,7 +213,7 @@ def run(n_flood: int, rounds: int) -> dict[str, Any]:
             stack.callback(gateway.stop)
             children = (acquisition, actuation, gateway)
 
-            operator = MqttClient(broker.settings("operator"), "operator", client_id="rcs-bench-flooder")
+            operator = MqttClient(broker.settings("operator"), "operator", client_id="rcs-bench-watch")
             watch = BrokerWatch()
             operator.subscribe(topics.STATE_SYSTEM, watch.on_message)
             operator.subscribe(topics.STATE_MOTORS, watch.on_message)
@@ -186,25 +221,22 @@ def run(n_flood: int, rounds: int) -> dict[str, Any]:
             for topic in (abort_topic, topics.STM32_VALVES):
                 operator.subscribe(topic, watch.on_message)  # QoS 0: seen on the broker, no PUBACKs
             who = {"websocket": "operator", "mqtt": WHO["who"]}
-            flooder = RpcClient(operator)
             operator.start()
             stack.callback(operator.stop)
-            stack.callback(flooder.close)
-            console = MqttClient(broker.settings("operator"), "operator", client_id="rcs-bench-console")
-            aborter = RpcClient(console)
-            console.start()
-            stack.callback(console.stop)
-            stack.callback(aborter.close)
-            if not (operator.wait_connected(10) and console.wait_connected(10)):
-                raise RuntimeError("the operator clients did not connect")
+            if not operator.wait_connected(10):
+                raise RuntimeError("the operator client did not connect")
+            clients = stack.enter_context(
+                concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            )
             _wait(functools.partial(watch.first, topics.STATE_SYSTEM, 0.0, "state", "idle"), "actuation")
             _wait(functools.partial(watch.first, topics.STATE_MOTORS, 0.0, "connected", True), "motors")
             _wait(lambda: _health(http_port), "the gateway")
             flood_masks = {int(bits[::-1], 2) for bits in FLOOD_PATTERNS}  # digit i = bit i
 
             result: dict[str, Any] = {"benchmark": "abort_flood", "flood": n_flood, "rounds": rounds}
+            result["load_average_1min_before"] = round(os.getloadavg()[0], 1)
             for variant in ("websocket", "mqtt"):
-                to_device, to_answer, late = [], [], 0
+                to_device, to_answer, during, after_end = [], [], 0, 0
                 hops: dict[str, list[float]] = {
                     "request_to_broker": [],
                     "broker_to_cmd_on_broker": [],
@@ -214,16 +246,19 @@ def run(n_flood: int, rounds: int) -> dict[str, Any]:
                 for _ in range(rounds):
                     _wait(lambda: watch.state() == "idle", "the stand to be idle")
                     time.sleep(1.2)  # the token bucket refills between rounds (50/s, burst 100)
-                    if variant == "websocket":
-                        requested, answered, counts = asyncio.run(websocket_round(http_port, n_flood))
-                    else:
-                        requested, answered, counts = mqtt_round(flooder, aborter, n_flood)
+                    requested, answered, counts = clients.submit(
+                        flood_and_abort, variant, http_port, broker.settings("operator"), n_flood
+                    ).result()
                     find_abort = functools.partial(tap.write, requested, mask=0)
                     _wait(find_abort, "the abort at the device")
                     written = find_abort()
                     assert written is not None
                     _wait(lambda: watch.state() == "idle", "the abort to end")
-                    late += any(w.mask in flood_masks for w in tap.after(written))
+                    idle = watch.first(topics.STATE_SYSTEM, requested, "state", "idle")  # the abort's end
+                    ended = math.inf if idle is None else idle.at
+                    flood_after = [w for w in tap.after(written) if w.mask in flood_masks]
+                    during += any(w.at < ended for w in flood_after)
+                    after_end += any(w.at >= ended for w in flood_after)
                     request_seen = watch.first(abort_topic, requested, "who", who[variant])
                     command_seen = watch.first(topics.STM32_VALVES, requested, "mask", 0)
                     if request_seen is not None and command_seen is not None:
@@ -241,7 +276,11 @@ def run(n_flood: int, rounds: int) -> dict[str, Any]:
                     if values:
                         result |= stats_ms(values, f"{variant}_abort_{hop}_ms", max_too=False)
                 result[f"{variant}_flood_answers"] = totals
-                result[f"{variant}_rounds_with_a_flood_command_at_the_device_after_the_abort"] = late
+                result[f"{variant}_rounds_with_a_flood_command_at_the_device_while_aborting"] = during
+                result[f"{variant}_rounds_with_a_flood_command_at_the_device_after_the_abort_ended"] = (
+                    after_end
+                )
+            result["load_average_1min_after"] = round(os.getloadavg()[0], 1)
             result["machine"] = (
                 f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
             )
