@@ -211,7 +211,7 @@ def run(n_flood: int, rounds: int) -> dict[str, Any]:
                 **common,
             )
             stack.callback(gateway.stop)
-            children = (acquisition, actuation, gateway)
+            children = (acquisition, actuation)  # uvicorn re-raises SIGTERM after its clean shutdown
 
             operator = MqttClient(broker.settings("operator"), "operator", client_id="rcs-bench-watch")
             watch = BrokerWatch()
