@@ -57,6 +57,7 @@ bench: bootstrap gcc-present
 	$(BIN)/python bench/actuation.py
 	$(BIN)/python bench/logger.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/abort_flood.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -200,6 +200,11 @@ class DeviceTap:
                 None,
             )
 
+    def after(self, write: DeviceWrite) -> list[DeviceWrite]:
+        """Every SET_VALVES read after `write` (in the order read; the same pass may read several)."""
+        with self._lock:
+            return self._writes[self._writes.index(write) + 1 :]
+
     def passes(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """(now, samples generated before the pass) of every pass recorded, in order."""
         with self._lock:

@@ -59,7 +59,7 @@ class ServiceProcess:
 class Acquisition(ServiceProcess):
     """rcs-acquisition on the STM32 link at `port`; `mqtt` must be the `acquisition` user."""
 
-    def __init__(self, mqtt: MqttSettings, port: Path, tmp: Path) -> None:
+    def __init__(self, mqtt: MqttSettings, port: Path, tmp: Path, **env: str) -> None:
         super().__init__(
             "services.acquisition",
             "acquisition",
@@ -68,13 +68,14 @@ class Acquisition(ServiceProcess):
             RCS_STM32_PORT=str(port),
             RCS_ACQUISITION_METRICS_PORT="0",
             RCS_ACQUISITION_RING_SECONDS="60",
+            **env,
         )
 
 
 class Actuation(ServiceProcess):
     """rcs-actuation with the motor Arduino at `arduino`; `mqtt` must be the `actuation` user."""
 
-    def __init__(self, mqtt: MqttSettings, arduino: Path, tmp: Path) -> None:
+    def __init__(self, mqtt: MqttSettings, arduino: Path, tmp: Path, **env: str) -> None:
         super().__init__(
             "services.actuation",
             "actuation",
@@ -82,6 +83,7 @@ class Actuation(ServiceProcess):
             tmp,
             RCS_ARDUINO_PORT=str(arduino),
             RCS_ACTUATION_METRICS_PORT="0",
+            **env,
         )
 
 

@@ -24,6 +24,7 @@ from services.common.settings import MqttSettings
 from tests.conftest import wait_until
 
 TOPIC = "rcs/rpc/test/echo"
+BOUNDED = "rcs/rpc/test/bounded"  # a second server's address (the ACL allows rcs/rpc/+/+/<login>)
 
 
 @dataclass
@@ -202,3 +203,65 @@ def test_a_reply_nobody_waits_for_is_counted_and_ignored(stack: Stack) -> None:
     assert stack.server_mqtt.publish(topics.replies(stack.client_mqtt.reply_id), reply, properties=properties)
     wait_until(lambda: stack.client.stats.unmatched == 1, what="the unmatched reply")
     assert stack.client.call(TOPIC, {}, timeout=5) == {"echo": {"login": "operator"}}
+
+
+@pytest.fixture
+def one_worker(stack: Stack) -> Iterator[tuple[RpcServer, Recorder]]:
+    """A second server on the stack's connection: one worker, at most 2 requests waiting for it."""
+    server, handler = RpcServer(stack.server_mqtt, workers=1, max_queued=2), Recorder()
+    server.serve(BOUNDED, handler)
+    try:
+        assert stack.server_mqtt.wait_connected(10)
+        yield server, handler
+    finally:
+        handler.gate.set()
+        server.close()
+
+
+def test_a_bounded_server_refuses_at_once_what_finds_its_queue_full(
+    stack: Stack, one_worker: tuple[RpcServer, Recorder]
+) -> None:
+    server, handler = one_worker
+    running = stack.client.request(BOUNDED, {"n": 0, "block": True}, timeout=10)
+    wait_until(lambda: len(handler.calls) == 1, 5, "the worker to be busy")
+    queued = [stack.client.request(BOUNDED, {"n": n}, timeout=10) for n in (1, 2)]
+    wait_until(lambda: server.queued == 2, 5, "two requests queued")
+    with pytest.raises(RpcError, match=r"^busy: request queue full \(2 waiting\)$"):
+        stack.client.call(BOUNDED, {"n": 3}, timeout=10)  # answered while the worker blocks
+    assert server.stats.busy == 1 and [c["n"] for c in handler.calls] == [0]
+    handler.gate.set()
+    assert [f.result(10)["echo"]["n"] for f in (running, *queued)] == [0, 1, 2]
+
+
+def test_superseded_requests_are_answered_and_never_run(
+    stack: Stack, one_worker: tuple[RpcServer, Recorder]
+) -> None:
+    server, handler = one_worker
+    running = stack.client.request(BOUNDED, {"n": 0, "block": True}, timeout=10)
+    wait_until(lambda: len(handler.calls) == 1, 5, "the worker to be busy")
+    queued = [stack.client.request(BOUNDED, {"n": n}, timeout=10) for n in (1, 2)]
+    wait_until(lambda: server.queued == 2, 5, "two requests queued")
+    server.supersede_queued("superseded by abort")
+    later = stack.client.request(BOUNDED, {"n": 3}, timeout=10)
+    handler.gate.set()
+    assert running.result(10)["echo"]["n"] == 0, "the request already running completes"
+    for future in queued:
+        with pytest.raises(RpcError, match=r"^superseded by abort$"):
+            future.result(10)
+    assert later.result(10)["echo"]["n"] == 3, "requests after it are served as usual"
+    assert [c["n"] for c in handler.calls] == [0, 3]
+    assert server.stats.superseded == 2
+
+
+def test_a_request_sent_before_a_supersede_that_arrives_after_it_never_runs(stack: Stack) -> None:
+    """In transit (e.g. in the broker's queue) when the abort came: it was sent before, so superseded."""
+    stack.server.supersede_queued("superseded by abort")
+    in_transit = msgpack.packb(
+        {"n": 1, "deadline": time.time() + 5, "sent": time.time() - 1}, use_bin_type=True
+    )
+    raw_request(stack, in_transit, response_topic=topics.replies("nobody"), correlation=os.urandom(16))
+    wait_until(lambda: stack.server.stats.superseded == 1, what="the request sent before to be superseded")
+    assert stack.client.call(TOPIC, {"n": 2}, timeout=5) == {"echo": {"n": 2, "login": "operator"}}, (
+        "sent after"
+    )
+    assert stack.handler.calls == [{"n": 2, "login": "operator"}]

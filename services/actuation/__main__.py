@@ -5,6 +5,13 @@ thread, which owns the safety core (`core.StandCore`), the red-line monitor and 
 patterns the core decides are sent to acquisition (`rcs/stm32/cmd/valves`), which writes them to
 the STM32 and returns the device's acknowledgement; only an acknowledgement changes the published
 valve state. Motors are driven by the motor controller's own thread (the Arduino link).
+
+Abort never waits behind anything (docs/safety.md §5.2): abort requests arrive on a second MQTT
+connection of their own (the "priority" connection, which also carries every valve write and its
+acknowledgement, so a flood of requests and replies on the main connection cannot delay them), are
+served by workers of their own, answer every command still queued "superseded by abort", and run on
+the control thread before any job waiting there. Other commands wait in a bounded queue: beyond
+`actuation.command_queue` they are refused at once ("busy: …"), never queued.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from services.common.codec import WireFormatError, pack, publish_properties, unp
 from services.common.heartbeat import BadHeartbeatError, parse_heartbeat
 from services.common.lifecycle import run_service
 from services.common.logs import Throttled
+from services.common.metrics import counters
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcError, RpcServer
 from services.common.settings import Settings
@@ -39,6 +47,8 @@ SERVICE = "actuation"
 DEADMAN_PERIOD_S = 0.05
 DECISION_TIMEOUT_S = 2.0  # the control thread answers in microseconds; this only bounds a bug
 MOTOR_REPLY_CAP_S = 60.0
+SUPERSEDED = "superseded by abort"
+PRIORITY_CONNECT_WAIT_S = 5.0
 log = logging.getLogger("rcs.actuation")
 
 
@@ -73,17 +83,23 @@ class Actuation:
         self._valves_state: dict[str, Any] | None = None
 
         self.mqtt = MqttClient(settings.mqtt, SERVICE)
+        self.priority_mqtt = MqttClient(
+            settings.mqtt, SERVICE, client_id=f"{self.mqtt.client_id}-priority", announce=False
+        )
         self.control = ControlThread(self._on_wake, max_sleep_s=DEADMAN_PERIOD_S)
         self.motors = MotorController(settings, on_state=self._publish_motors, on_event=self._motor_event)
-        self.commands = RpcServer(self.mqtt, workers=4)
-        self.motor_commands = RpcServer(self.mqtt, workers=2)  # slow moves never starve an abort
+        bound = settings.actuation.command_queue
+        self.commands = RpcServer(self.mqtt, workers=4, max_queued=bound)
+        self.motor_commands = RpcServer(self.mqtt, workers=2, max_queued=bound)  # slow moves apart
+        self.aborts = RpcServer(self.priority_mqtt, workers=2)
 
         self.mqtt.subscribe(topics.TELEMETRY, self._on_telemetry)
-        self.mqtt.subscribe(topics.STM32_VALVE_ACK, self._on_ack, qos=1)
+        self.priority_mqtt.subscribe(topics.STM32_VALVE_ACK, self._on_ack, qos=1)
         self.mqtt.subscribe(topics.STATE_STM32, self._on_stm32_state, qos=1)
         self.mqtt.subscribe(topics.OPERATOR_HEARTBEAT, self._on_heartbeat)
         self.mqtt.subscribe(topics.status("acquisition"), self._on_acquisition_status, qos=1)
         self.mqtt.add_connection_listener(self._on_broker)
+        self.priority_mqtt.add_connection_listener(self._on_broker)
         handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "valves": self._cmd_valves,
             "valve": self._cmd_valve,
@@ -91,16 +107,20 @@ class Actuation:
             "cancel": self._cmd_cancel,
             "arm": self._cmd_arm,
             "disarm": self._cmd_disarm,
-            "abort": self._cmd_abort,
         }
         for name, handler in handlers.items():
             self.commands.serve(topics.actuation(name), handler)
         self.motor_commands.serve(topics.actuation("motor"), self._cmd_motor)
+        self.aborts.serve(topics.actuation("abort"), self._cmd_abort)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.control.start()
+        # The abort subscription is up before the main connection announces this service online.
+        self.priority_mqtt.start()
+        if not self.priority_mqtt.wait_connected(PRIORITY_CONNECT_WAIT_S):
+            log.warning("priority connection not up yet; it keeps reconnecting in the background")
         self.mqtt.start()
         self.motors.start()
         log.info("actuation ready: %s, abort sequence %r", self.core.state, self.settings.abort_sequence_name)
@@ -109,8 +129,10 @@ class Actuation:
         self.motors.stop()
         self.commands.close()
         self.motor_commands.close()
+        self.aborts.close()
         self.control.stop()
         self.mqtt.stop()
+        self.priority_mqtt.stop()
 
     # --- the control thread ------------------------------------------------------------------
 
@@ -151,7 +173,7 @@ class Actuation:
             "deadline": time.time() + self._ack_timeout_s,
             "cause": write.cause,
         }
-        self.mqtt.publish(topics.STM32_VALVES, pack(command), qos=1, properties=properties)
+        self.priority_mqtt.publish(topics.STM32_VALVES, pack(command), qos=1, properties=properties)
         return pending
 
     def _abort(self, reason: str, who: str, now: float) -> None:
@@ -273,10 +295,15 @@ class Actuation:
     # --- commands (request handlers' threads) ------------------------------------------------
 
     def _decide(
-        self, command: str, body: dict[str, Any], decide: Callable[[str, float], Verdict]
+        self,
+        command: str,
+        body: dict[str, Any],
+        decide: Callable[[str, float], Verdict],
+        *,
+        urgent: bool = False,
     ) -> tuple[Verdict, list[PendingWrite]]:
         requester = audit.requester(body)
-        future = self.control.call(lambda: self._decide_now(decide, requester.who))
+        future = self.control.call(lambda: self._decide_now(decide, requester.who), urgent=urgent)
         verdict, sent = future.result(timeout=DECISION_TIMEOUT_S)
         self.stats.commands_total += 1
         if not verdict.accepted:
@@ -373,7 +400,11 @@ class Actuation:
     def _cmd_abort(self, body: dict[str, Any]) -> dict[str, Any]:
         reason = body.get("reason")
         why = audit.clipped(reason) if isinstance(reason, str) and reason else "operator abort"
-        _, sent = self._decide("abort", body, lambda who, now: self._abort_verdict(why, who, now))
+        for server in (self.commands, self.motor_commands):
+            server.supersede_queued(SUPERSEDED)
+        _, sent = self._decide(
+            "abort", body, lambda who, now: self._abort_verdict(why, who, now), urgent=True
+        )
         try:
             return self._finish("abort", body, sent, state=str(self.core.state))
         except RpcError as exc:  # never refused: the device has not confirmed (yet)
@@ -465,6 +496,10 @@ class Actuation:
     def metrics(self) -> dict[str, float]:
         return {
             **asdict(self.stats),
+            **counters(self.commands.stats, "command_requests"),
+            **counters(self.motor_commands.stats, "motor_requests"),
+            **counters(self.aborts.stats, "abort_requests"),
+            "command_queue": float(self.commands.queued),
             "armed": float(self.core.armed),
             "pending_writes": float(len(self.pending)),
         }

@@ -149,7 +149,8 @@ class MqttClient:
         paho_log = logging.getLogger(f"{__name__}.paho")
         paho_log.addFilter(_not_the_reconnect_race)
         self._client.enable_logger(paho_log)
-        self._client.on_pre_connect = self._on_pre_connect
+        if announce:
+            self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe

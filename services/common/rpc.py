@@ -10,6 +10,12 @@ it rather than deliver it late. The reply goes to the ResponseTopic with the sam
 The server hands the handler the body with `login` set to that last topic level (replacing any
 `login` the body carried): the one thing about the requester the broker vouches for.
 
+Every request also carries `sent` (the client's UNIX time when it sent it). Bounds: a server built
+with `max_queued` answers a request that finds that many already waiting for a worker at once with
+`busy: request queue full` (never queued). `supersede_queued(reason)` answers every request still
+waiting for a worker, and every one sent before it that arrives later, with `reason` and runs none of
+them (abort uses it).
+
 Staleness: the server drops, without executing, any request whose deadline has passed when it
 arrives or when a worker picks it up (these requests will carry valve commands), and any request whose
 deadline is not a finite number at most MAX_DEADLINE_AHEAD_S ahead (NaN or a far future would never go
@@ -62,6 +68,8 @@ class _Request:
     deadline: float
     reply_to: str
     correlation: bytes
+    generation: int  # the server's generation when it was queued (see supersede_queued)
+    sent: float | None  # the client's UNIX time when it sent the request, if it said
 
 
 @dataclass
@@ -70,14 +78,21 @@ class RpcServerStats:
     refused: int = 0  # handler raised RpcError
     failed: int = 0  # handler raised anything else
     dropped: int = 0  # not executed: stale, malformed, or without ResponseTopic/CorrelationData
+    busy: int = 0  # not queued: `max_queued` requests were already waiting (answered at once)
+    superseded: int = 0  # queued, then answered by supersede_queued() without being executed
 
 
 class RpcServer:
     """Runs handlers on a thread pool (never on paho's network thread) and replies to each request."""
 
-    def __init__(self, client: MqttClient, *, workers: int = 2) -> None:
+    def __init__(self, client: MqttClient, *, workers: int = 2, max_queued: int | None = None) -> None:
         self._client = client
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rpc")
+        self._max_queued = max_queued
+        self._queued = 0  # submitted since the last supersede_queued(), not yet picked up by a worker
+        self._generation = 0
+        self._superseded_at = -math.inf  # UNIX s of the last supersede_queued()
+        self._superseded_by = ""
         self._topics: list[str] = []
         self._closed = False
         self._lock = threading.Lock()
@@ -99,10 +114,37 @@ class RpcServer:
             self._client.unsubscribe(topic)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def supersede_queued(self, reason: str) -> None:
+        """Every request waiting for a worker now, and every one sent before now that arrives later
+        (by its `sent` time), is answered `reason` (ok: false), never executed.
+
+        Requests already running are not affected; requests sent afterwards are served as usual.
+        """
+        with self._lock:
+            self._generation += 1
+            self._queued = 0  # what is queued now takes no room: answered as soon as a worker is free
+            self._superseded_at = time.time()
+            self._superseded_by = reason
+
+    def _superseded(self, request: _Request) -> bool:
+        """Whether supersede_queued() came after `request` was queued or sent (under the lock)."""
+        sent_before = request.sent is not None and request.sent <= self._superseded_at
+        return sent_before or request.generation != self._generation
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker."""
+        with self._lock:
+            return self._queued
+
     @property
     def stats(self) -> RpcServerStats:
         with self._lock:
             return RpcServerStats(**asdict(self._stats))
+
+    def _reply(self, request: _Request, reply: dict[str, Any]) -> None:
+        properties = publish_properties(CorrelationData=request.correlation)
+        self._client.publish(request.reply_to, pack(reply), qos=1, properties=properties)
 
     def _drop(self, topic: str, kind: str, reason: str) -> None:
         """Count and log (once per topic and `kind`: `reason` may be anything a sender made up)."""
@@ -124,10 +166,12 @@ class RpcServer:
             self._drop(topic, "undecodable", str(exc))
             return
         body["login"] = topics.login_of(message.topic)  # the last level: see topics.request
-        deadline = body.pop("deadline", None)
+        deadline, sent = body.pop("deadline", None), body.pop("sent", None)
         if not isinstance(deadline, int | float) or isinstance(deadline, bool) or not math.isfinite(deadline):
             self._drop(topic, "deadline", "no finite numeric deadline")
             return
+        if not isinstance(sent, int | float) or isinstance(sent, bool) or not math.isfinite(sent):
+            sent = None
         now = time.time()
         if now > deadline:
             self._drop(topic, "stale", "deadline passed before delivery")
@@ -138,11 +182,36 @@ class RpcServer:
         with self._lock:
             if self._closed:
                 return
-            self._executor.submit(
-                self._execute, handler, _Request(topic, body, deadline, reply_to, correlation)
+            request = _Request(topic, body, deadline, reply_to, correlation, self._generation, sent)
+            superseded = self._superseded(request)
+            busy = not superseded and self._max_queued is not None and self._queued >= self._max_queued
+            if superseded:
+                self._stats.superseded += 1
+                reason = self._superseded_by
+            elif busy:
+                self._stats.busy += 1
+            else:
+                self._queued += 1
+                self._executor.submit(self._execute, handler, request)
+        if superseded:
+            self._reply(request, {"ok": False, "error": reason})
+        elif busy:
+            self._throttled.warning(f"{topic}:busy", "refused a request on %s: queue full", topic)
+            self._reply(
+                request, {"ok": False, "error": f"busy: request queue full ({self._max_queued} waiting)"}
             )
 
     def _execute(self, handler: Handler, request: _Request) -> None:
+        with self._lock:
+            if request.generation == self._generation:
+                self._queued -= 1
+            superseded = self._superseded(request)
+            if superseded:
+                self._stats.superseded += 1
+                reason = self._superseded_by
+        if superseded:
+            self._reply(request, {"ok": False, "error": reason})
+            return
         if time.time() > request.deadline:
             self._drop(request.topic, "stale", "deadline passed while queued")
             return
@@ -150,19 +219,18 @@ class RpcServer:
             result: object = handler(request.body)
             if not isinstance(result, dict):
                 raise TypeError(f"handler returned {type(result).__name__}, not a dict")
-            reply = pack({"ok": True, "result": result})
+            reply: dict[str, Any] = {"ok": True, "result": result}
             outcome = "served"
         except RpcError as exc:
-            reply = pack({"ok": False, "error": str(exc)})
+            reply = {"ok": False, "error": str(exc)}
             outcome = "refused"
         except Exception as exc:
             log.exception("RPC handler for %s failed", request.topic)
-            reply = pack({"ok": False, "error": f"internal error: {type(exc).__name__}"})
+            reply = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
             outcome = "failed"
         with self._lock:
             setattr(self._stats, outcome, getattr(self._stats, outcome) + 1)
-        properties = publish_properties(CorrelationData=request.correlation)
-        self._client.publish(request.reply_to, reply, qos=1, properties=properties)
+        self._reply(request, reply)
 
 
 @dataclass
@@ -204,7 +272,8 @@ class RpcClient:
             raise ValueError(
                 f"timeout must be positive and at most {MAX_DEADLINE_AHEAD_S:g} s, got {timeout}"
             )
-        payload = pack({**body, "deadline": time.time() + timeout})  # TypeError before any bookkeeping
+        now = time.time()
+        payload = pack({**body, "deadline": now + timeout, "sent": now})  # TypeError before any bookkeeping
         correlation = os.urandom(_CORRELATION_BYTES)
         future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         timer = threading.Timer(timeout, self._expire, (correlation, topic, timeout))

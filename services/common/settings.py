@@ -190,6 +190,9 @@ class ActuationSettings(_Section):
     command_expiry_s: float = Field(3.0, gt=0, le=10, description="MQTT v5 expiry of every command")
     operator_timeout_s: float = Field(2.0, gt=0, description="deadman: operator heartbeats")
     telemetry_stale_ms: int = Field(500, gt=0, description="deadman: newest telemetry older than this")
+    command_queue: int = Field(
+        32, ge=1, le=10_000, description="commands waiting for a worker; beyond it refused 'busy'"
+    )
     metrics_port: int = Field(9102, ge=0, le=65535)
 
 
@@ -221,6 +224,10 @@ class GatewaySettings(_Section):
         500_000, ge=1000, description="rows x columns of one /api/parquet_data answer (page with offset)"
     )
     heavy_reads: int = Field(2, ge=1, description="recordings and history reads at once; more: 503")
+    connection_command_rate_per_s: float = Field(20.0, gt=0, description="commands per WebSocket connection")
+    connection_command_burst: int = Field(40, ge=1, description="...of which at once")
+    token_command_rate_per_s: float = Field(50.0, gt=0, description="commands per token (REST and WebSocket)")
+    token_command_burst: int = Field(100, ge=1, description="...of which at once")
 
 
 class EmulatorSettings(_Section):

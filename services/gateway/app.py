@@ -3,8 +3,10 @@
 Commands go to actuation (and the logger) by MQTT request/response and return the service's verdict:
 a refusal is 409 `{detail: <the rule's reason>}`, a service that does not answer (or is offline, or
 the broker is unreachable) is 503, bad input is 422 `{detail: "<field>: <problem>"}` (one line, the
-input never echoed), a body over `gateway.max_body_bytes` is 413 (unread). Every command carries
-`who` (the token's name) and `origin` (`gateway <client ip>`) into actuation's audit.
+input never echoed), a body over `gateway.max_body_bytes` is 413 (unread), a command beyond the
+caller's rate limit is 429 (services/gateway/rate_limits.py; abort is never limited and travels on a
+connection of its own). Every command carries `who` (the token's name) and `origin`
+(`gateway <client ip>`) into actuation's audit.
 
 Reads need a viewer token, commands an operator token (`Authorization: Bearer <token>`): 401 without
 or with an unknown token, 403 for a viewer on a command. `/api/health` is open (liveness probes).
@@ -41,6 +43,7 @@ from services.gateway import legacy, recordings
 from services.gateway.auth import Auth, Identity, Role
 from services.gateway.bus import Bus
 from services.gateway.limits import BodyLimit, ReadSlots
+from services.gateway.rate_limits import CommandLimits
 from services.gateway.ws import register_websocket
 
 log = logging.getLogger("rcs.gateway.http")
@@ -69,6 +72,9 @@ class Detail(BaseModel):
 REFUSED: dict[int | str, dict[str, Any]] = {409: {"model": Detail, "description": "refused, with the reason"}}
 UNANSWERED: dict[int | str, dict[str, Any]] = {
     503: {"model": Detail, "description": "the service (or the broker) did not answer"}
+}
+LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"model": Detail, "description": "beyond the token's command rate limit (never queued)"}
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail, "description": "no such item"}}
 BUSY: dict[int | str, dict[str, Any]] = {
@@ -222,6 +228,7 @@ class GatewayStats:
     forbidden: int = 0  # 403
     invalid: int = 0  # 422: a request the API cannot take
     too_large: int = 0  # 413: a body over gateway.max_body_bytes
+    rate_limited: int = 0  # 429: a command beyond the token's rate limit
 
 
 def jsonable(value: Any) -> Any:
@@ -295,6 +302,7 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     problems = Throttled(log)
+    limits = CommandLimits(settings.gateway)
     n_valves = len(settings.valves)
     motor_ids = sorted(m.id for m in settings.motors.motors)
     max_angle = 2 * settings.motors.limit_deg
@@ -340,7 +348,8 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         service: str, topic: str, body: dict[str, Any], *, timeout: float | None = None
     ) -> dict[str, Any]:
         """The service's result, or the HTTP error that says why there is none."""
-        if not bus.connected:
+        abort = topic == topics.actuation("abort")
+        if not (bus.abort_connected if abort else bus.connected):
             stats.unanswered += 1
             raise HTTPException(503, "the gateway is not connected to the MQTT broker")
         status = bus.latest(topics.status(service))
@@ -349,6 +358,8 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
             raise HTTPException(503, f"{service} is offline ({status.get('reason', 'no reason given')})")
         wait = settings.gateway.command_timeout_s if timeout is None else timeout
         try:
+            if abort:  # its own connection: nothing queued for other requests delays it
+                return await bus.abort(body, timeout=wait)
             return await bus.call(topic, body, timeout=wait)
         except RpcError as exc:
             stats.refused += 1
@@ -369,6 +380,14 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         stats.commands += 1
+        if topic != topics.actuation("abort"):
+            refused = limits.admit(identity.name)
+            if refused is not None:
+                stats.rate_limited += 1
+                problems.warning(
+                    f"limited:{identity.name}", "refused a command of %s: %s", identity.name, refused
+                )
+                raise HTTPException(429, refused, headers={"Retry-After": "1"})
         audit = {"who": identity.name, "origin": _origin(request)}
         return await call(service, topic, {**(body or {}), **audit}, timeout=timeout)
 
@@ -534,7 +553,7 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
 
     # -- commands ---------------------------------------------------------------------------------
 
-    @app.post("/api/valves", tags=["commands"], responses=REFUSED | UNANSWERED)
+    @app.post("/api/valves", tags=["commands"], responses=REFUSED | UNANSWERED | LIMITED)
     async def valves(body: ValvesIn, identity: Operator, request: Request) -> ValvesOut:
         """The whole valve pattern; answered once the STM32 acknowledged it."""
         if len(body.valves) != n_valves:
@@ -546,7 +565,7 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         )
         return ValvesOut(success=True, valves=result["valves"], bits=result["bits"])
 
-    @app.post("/api/step_motor", tags=["commands"], responses=REFUSED | UNANSWERED)
+    @app.post("/api/step_motor", tags=["commands"], responses=REFUSED | UNANSWERED | LIMITED)
     async def step_motor(body: StepMotorIn, identity: Operator, request: Request) -> StepMotorOut:
         """A relative move; answered when the move completed."""
         if body.motor_id not in motor_ids:
@@ -573,7 +592,7 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
     @app.post(
         "/api/scenario/{name}",
         tags=["commands"],
-        responses=NOT_FOUND | REFUSED | UNANSWERED,
+        responses=NOT_FOUND | REFUSED | UNANSWERED | LIMITED,
     )
     async def scenario(name: str, identity: Operator, request: Request) -> CommandOut:
         """Run a sequence of config/stand.yaml; the abort sequence (`emergency`) is an abort."""
@@ -601,16 +620,16 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         """Always accepted by actuation, from any state; 409 while the device has not confirmed it."""
         return command_out(await command("actuation", topics.actuation("abort"), identity, request))
 
-    @app.post("/api/arm", tags=["commands"], responses=REFUSED | UNANSWERED)
+    @app.post("/api/arm", tags=["commands"], responses=REFUSED | UNANSWERED | LIMITED)
     async def arm(identity: Operator, request: Request) -> CommandOut:
         """Refused without fresh telemetry and a recent operator heartbeat (an open operator WebSocket)."""
         return command_out(await command("actuation", topics.actuation("arm"), identity, request))
 
-    @app.post("/api/disarm", tags=["commands"], responses=REFUSED | UNANSWERED)
+    @app.post("/api/disarm", tags=["commands"], responses=REFUSED | UNANSWERED | LIMITED)
     async def disarm(identity: Operator, request: Request) -> CommandOut:
         return command_out(await command("actuation", topics.actuation("disarm"), identity, request))
 
-    @app.post("/api/save_sensor_buffer", tags=["commands"], responses=REFUSED | UNANSWERED)
+    @app.post("/api/save_sensor_buffer", tags=["commands"], responses=REFUSED | UNANSWERED | LIMITED)
     async def save_sensor_buffer(identity: Operator, request: Request) -> SaveOut:
         """The logger closes its open segment now; the reply names the Parquet file."""
         result = await command("logger", topics.LOGGER_SAVE, identity, request)
@@ -627,7 +646,7 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
-    hub_metrics = register_websocket(app, bus, auth, settings)
+    hub_metrics = register_websocket(app, bus, auth, settings, limits=limits)
     register_stats(
         "gateway",
         lambda: {

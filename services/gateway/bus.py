@@ -3,7 +3,8 @@
 paho's network thread decodes (telemetry batches, state/status/event maps) and keeps the latest of
 each; listeners are then called on the event loop through `loop.call_soon_threadsafe`, once per
 message (a telemetry batch is one call, never one per sample). Requests to the services go through
-`RpcClient`, awaited with `asyncio.wrap_future`.
+`RpcClient`, awaited with `asyncio.wrap_future`. Abort requests take a second connection of their
+own (no status, no Last Will), so nothing queued on the first one can delay them.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class Bus:
         self.settings = settings
         self.mqtt = MqttClient(settings.mqtt, SERVICE)
         self.rpc = RpcClient(self.mqtt)
+        self.abort_mqtt = MqttClient(
+            settings.mqtt, SERVICE, client_id=f"{self.mqtt.client_id}-abort", announce=False
+        )
+        self.abort_rpc = RpcClient(self.abort_mqtt)
         self.stats = BusStats()
         self.websocket_connections = 0  # maintained by the WebSocket side
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,6 +80,7 @@ class Bus:
     async def start(self) -> None:
         """Bind to the running loop and connect; waits a little for the broker, never fails on it."""
         self._loop = asyncio.get_running_loop()
+        self.abort_mqtt.start()
         self.mqtt.start()
         if not await asyncio.to_thread(self.mqtt.wait_connected, CONNECT_WAIT_S):
             log.warning("broker not reachable yet; serving anyway and reconnecting in the background")
@@ -82,7 +88,9 @@ class Bus:
     async def stop(self) -> None:
         """Fail pending requests, publish the offline status and disconnect."""
         self.rpc.close()
+        self.abort_rpc.close()
         await asyncio.to_thread(self.mqtt.stop)
+        await asyncio.to_thread(self.abort_mqtt.stop)
         self._loop = None
 
     @property
@@ -95,6 +103,17 @@ class Bus:
         """The service's result; raises RpcError (refused, or not sent) or RpcTimeout (no answer)."""
         wait = self.settings.gateway.command_timeout_s if timeout is None else timeout
         return await asyncio.wrap_future(self.rpc.request(topic, body, timeout=wait))
+
+    async def abort(self, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """An abort request to actuation, on the abort connection; raises like `call`."""
+        wait = self.settings.gateway.command_timeout_s if timeout is None else timeout
+        return await asyncio.wrap_future(
+            self.abort_rpc.request(topics.actuation("abort"), body, timeout=wait)
+        )
+
+    @property
+    def abort_connected(self) -> bool:
+        return self.abort_mqtt.connected
 
     def heartbeat(self, who: str) -> None:
         """One operator heartbeat for actuation's deadman (QoS 0: a lost one is replaced by the next)."""
@@ -127,6 +146,7 @@ class Bus:
             **counters(self.stats, "bus"),
             **counters(self.mqtt.stats, "mqtt"),
             **counters(self.rpc.stats, "rpc"),
+            **counters(self.abort_rpc.stats, "abort_rpc"),
             "mqtt_connected": float(self.mqtt.connected),
             "rpc_pending": float(self.rpc.pending),
             "websocket_connections": float(self.websocket_connections),

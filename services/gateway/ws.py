@@ -10,6 +10,10 @@ gateway's own (the dashboard page at `/`; else HTTP 403 before the upgrade); no 
 accepted. A message over `gateway.max_ws_message_bytes` closes the connection (1009, by uvicorn). With
 auth on, the token comes from `?token=` or a first `auth` message within AUTH_GRACE_S; without a
 valid one the client gets `error` and is closed (1008).
+
+Commands beyond the connection's or the token's rate limit (services/gateway/limits.py) are answered
+`error` and counted, never queued; `system_mode abort` is never limited and goes to actuation on the
+bus's abort connection.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from services.gateway import legacy
 from services.gateway.auth import Auth, Identity
 from services.gateway.bus import Bus
 from services.gateway.hub import Client, Frame, Hub, encode_json, encode_msgpack
+from services.gateway.rate_limits import CommandLimits
 
 log = logging.getLogger("rcs.gateway.ws")
 
@@ -90,6 +95,7 @@ class WebSocketStats:
     bad_messages: int = 0  # malformed or not understood: answered `error`
     role_refused: int = 0  # a viewer's command: answered `error`
     closed_slow: int = 0  # let answers and pushes pile up unread: closed 1008
+    rate_limited: int = 0  # commands beyond the connection's or token's rate limit: answered `error`
 
 
 @dataclass
@@ -99,6 +105,7 @@ class _Gateway:
     auth: Auth
     settings: Settings
     hub: Hub
+    limits: CommandLimits
     ticker: asyncio.Task[None] | None = None
     valve_bits: str | None = None
     stats: WebSocketStats = field(default_factory=WebSocketStats)
@@ -239,6 +246,7 @@ class Connection:
             self._send_frame, limit=gateway.settings.gateway.client_queue_frames, name=self.origin
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self.bucket = gateway.limits.connection_bucket()
 
     async def _send_frame(self, frame: Frame) -> None:
         if isinstance(frame, bytes):
@@ -280,6 +288,9 @@ class Connection:
                         "bad-message", "answered a bad WebSocket message from %s: %s", self.origin, exc
                     )
                     self.error(str(exc), raw)
+                # Messages already buffered are received without suspending: yield, so that one
+                # client's flood never holds up other connections (an abort on another one).
+                await asyncio.sleep(0)
         except WebSocketDisconnect:
             pass
         finally:
@@ -309,6 +320,21 @@ class Connection:
         self.error("operator role required", like)
         return False
 
+    def admit(self, like: str | bytes) -> bool:
+        """The command is within this connection's and this token's rate limits; else `error`."""
+        refused = self.gateway.limits.admit(self.identity.name, self.bucket)
+        if refused is None:
+            return True
+        self.gateway.stats.rate_limited += 1
+        self.gateway.problems.warning(
+            f"limited:{self.origin}", "refused a WebSocket command from %s: %s", self.origin, refused
+        )
+        self.error(refused, like)
+        return False
+
+    def command_allowed(self, like: str | bytes) -> bool:
+        return self.require_operator(like) and self.admit(like)
+
     @property
     def who(self) -> dict[str, str]:
         return {"who": self.identity.name, "origin": self.origin}
@@ -333,19 +359,20 @@ class Connection:
             valves = message.get("valves")
             if not isinstance(valves, list | str):
                 raise BadMessageError("'valves' must be a list of 0/1 (or a string of digits)")
-            if self.require_operator(raw):
+            if self.command_allowed(raw):
                 self.spawn(self.valve_command(valves, raw))
         elif kind == "step_motor_command":
             motor_id, angle = message.get("motor_id"), _number(message, "angle")
             if isinstance(motor_id, bool) or not isinstance(motor_id, int):
                 raise BadMessageError("'motor_id' must be an integer")
-            if self.require_operator(raw):
+            if self.command_allowed(raw):
                 self.spawn(self.step_motor_command(motor_id, angle, raw))
         elif kind == "system_mode":
             mode = message.get("mode")
             if mode not in SYSTEM_MODES and mode not in SOURCE_MODES:
                 raise BadMessageError(f"'mode' must be one of {sorted({*SYSTEM_MODES, *SOURCE_MODES})}")
-            if self.require_operator(raw):
+            limited = mode in ("arm", "disarm")  # abort never; the source modes command nothing
+            if self.require_operator(raw) and (not limited or self.admit(raw)):
                 self.spawn(self.system_mode(str(mode), raw))
         else:
             raise BadMessageError("unknown message type (see docs/protocol.md, Gateway WebSocket)")
@@ -449,7 +476,9 @@ class Connection:
             body: dict[str, Any] = {**self.who}
             if mode == "abort":
                 body["reason"] = f"abort from {self.identity.name} ({self.origin})"
-            result = await self.gateway.bus.call(topics.actuation(SYSTEM_MODES[mode]), body)
+                result = await self.gateway.bus.abort(body)
+            else:
+                result = await self.gateway.bus.call(topics.actuation(SYSTEM_MODES[mode]), body)
         except (RpcError, RpcTimeout) as exc:
             reason = str(exc) if isinstance(exc, RpcError) else f"actuation did not answer: {exc}"
             self.reply({**answer, "success": False, "reason": reason}, raw)
@@ -467,11 +496,19 @@ def _origin_allowed(origin: str, websocket: WebSocket, allowed: tuple[str, ...])
 
 
 def register_websocket(
-    app: FastAPI, bus: Bus, auth: Auth, settings: Settings
+    app: FastAPI, bus: Bus, auth: Auth, settings: Settings, *, limits: CommandLimits | None = None
 ) -> Callable[[], dict[str, float]]:
     """Add `/ws` to `app`, fed by `bus` (call before the bus starts delivering; once per app).
+    `limits`: the per-token limits shared with the REST API (default: the WebSocket's own).
     Returns what reads its counters for /metrics (on the event loop)."""
-    gateway = _Gateway(app, bus, auth, settings, Hub(display_max_hz=settings.gateway.display_max_hz))
+    gateway = _Gateway(
+        app,
+        bus,
+        auth,
+        settings,
+        Hub(display_max_hz=settings.gateway.display_max_hz),
+        limits or CommandLimits(settings.gateway),
+    )
     app.state.ws_hub = gateway.hub
     app.state.ws_stats = gateway.stats
     bus.add_telemetry_listener(gateway.hub.on_telemetry)
