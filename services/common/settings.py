@@ -55,6 +55,7 @@ class Stm32Settings(_Section):
     detect_timeout_s: float = Field(3.0, gt=0)
     heartbeat_ms: int = Field(100, gt=0, lt=500)
     reconnect_s: float = Field(0.5, gt=0)
+    silent_after_s: float = Field(0.5, gt=0, description="no frame for this long: the device is silent")
 
 
 class AcquisitionSettings(_Section):
@@ -200,6 +201,7 @@ class LoggerSettings(_Section):
     retention_max_age_days: float = Field(90.0, gt=0)
     repair_page_samples: int = Field(50_000, gt=0, le=50_000)
     memory_limit_bytes: int = Field(1024**3, gt=0, description="held in memory while the disk refuses writes")
+    behind_after_s: float = Field(5.0, gt=0, description="telemetry waiting this long to be recorded: behind")
     metrics_port: int = Field(9103, ge=0, le=65535)
 
 
@@ -210,6 +212,7 @@ class GatewaySettings(_Section):
     display_max_hz: float = Field(60.0, gt=0, le=500)
     client_queue_frames: int = Field(256, ge=8, description="per-client bound; the oldest frames go first")
     command_timeout_s: float = Field(3.0, gt=0, le=10)
+    stale_after_s: float = Field(1.0, gt=0, description="no telemetry batch for this long: stale")
 
 
 class EmulatorSettings(_Section):

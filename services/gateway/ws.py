@@ -3,7 +3,8 @@
 Messages are specified in docs/protocol.md ("Gateway WebSocket"): the existing frontend's
 (`get_sensors`, `valve_command`, `step_motor_command`, `system_mode` → `sensor_data`,
 `valve_response`, `valve_state`, `step_motor_response`, `error`) plus `auth`, `subscribe`
-(`sensor_batch` / `sensor_display` streams) and `heartbeat`, and state pushes as they happen.
+(`sensor_batch` / `sensor_display` streams) and `heartbeat`, and state pushes as they happen,
+including `problems` (what is wrong with the stand, services/gateway/problems.py) when it changes.
 
 Security: a browser's `Origin` must be one of `gateway.cors_origins` or the gateway's own (the
 dashboard page at `/`; else HTTP 403 before the upgrade); no `Origin` (programs) is accepted. With
@@ -19,7 +20,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
@@ -35,10 +36,12 @@ from services.gateway import legacy
 from services.gateway.auth import Auth, Identity
 from services.gateway.bus import Bus
 from services.gateway.hub import Client, Frame, Hub, encode_json, encode_msgpack
+from services.gateway.problems import stand_problems
 
 log = logging.getLogger("rcs.gateway.ws")
 
 AUTH_GRACE_S = 5.0
+PROBLEMS_EVERY_S = 0.5  # how often the ticker looks for a change in what is wrong
 POLICY_VIOLATION = 1008
 SYSTEM_MODES = {"arm": "arm", "disarm": "disarm", "abort": "abort"}
 SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
@@ -100,6 +103,7 @@ class _Gateway:
     hub: Hub
     ticker: asyncio.Task[None] | None = None
     valve_bits: str | None = None
+    problems_frame: str | None = None  # the last `problems` pushed
     stats: WebSocketStats = field(default_factory=WebSocketStats)
     problems: Throttled = field(default_factory=lambda: Throttled(log))
 
@@ -116,7 +120,14 @@ class _Gateway:
         period = 1.0 / self.settings.gateway.sensor_rate_hz
         due = loop.time()
         last_t: float | None = None
+        problems_due = due
         while self.hub.clients:
+            if loop.time() >= problems_due:
+                problems_due = loop.time() + PROBLEMS_EVERY_S
+                problems = self.problems_message()
+                if problems != self.problems_frame:
+                    self.problems_frame = problems
+                    self.hub.broadcast_control(problems)
             sample = self.bus.latest_sample()
             if sample is not None and sample[1] != last_t:
                 last_t = sample[1]
@@ -126,6 +137,10 @@ class _Gateway:
                         client.push(frame)
             due = max(due + period, loop.time())
             await asyncio.sleep(due - loop.time())
+
+    def problems_message(self) -> str:
+        found = stand_problems(self.bus, self.settings.gateway.stale_after_s)
+        return encode_json({"type": "problems", "problems": [asdict(p) for p in found]})
 
     def state_message(self, topic: str, message: dict[str, Any]) -> dict[str, Any] | None:
         if topic == topics.STATE_VALVES:
@@ -158,6 +173,7 @@ class _Gateway:
             pushed = None if message is None else self.state_message(topic, message)
             if pushed is not None:
                 frames.append(encode_json(pushed))
+        frames.append(self.problems_message())
         return frames
 
     # -- one connection --------------------------------------------------------------------------

@@ -372,6 +372,22 @@ function onStm32State(s) {
   }
 }
 
+// `problems`: what is wrong with the stand ({component, reason} each), as the gateway's
+// /api/health says it: one red badge per problem, or one green badge when there is none.
+function onProblems(list) {
+  const box = $("problems");
+  box.replaceChildren();
+  if (!list.length) {
+    box.append(el("span", "badge on", "stand ok"));
+    return;
+  }
+  for (const p of list) {
+    const b = el("span", "badge off", p.component + ": " + p.reason);
+    b.title = p.reason;
+    box.append(b);
+  }
+}
+
 // `valve_state`: the acknowledged pattern, with the valve names in order.
 function onValveState(m) {
   if (Array.isArray(m.names)) valves.names = m.names;
@@ -518,6 +534,7 @@ function onMessage(m) {
     case "valve_state": onValveState(m); break;
     case "event": addEvent(m.data || {}); break;
     case "service_status": onServiceStatus(m); break;
+    case "problems": onProblems(m.problems || []); break;
     case "system_mode_response": onCommandAnswer(m); break;
     case "dropped":
       dropped.notices += 1;
