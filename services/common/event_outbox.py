@@ -5,9 +5,11 @@ QoS 1 message published while disconnected and sends it as soon as it reconnects
 restart the logger (the events file) and the gateway (`/api/events`) reconnect on their own backoff,
 often after that: the event reaches nobody. So, from the moment the connection is lost, events are
 held here (at most `capacity`, the oldest dropped and counted beyond) and published, in order and
-with their original `ts`, once the connection is back and every audience service that was online
-before the loss says online again (its retained status: published after its subscriptions, so they
-are in place), or `wait_s` after reconnecting at the latest (an audience that does not come back).
+with their original `ts`, once the connection is back and every audience service expected back says
+online again (its status: published after its subscriptions, so they are in place), or `wait_s`
+after reconnecting at the latest (an audience that does not come back). Expected back: its latest
+status said online, or offline by its Last Will ("connection lost": a broker going down delivers
+those to whoever it still serves); not one that stopped cleanly.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ class EventOutbox:
         self._lock = threading.Lock()
         self._held: deque[bytes] = deque(maxlen=capacity)
         self._holding = False  # from a connection loss until the held events are released
-        self._online: set[str] = set()  # audience services whose latest status says online
-        self._awaited: set[str] = set()  # ...that were online before the loss and are not back yet
+        self._expected: set[str] = set()  # audience services expected back online after a loss
+        self._awaited: set[str] = set()  # ...that are not back yet
         self._timer: threading.Timer | None = None
         self.dropped = 0  # held events pushed out by newer ones (capacity)
         for service in audience:
@@ -83,8 +85,7 @@ class EventOutbox:
         with self._lock:
             if not connected:
                 self._holding = True
-                self._awaited = set(self._online)
-                self._online.clear()
+                self._awaited = set(self._expected)
                 return
             if not self._holding:
                 return  # nothing was published while away
@@ -98,15 +99,17 @@ class EventOutbox:
     def _on_status(self, message: Message) -> None:
         service = message.topic.rsplit("/", 1)[-1]
         try:
-            online = bool(message.payload) and unpack_map(message.payload).get("state") == "online"
+            status = unpack_map(message.payload) if message.payload else {}
         except WireFormatError:
-            online = False
+            status = {}
+        online = status.get("state") == "online"
         with self._lock:
             if online:
-                self._online.add(service)
+                self._expected.add(service)
                 self._awaited.discard(service)
-            else:
-                self._online.discard(service)
+            elif status.get("reason") != "connection lost":  # stopped (or cleared): not coming back
+                self._expected.discard(service)
+                self._awaited.discard(service)
         self._release_if_ready()
 
     def _release_if_ready(self) -> None:

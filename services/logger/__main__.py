@@ -10,6 +10,9 @@ recovery); a live batch that does not continue it queues a repair of the hole; r
 through the same coverage, so nothing is written twice. While the disk refuses writes, rows stay in
 memory up to `memory_limit_bytes`; beyond that new rows are not taken, and are repaired from the
 ring buffer once the disk is back (if within its 10 minutes).
+
+What is wrong is in the retained status: `disk`/`disk_error` while writing fails, `behind_s` while
+telemetry waits longer than `logger.behind_after_s` to be recorded (services/logger/lag.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from services.common.settings import Settings
 from services.common.telemetry import decode_batch
 from services.logger.coverage import Coverage
 from services.logger.events import EventLog
+from services.logger.lag import Lag
 from services.logger.repair import Repaired, Repairer, Unrepairable
 from services.logger.retention import enforce
 from services.logger.segments import SegmentWriter, convert_segment, recover
@@ -81,6 +85,7 @@ class Recorder:
         self._unconverted: list[Path] = []  # segments whose conversion failed (disk full)
         self._disk_error: str | None = None
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.lag = Lag(settings.logger.behind_after_s, self._on_lag)
 
         self.mqtt = MqttClient(settings.mqtt, SERVICE)
         self.rpc_client = RpcClient(self.mqtt)
@@ -132,9 +137,21 @@ class Recorder:
             self.stats.malformed_total += 1
             self._problems.warning("malformed", "ignored malformed telemetry: %s", exc)
             return
-        self._inbox.put(
-            lambda: self._record(batch.session, batch.seq, batch.channels, batch.t, batch.data, live=True)
-        )
+
+        def record() -> None:
+            self.lag.taken()
+            self._record(batch.session, batch.seq, batch.channels, batch.t, batch.data, live=True)
+
+        self.lag.queued()
+        self._inbox.put(record)
+        self.lag.check()
+
+    def _on_lag(self, behind_s: float | None) -> None:
+        if behind_s is None:
+            log.info("recording caught up with the telemetry")
+        else:
+            log.warning("recording is behind: telemetry has waited %.1f s to be recorded", behind_s)
+        self.mqtt.set_status(behind_s=None if behind_s is None else round(behind_s, 1))
 
     def _on_event(self, message: Message) -> None:
         try:
@@ -165,6 +182,7 @@ class Recorder:
                     self._rotate_if_due()
             except Exception:  # one bad job must not stop the recording
                 self._problems.warning("job", "recorder job failed", exc_info=True)
+            self.lag.check()
         self._flush()
         self._close_segment(wait=True)
         self.events.close()
@@ -375,6 +393,7 @@ class Recorder:
         return {
             **asdict(self.stats),
             "disk_ok": float(self._disk_error is None),
+            "behind": float(self.lag.behind),
             "repair_pending_samples": float(self.repairer.pending_samples),
         }
 
