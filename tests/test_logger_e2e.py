@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from services.common import topics
+from services.common.codec import unpack_map
 from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcTimeout
 from services.common.settings import MqttSettings, Settings
@@ -154,3 +155,32 @@ def test_save_now_rotates_and_names_the_file(
         codes = (logger.stop(), acquisition.stop())
         emulator.stop()
         assert codes == (0, 0), (tmp_path / "logger.log").read_text()[-5000:]
+
+
+def test_a_logger_behind_its_threshold_says_so_in_its_status(
+    settings: Settings, broker: Broker, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    """With a threshold below one telemetry batch (whose first sample is older than the batch period
+    when it is published) the logger is always behind: its retained status must say by how much."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
+    emulator.start()
+    logger = Logger(mqtt_as("logger"), tmp_path, data_dir, RCS_LOGGER_BEHIND_AFTER_S="0.001")
+    acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
+    operator = MqttClient(mqtt_as("operator"), "operator")
+    statuses: list[dict[str, Any]] = []
+    operator.subscribe(topics.status("logger"), lambda m: statuses.append(unpack_map(m.payload)), qos=1)
+    try:
+        operator.start()
+        assert operator.wait_connected(10)
+        wait_until(lambda: any(s.get("behind_s") for s in statuses), TIMEOUT, "the status to say behind")
+        behind = next(s for s in statuses if s.get("behind_s"))
+        assert behind["state"] == "online" and behind["pid"] == logger.process.pid
+        assert behind["behind_s"] > 0.001, behind
+    finally:
+        operator.stop()
+        codes = (logger.stop(), acquisition.stop())
+        emulator.stop()
+        assert codes == (0, 0), (tmp_path / "logger.log").read_text()[-5000:]
+    assert "recording is behind" in (tmp_path / "logger.log").read_text()

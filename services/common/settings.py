@@ -201,7 +201,7 @@ class LoggerSettings(_Section):
     retention_max_age_days: float = Field(90.0, gt=0)
     repair_page_samples: int = Field(50_000, gt=0, le=50_000)
     memory_limit_bytes: int = Field(1024**3, gt=0, description="held in memory while the disk refuses writes")
-    behind_after_s: float = Field(5.0, gt=0, description="telemetry waiting this long to be recorded: behind")
+    behind_after_s: float = Field(5.0, gt=0, description="oldest unrecorded telemetry older: behind")
     metrics_port: int = Field(9103, ge=0, le=65535)
 
 

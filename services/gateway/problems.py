@@ -65,7 +65,7 @@ def _logger_problems(logger: dict[str, Any] | None) -> list[Problem]:
         found.append(Problem("disk", f"the logger cannot write: {logger.get('disk_error')}"))
     behind = logger.get("behind_s")
     if isinstance(behind, int | float):
-        found.append(Problem("logger", f"logger behind: telemetry waits {behind:.0f} s to be recorded"))
+        found.append(Problem("logger", f"logger behind: recording {behind:.1f} s behind the telemetry"))
     return found
 
 

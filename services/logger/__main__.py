@@ -12,7 +12,7 @@ memory up to `memory_limit_bytes`; beyond that new rows are not taken, and are r
 ring buffer once the disk is back (if within its 10 minutes).
 
 What is wrong is in the retained status: `disk`/`disk_error` while writing fails, `behind_s` while
-telemetry waits longer than `logger.behind_after_s` to be recorded (services/logger/lag.py).
+the oldest telemetry not yet recorded is older than `logger.behind_after_s` (services/logger/lag.py).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class Recorder:
             self.lag.taken()
             self._record(batch.session, batch.seq, batch.channels, batch.t, batch.data, live=True)
 
-        self.lag.queued()
+        self.lag.queued(float(batch.t[0]))
         self._inbox.put(record)
         self.lag.check()
 
@@ -151,7 +151,7 @@ class Recorder:
             log.info("recording caught up with the telemetry")
         else:
             log.warning("recording is behind: telemetry has waited %.1f s to be recorded", behind_s)
-        self.mqtt.set_status(behind_s=None if behind_s is None else round(behind_s, 1))
+        self.mqtt.set_status(behind_s=None if behind_s is None else round(behind_s, 3))
 
     def _on_event(self, message: Message) -> None:
         try:

@@ -1,9 +1,12 @@
-"""How far behind the recorder is: how long the oldest telemetry batch not yet recorded has waited.
+"""How far behind the recording is: the age of the oldest telemetry batch not yet recorded.
 
-paho's thread calls `queued()` as it hands a batch to the recorder, the recorder `taken()` as it
-starts on one; `check()` (from either thread: paho's keeps calling it while the recorder is stuck)
-reports through `on_change(behind_s)` when the wait passes `threshold_s` (`behind_s` = the wait),
-when it has grown by another `REPORT_STEP_S` since, and once with None when it is below again.
+Age is measured from the batch's first sample time (UNIX, acquisition's host clock) to now, so it
+counts every wait on the way: a logger that could not read the broker for a while (stopped, starved)
+falls behind just as one whose recorder is slow. paho's thread calls `queued(t)` as it hands a batch
+to the recorder, the recorder `taken()` as it starts on one; `check()` (from either thread: paho's
+keeps calling it while the recorder is stuck) reports through `on_change(behind_s)` when the age
+passes `threshold_s` (`behind_s` = the age), when it has grown by another `REPORT_STEP_S` since, and
+once with None when it is below again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ class Lag:
     def __init__(self, threshold_s: float, on_change: Callable[[float | None], None]) -> None:
         self._threshold_s = threshold_s
         self._on_change = on_change
-        self._waiting: deque[float] = deque()  # monotonic times the batches not yet taken were queued
+        self._waiting: deque[float] = deque()  # first sample times of the batches not yet taken
         self._lock = threading.Lock()
         self._reported: float | None = None
 
@@ -29,8 +32,8 @@ class Lag:
         """As last reported."""
         return self._reported is not None
 
-    def queued(self) -> None:
-        self._waiting.append(time.monotonic())
+    def queued(self, sample_t: float) -> None:
+        self._waiting.append(sample_t)
 
     def taken(self) -> None:
         if self._waiting:
@@ -38,7 +41,7 @@ class Lag:
 
     def check(self) -> None:
         try:
-            wait = time.monotonic() - self._waiting[0]
+            wait = time.time() - self._waiting[0]
         except IndexError:
             wait = 0.0
         behind = wait if wait > self._threshold_s else None
