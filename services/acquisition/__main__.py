@@ -73,6 +73,7 @@ class Acquisition:
         self._silent_since: float | None = None  # UNIX time of the last frame while the device is silent
         self._state_lock = threading.Lock()  # one rcs/state/stm32 built and published at a time
         self._lost_published = 0
+        self._connected_published: bool | None = None  # as the service status last said it
         self._state_published_at = 0.0  # monotonic
         self._stopping = threading.Event()
         self._watch = threading.Thread(target=self._watch_device, name="device-watch", daemon=True)
@@ -192,7 +193,6 @@ class Acquisition:
             log.warning("STM32 link lost; reconnecting")
         else:
             log.info("STM32 connected on %s (%s protocol, device %r)", info.port, info.protocol, info.device)
-        self.mqtt.set_status(stm32_connected=info is not None)
         self._publish_stm32_state()
         self._publish_meta()
 
@@ -218,7 +218,6 @@ class Acquisition:
                 log.warning("STM32 silent: no frame for %.1f s (the port is still open)", quiet_s)
             else:
                 log.info("STM32 sends frames again")
-            self.mqtt.set_status(stm32_connected=not silent)
         if changed or (lost_changed and due):
             self._publish_stm32_state()
 
@@ -257,6 +256,8 @@ class Acquisition:
         self.mqtt.publish(topics.TELEMETRY_META, pack(meta), qos=1, retain=True)
 
     def _publish_stm32_state(self) -> None:
+        """The state, and the service status's `stm32_connected` when that changed (one lock: the
+        link thread and the device watch may both publish, and the last word must be the newest)."""
         with self._state_lock:
             status = self.device_status
             up = self.link_info is not None
@@ -274,6 +275,9 @@ class Acquisition:
                 "ts": time.time(),
             }
             self.mqtt.publish(topics.STATE_STM32, pack(state), qos=1, retain=True)
+            if state["connected"] != self._connected_published:
+                self._connected_published = bool(state["connected"])
+                self.mqtt.set_status(stm32_connected=self._connected_published)
 
     def metrics(self) -> dict[str, float]:
         link, pub, mqtt, valves = self.link.stats, self.publisher.stats, self.mqtt.stats, self.valves.stats
