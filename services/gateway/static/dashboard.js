@@ -359,10 +359,11 @@ function onSystemState(s) {
   $("reason").textContent = running + ((s && s.reason) || "") + (s && s.ts ? " · " + clock(s.ts) : "");
 }
 
-// `rcs/state/stm32`: the link, and the valves the device itself reports.
+// `rcs/state/stm32`: the link (up, silent or down), and the valves the device itself reports.
 function onStm32State(s) {
   if (!s) return;
-  const link = s.connected ? "STM32 " + (s.kind || "") + " connected" : "STM32 NOT CONNECTED";
+  const link = s.connected ? "STM32 " + (s.kind || "") + " connected"
+    : s.link === "silent" ? "STM32 SILENT (port open, no frames)" : "STM32 NOT CONNECTED";
   $("stm32").textContent = link + (s.safe ? " · holding all valves closed (safe)" : "");
   $("stm32").className = s.connected ? "muted" : "alarm";
   // The device's bitmask only until actuation's valve state (names, cause) has arrived.
