@@ -177,7 +177,7 @@ def test_a_logger_behind_its_threshold_says_so_in_its_status(
         wait_until(lambda: any(s.get("behind_s") for s in statuses), TIMEOUT, "the status to say behind")
         behind = next(s for s in statuses if s.get("behind_s"))
         assert behind["state"] == "online" and behind["pid"] == logger.process.pid
-        assert behind["behind_s"] > 0.001, behind
+        assert behind["behind_s"] >= 0.001, behind  # past the threshold (to the ms)
     finally:
         operator.stop()
         codes = (logger.stop(), acquisition.stop())
