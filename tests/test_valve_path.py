@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import msgpack
 import pytest
 
@@ -40,6 +41,7 @@ from services.emulators.stm32 import Stm32Emulator
 from services.logger.events import read_events
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
+from tests.test_gateway_rest import OPERATOR, Served, gateway_settings
 
 TIMEOUT = 20.0
 GOX1, FUEL1, PURGE1 = 0b000000010, 0b000010000, 0b000000100
@@ -308,6 +310,7 @@ def test_acquisition_closes_the_valves_when_it_loses_the_broker_and_the_event_re
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     logger = Logger(restartable_broker.settings("logger"), tmp_path, data_dir)
+    gateway = Served(gateway_settings(restartable_broker, data_dir))
     probe = MqttClient(restartable_broker.settings("operator"), "test-probe")
     statuses = Inbox()
     probe.subscribe(topics.status("+"), statuses, qos=1)
@@ -315,6 +318,7 @@ def test_acquisition_closes_the_valves_when_it_loses_the_broker_and_the_event_re
     try:
         s = stand("binary", on=restartable_broker)
         statuses.wait_for(lambda m: m["service"] == "logger" and m["state"] == "online", "the logger")
+        statuses.wait_for(lambda m: m["service"] == "gateway" and m["state"] == "online", "the gateway")
         s.command(90, GOX1)
         assert s.ack(90)["result"] == "applied"
         assert s.emulator.valves == GOX1
@@ -346,9 +350,15 @@ def test_acquisition_closes_the_valves_when_it_loses_the_broker_and_the_event_re
         assert event["reason"] == "acquisition lost the MQTT broker" and event["sent"] is True, event
         assert event["cmd_no"] >= 0xFF00 and event["valves"] == GOX1, event
         assert event["ts"] < reconnected["ts"], "the time it happened, not the time it was published"
+        # ...and the gateway's /api/events (its own reconnection raced acquisition's too)
+        with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=30) as client:
+            headers = {"Authorization": f"Bearer {OPERATOR}"}
+            shown = client.get("/api/events", headers=headers).json()["events"]
+        assert [e for e in shown if e.get("kind") == "go_safe"] == [event], shown
         assert "acquisition lost the MQTT broker" in s.log()
     finally:
         probe.stop()
+        gateway.stop()
         code = logger.stop()
         assert code == 0, f"logger exit code {code}:\n{logger.tail()[-3000:]}"
 
