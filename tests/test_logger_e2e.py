@@ -22,6 +22,7 @@ from services.common.rpc import RpcClient, RpcTimeout
 from services.common.settings import MqttSettings, Settings
 from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
+from services.gateway.problems import logger_problems
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
 from tests.recordings import recorded_seqs
@@ -178,6 +179,9 @@ def test_a_logger_behind_its_threshold_says_so_in_its_status(
         behind = next(s for s in statuses if s.get("behind_s"))
         assert behind["state"] == "online" and behind["pid"] == logger.process.pid
         assert behind["behind_s"] >= 0.001, behind  # past the threshold (to the ms)
+        # what the gateway makes of that status (/api/health, /api/status, the dashboard)
+        (problem,) = logger_problems(behind)
+        assert problem.component == "logger" and problem.reason.startswith("logger behind: recording")
     finally:
         operator.stop()
         codes = (logger.stop(), acquisition.stop())

@@ -57,7 +57,8 @@ def _telemetry_problems(age_s: float | None, stale_after_s: float) -> list[Probl
     return []
 
 
-def _logger_problems(logger: dict[str, Any] | None) -> list[Problem]:
+def logger_problems(logger: dict[str, Any] | None) -> list[Problem]:
+    """What the logger's retained status says is wrong (its disk, how far behind it is)."""
     if logger is None or logger.get("state") != "online":
         return []  # said as a service problem
     found = []
@@ -78,5 +79,5 @@ def stand_problems(bus: Bus, stale_after_s: float) -> list[Problem]:
     if acquisition.get("state") == "online":  # else its state says nothing current
         found += _stm32_problems(bus.latest(topics.STATE_STM32), time.time())
     found += _telemetry_problems(bus.telemetry_age_s(), stale_after_s)
-    found += _logger_problems(bus.latest(topics.status("logger")))
+    found += logger_problems(bus.latest(topics.status("logger")))
     return found
