@@ -247,6 +247,14 @@ def test_unplug_replug_and_garbage_never_stop_the_stream(
         assert len(after_replug.sessions) == 1, "a replug continues the session"
         assert after_replug.gaps >= 1, "samples taken while unplugged show as a gap, not as continuity"
         assert after_replug.duplicates == 0
+        # ...and are counted: the device's sample counter moved on while nothing arrived
+        wait_until(
+            lambda: retained.latest[topics.STATE_STM32].get("lost_samples_total", 0) > 0,
+            RETAINED_WAIT_S,
+            "the state to count the samples lost while unplugged",
+        )
+        lost = retained.latest[topics.STATE_STM32]["lost_samples_total"]
+        assert lost <= continuity.snapshot().lost_samples  # the observer sees those gaps, maybe more
 
         emulator.inject_garbage(20_000)
         emulator.corrupt_next_frames(5)
@@ -260,6 +268,42 @@ def test_unplug_replug_and_garbage_never_stop_the_stream(
         assert acquisition.alive()
     # thousands of bad bytes are logged once (then summarised every 10 s), not once per frame
     assert 1 <= acquisition.log.read_text().count("bad input on this connection") <= 2
+
+
+def test_a_silent_device_is_reported_until_it_sends_again(
+    settings: Settings,
+    mqtt_as: Callable[[str], MqttSettings],
+    tmp_path: Path,
+    observer: tuple[MqttClient, Continuity, Retained],
+) -> None:
+    """The port stays open but no frame comes (a hung firmware): not "connected" any more."""
+    _client, continuity, retained = observer
+    with running_stack(settings, mqtt_as("acquisition"), tmp_path, "binary") as (emulator, acquisition):
+        wait_until(lambda: continuity.snapshot().samples >= 10_000, 40, "the stream to start")
+        wait_until(lambda: retained.latest[topics.STATE_STM32]["connected"], RETAINED_WAIT_S, "connected")
+
+        assert isinstance(emulator, Stm32Emulator)  # the Python board can stall
+        emulator.stall(3.0)
+        wait_until(lambda: retained.latest[topics.STATE_STM32]["link"] == "silent", RETAINED_WAIT_S, "silent")
+        state = retained.latest[topics.STATE_STM32]
+        assert state["connected"] is False and isinstance(state["silent_since"], float), state
+        assert state["port"] == str(tmp_path / "stm32"), "the port is still open"
+        wait_until(
+            lambda: retained.latest[topics.status("acquisition")]["stm32_connected"] is False,
+            RETAINED_WAIT_S,
+            "the service status to say so",
+        )
+
+        wait_until(lambda: retained.latest[topics.STATE_STM32]["link"] == "up", 20, "frames again")
+        state = retained.latest[topics.STATE_STM32]
+        assert state["connected"] is True and state["silent_since"] is None, state
+        wait_until(
+            lambda: retained.latest[topics.STATE_STM32]["lost_samples_total"] > 0,
+            RETAINED_WAIT_S,
+            "the samples lost while silent to be counted",
+        )
+        assert acquisition.alive()
+    assert "STM32 silent: no frame for" in acquisition.log.read_text()
 
 
 def test_legacy_text_protocol_is_detected_and_streamed(

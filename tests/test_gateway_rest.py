@@ -51,6 +51,7 @@ class Gateway:
     data_dir: Path
     synthetic: str = ""  # an older recording's file name
     tokens: dict[str, str] = field(default_factory=dict)  # named accounts made with rcs-users
+    stm32: Stm32Emulator | None = None
 
     def client(self, token: str | None = OPERATOR) -> httpx.Client:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
@@ -156,7 +157,9 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         wait_until(
             lambda: (bus.latest(topics.status("logger")) or {}).get("state") == "online", TIMEOUT, "logger"
         )
-        yield Gateway(f"http://127.0.0.1:{served.port}", bus, settings, data_dir, synthetic.name, tokens)
+        yield Gateway(
+            f"http://127.0.0.1:{served.port}", bus, settings, data_dir, synthetic.name, tokens, stm32
+        )
     finally:
         served.stop()
         codes = {name: process.stop() for name, process in services.items()}
@@ -222,7 +225,9 @@ def test_cors_preflight_allowed_for_configured_origins_only(gateway: Gateway) ->
 def test_hello_status_health(gateway: Gateway) -> None:
     with gateway.client(VIEWER) as client:
         assert client.get("/api/hello").json()["stand"] == gateway.settings.stand_name
-        assert client.get("/api/health").json() == {"status": "ok", "broker_connected": True}
+        # (a loaded machine may starve the emulator past the 0.5 s silence limit for a moment)
+        wait_until(lambda: client.get("/api/health").status_code == 200, TIMEOUT, "a healthy stand")
+        assert client.get("/api/health").json() == {"status": "ok", "broker_connected": True, "problems": []}
         status = client.get("/api/status").json()
     assert status["system_mode"] == "idle"
     assert status["stm32_connected"] is True and status["arduino_connected"] is True
@@ -230,7 +235,37 @@ def test_hello_status_health(gateway: Gateway) -> None:
     assert status["websocket_connections"] == 0
     stand = ("acquisition", "actuation", "logger", "gateway")  # other clients' statuses may be listed too
     assert {name: status["services"][name] for name in stand} == dict.fromkeys(stand, "online")
-    assert status["status"] == "ok"
+    assert status["status"] == "ok" and status["problems"] == []
+    assert isinstance(status["lost_samples_total"], int)
+
+
+def test_a_silent_stm32_fails_health_with_the_reason_until_it_talks_again(gateway: Gateway) -> None:
+    assert gateway.stm32 is not None
+    found: list[dict[str, str]] = []
+
+    def failing_with(component: str, words: str) -> bool:
+        response = client.get("/api/health")
+        found[:] = response.json()["problems"]
+        return response.status_code == 503 and any(
+            p["component"] == component and words in p["reason"] for p in found
+        )
+
+    with gateway.client(None) as client:  # /api/health needs no token
+        gateway.stm32.stall(4.0)
+        wait_until(lambda: failing_with("stm32", "STM32 silent: no frame for"), TIMEOUT, "health to fail")
+        wait_until(lambda: failing_with("telemetry", "telemetry stale"), TIMEOUT, "stale telemetry")
+        assert client.get("/api/health").json()["status"] == "failing"
+        with gateway.client(VIEWER) as viewer:
+            status = viewer.get("/api/status").json()
+        assert status["status"] == "degraded" and status["stm32_connected"] is False, status
+        assert {"stm32", "telemetry"} <= {p["component"] for p in status["problems"]}, status
+        wait_until(lambda: client.get("/api/health").status_code == 200, TIMEOUT, "the stand to recover")
+    with gateway.client(VIEWER) as viewer:
+        wait_until(
+            lambda: viewer.get("/api/status").json()["lost_samples_total"] > 0,
+            TIMEOUT,
+            "the samples lost while silent to be counted",
+        )
 
 
 def test_sensors_latest_values_and_legacy_shape(gateway: Gateway) -> None:
@@ -549,6 +584,12 @@ def test_a_service_down_is_503_never_200(lonely: Gateway) -> None:
     with lonely.client(None) as client:  # RCS_AUTH=off: the existing frontend sends no token
         status = client.get("/api/status").json()
         assert status["status"] == "degraded" and status["services"]["gateway"] == "online"
+        health = client.get("/api/health")
+        assert health.status_code == 503 and health.json()["status"] == "failing"
+        reasons = {p["component"]: p["reason"] for p in health.json()["problems"]}
+        assert reasons["acquisition"] == "acquisition is offline (never seen on the broker)", reasons
+        assert {"actuation", "logger", "telemetry"} <= reasons.keys() and "gateway" not in reasons
+        assert health.json()["problems"] == status["problems"]
         for method, path, body in (
             ("POST", "/api/valves", {"valves": [0] * 9}),
             ("POST", "/api/abort", None),

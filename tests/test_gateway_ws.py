@@ -56,6 +56,7 @@ class Gateway:
     bus: Bus
     settings: Settings
     ws_stats: WebSocketStats
+    stm32: Stm32Emulator
 
 
 class Server(uvicorn.Server):
@@ -103,7 +104,7 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         )
         wait_until(lambda: (bus.latest("rcs/state/motors") or {}).get("connected") is True, TIMEOUT, "motors")
         wait_until(lambda: bus.latest_sample() is not None, TIMEOUT, "telemetry")
-        yield Gateway(f"ws://127.0.0.1:{port}/ws", app.state.ws_hub, bus, settings, app.state.ws_stats)
+        yield Gateway(f"ws://127.0.0.1:{port}/ws", app.state.ws_hub, bus, settings, app.state.ws_stats, stm32)
     finally:
         server.should_exit = True
         thread.join(15)
@@ -430,6 +431,30 @@ def test_connections_are_counted_and_released(gateway: Gateway) -> None:
     wait_until(lambda: gateway.bus.websocket_connections == 0, TIMEOUT, "the connection to be released")
     assert gateway.bus.websocket_connections == 0
     assert not gateway.hub.clients
+
+
+def test_problems_are_pushed_on_connect_and_as_they_change(gateway: Gateway) -> None:
+    def components(message: dict[str, Any]) -> dict[str, str]:
+        return {p["component"]: p["reason"] for p in message["problems"]}
+
+    async def next_problems(ws: ClientConnection, match: Any) -> dict[str, str]:
+        while True:
+            found = components((await next_of(ws, "problems"))[0])
+            if match(found):
+                return found
+
+    async def scenario() -> None:
+        async with open_ws(gateway, VIEWER) as viewer:
+            # no logger runs in this module: said on connect, with the reason
+            found = await next_problems(viewer, lambda found: "logger" in found)
+            assert found["logger"] == "logger is offline (never seen on the broker)", found
+            gateway.stm32.stall(3.0)
+            found = await next_problems(viewer, lambda found: "stm32" in found)
+            assert found["stm32"].startswith("STM32 silent: no frame for"), found
+            found = await next_problems(viewer, lambda found: not {"stm32", "telemetry"} & found.keys())
+            assert "logger" in found
+
+    run(scenario())
 
 
 def test_tokens_in_websocket_urls_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> None:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
@@ -42,6 +43,7 @@ from services.logger.segments import SegmentWriter
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
 from tests.recordings import recorded_seqs
+from tests.test_gateway_rest import Served, gateway_settings
 
 TIMEOUT = 30.0  # liveness bounds only
 MB = 1024**2
@@ -222,6 +224,14 @@ def test_disk_full_error_event_memory_bound_and_recovery_with_every_sample_once(
         operator.subscribe(topics.status("logger"), retained.on_message, qos=1)
         filler = Filler(data_dir / "filler")
         state: dict[str, Any] = {}
+        gateway = Served(gateway_settings(broker, data_dir))
+        health = httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=30)
+
+        def disk_problems() -> list[str]:
+            """What the gateway's /api/health says about the disk (other problems: no actuation here)."""
+            return [
+                p["reason"] for p in health.get("/api/health").json()["problems"] if p["component"] == "disk"
+            ]
 
         def logger_status() -> dict[str, Any]:
             nonlocal state
@@ -270,6 +280,9 @@ def test_disk_full_error_event_memory_bound_and_recovery_with_every_sample_once(
             assert "ENOSPC" in state["disk_error"], state
             until(lambda: retained.get("disk") == "error", "the retained status to say disk error")
             assert "ENOSPC" in retained.get("disk_error"), retained.latest
+            until(lambda: bool(disk_problems()), "the gateway's health to report the disk")
+            assert health.get("/api/health").status_code == 503
+            assert "ENOSPC: No space left on device" in disk_problems()[0], disk_problems()
 
             # in memory up to the limit, then refused (those come back from the ring buffer)
             until(
@@ -289,6 +302,7 @@ def test_disk_full_error_event_memory_bound_and_recovery_with_every_sample_once(
             until(lambda: logger_status()["disk_error"] is None, "the status to clear disk_error")
             until(lambda: retained.get("disk") == "ok", "the retained status to say disk ok")
             assert retained.get("disk_error") is None, retained.latest
+            until(lambda: not disk_problems(), "the gateway's health to clear the disk problem")
             until(acquiring, "acquisition after the outage")
             assert acq["session"] == session and acq["first_seq"] == 0, acq  # the ring holds it all
             target = int(acq["last_seq"])
@@ -328,6 +342,8 @@ def test_disk_full_error_event_memory_bound_and_recovery_with_every_sample_once(
             assert len(events.of_kind("disk_error")) == 1, events.of_kind("disk_error")
         finally:
             filler.stop()
+            health.close()
+            gateway.stop()
             rpc.close()
             operator.stop()
             codes = {"logger": logger.stop(), "acquisition": acquisition.stop()}

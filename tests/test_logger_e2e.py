@@ -18,13 +18,14 @@ from typer.testing import CliRunner
 
 from services.analyze.__main__ import app as analyze
 from services.common import topics
-from services.common.codec import pack
+from services.common.codec import pack, unpack_map
 from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcTimeout
 from services.common.settings import MqttSettings, Settings
 from services.common.telemetry import TelemetryBatch, encode_batch
 from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
+from services.gateway.problems import logger_problems
 from services.logger.events import read_events
 from services.logger.segments import SegmentWriter
 from tests.conftest import wait_until
@@ -298,3 +299,35 @@ def test_a_stop_names_the_samples_still_to_fetch_from_the_ring(
     said = [line for line in logger.tail().splitlines() if "NOT yet fetched" in line]
     assert said, f"the logger stopped without naming what it had still to fetch:\n{logger.tail()}"
     assert "CRITICAL" in said[0] and "4000 samples of session S" in said[0] and "seq 1000..4999." in said[0]
+
+
+def test_a_logger_behind_its_threshold_says_so_in_its_status(
+    settings: Settings, broker: Broker, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    """With a threshold below one telemetry batch (whose first sample is older than the batch period
+    when it is published) the logger is always behind: its retained status must say by how much."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
+    emulator.start()
+    logger = Logger(mqtt_as("logger"), tmp_path, data_dir, RCS_LOGGER_BEHIND_AFTER_S="0.001")
+    acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
+    operator = MqttClient(mqtt_as("operator"), "operator")
+    statuses: list[dict[str, Any]] = []
+    operator.subscribe(topics.status("logger"), lambda m: statuses.append(unpack_map(m.payload)), qos=1)
+    try:
+        operator.start()
+        assert operator.wait_connected(10)
+        wait_until(lambda: any(s.get("behind_s") for s in statuses), TIMEOUT, "the status to say behind")
+        behind = next(s for s in statuses if s.get("behind_s"))
+        assert behind["state"] == "online" and behind["pid"] == logger.process.pid
+        assert behind["behind_s"] >= 0.001, behind  # past the threshold (to the ms)
+        # what the gateway makes of that status (/api/health, /api/status, the dashboard)
+        (problem,) = logger_problems(behind)
+        assert problem.component == "logger" and problem.reason.startswith("logger behind: recording")
+    finally:
+        operator.stop()
+        codes = (logger.stop(), acquisition.stop())
+        emulator.stop()
+        assert codes == (0, 0), (tmp_path / "logger.log").read_text()[-5000:]
+    assert "recording is behind" in (tmp_path / "logger.log").read_text()

@@ -28,6 +28,7 @@ def test_device_counter_gap_is_a_seq_gap() -> None:
     after_gap = numbering.device_block(counter=120, t_us=12_000, n=20, rate_hz=RATE, now=1.1)
     assert after_gap.first_seq == 120
     assert numbering.next_seq == 140
+    assert numbering.lost_samples == 100  # counted: the samples the device took that never arrived
 
 
 def test_device_reset_rebases_without_going_backwards() -> None:
@@ -36,6 +37,7 @@ def test_device_reset_rebases_without_going_backwards() -> None:
     reset = numbering.device_block(counter=0, t_us=0, n=20, rate_hz=RATE, now=6.0)
     assert reset.first_seq == 20
     assert numbering.device_resets == 1
+    assert numbering.lost_samples == 0  # what a resetting device took before is unknown
     assert reset.t[-1] == pytest.approx(6.0)
 
 

@@ -48,6 +48,10 @@ class Recorder:
             self.published.append((topic, msgpack.unpackb(payload)))
         return True
 
+    def publish_event(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.published.append((topics.EVENTS, event))
+
     def acks(self) -> list[dict[str, Any]]:
         with self.lock:
             return [m for t, m in self.published if t == topics.STM32_VALVE_ACK]
@@ -69,7 +73,13 @@ def link() -> Recorder:
 
 @pytest.fixture
 def control(link: Recorder) -> Iterator[ValveControl]:
-    control = ValveControl(N_VALVES, link.publish, set_valves=link.set_valves, go_safe=link.go_safe)
+    control = ValveControl(
+        N_VALVES,
+        link.publish,
+        set_valves=link.set_valves,
+        go_safe=link.go_safe,
+        publish_event=link.publish_event,
+    )
     control.start()
     yield control
     link.connected = False  # no go-safe at stop unless a test asks for one

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import msgpack
 import pytest
 
@@ -37,8 +38,10 @@ from services.common.stm32_wire import (
 )
 from services.devstack.broker import Broker
 from services.emulators.stm32 import Stm32Emulator
+from services.logger.events import read_events
 from tests.conftest import wait_until
-from tests.processes import Acquisition
+from tests.processes import Acquisition, Logger
+from tests.test_gateway_rest import OPERATOR, Served, gateway_settings
 
 TIMEOUT = 20.0
 GOX1, FUEL1, PURGE1 = 0b000000010, 0b000010000, 0b000000100
@@ -301,19 +304,63 @@ def test_acquisition_closes_the_valves_when_actuation_goes_offline(
         s.actuation.publish(topics.status("actuation"), b"", qos=1, retain=True)  # no stale offline
 
 
-def test_acquisition_closes_the_valves_when_it_loses_the_broker(
-    stand: StandFactory, restartable_broker: Broker
+def test_acquisition_closes_the_valves_when_it_loses_the_broker_and_the_event_reaches_the_log(
+    stand: StandFactory, restartable_broker: Broker, tmp_path: Path
 ) -> None:
-    s = stand("binary", on=restartable_broker)
-    s.command(90, GOX1)
-    assert s.ack(90)["result"] == "applied"
-    assert s.emulator.valves == GOX1
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    logger = Logger(restartable_broker.settings("logger"), tmp_path, data_dir)
+    gateway = Served(gateway_settings(restartable_broker, data_dir))
+    probe = MqttClient(restartable_broker.settings("operator"), "test-probe")
+    statuses = Inbox()
+    probe.subscribe(topics.status("+"), statuses, qos=1)
+    probe.start()
+    try:
+        s = stand("binary", on=restartable_broker)
+        statuses.wait_for(lambda m: m["service"] == "logger" and m["state"] == "online", "the logger")
+        statuses.wait_for(lambda m: m["service"] == "gateway" and m["state"] == "online", "the gateway")
+        s.command(90, GOX1)
+        assert s.ack(90)["result"] == "applied"
+        assert s.emulator.valves == GOX1
 
-    restartable_broker.stop()  # acquisition keeps the heartbeats going: only its own GO_SAFE closes them
-    wait_until(lambda: s.emulator.valves == 0, TIMEOUT, "the valves to close")
-    assert any(isinstance(f, GoSafeFrame) and f.cmd_no >= 0xFF00 for f in s.tap.frames())
-    restartable_broker.start()
-    assert "acquisition lost the MQTT broker" in s.log()
+        restartable_broker.stop()  # acquisition keeps the heartbeats going: only its own GO_SAFE closes them
+        wait_until(lambda: s.emulator.valves == 0, TIMEOUT, "the valves to close")
+        assert any(isinstance(f, GoSafeFrame) and f.cmd_no >= 0xFF00 for f in s.tap.frames())
+        went_safe = time.time()
+        # The logger comes back only after acquisition has reconnected (a restart, a slower backoff):
+        # the event must still reach the events file, with the time it happened.
+        logger.kill()
+        restartable_broker.start()
+        reconnected = statuses.wait_for(
+            lambda m: m["service"] == "acquisition" and m["state"] == "online" and m["ts"] > went_safe,
+            "acquisition to reconnect",
+        )
+        logger = Logger(restartable_broker.settings("logger"), tmp_path, data_dir)
+
+        def go_safe_logged() -> list[dict[str, Any]]:
+            return [
+                event
+                for path in data_dir.glob("events_*.jsonl")
+                for event in read_events(path)
+                if event.get("kind") == "go_safe"
+            ]
+
+        wait_until(lambda: bool(go_safe_logged()), TIMEOUT, "the go-safe event in the events file")
+        (event,) = go_safe_logged()
+        assert event["reason"] == "acquisition lost the MQTT broker" and event["sent"] is True, event
+        assert event["cmd_no"] >= 0xFF00 and event["valves"] == GOX1, event
+        assert event["ts"] < reconnected["ts"], "the time it happened, not the time it was published"
+        # ...and the gateway's /api/events (its own reconnection raced acquisition's too)
+        with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=30) as client:
+            headers = {"Authorization": f"Bearer {OPERATOR}"}
+            shown = client.get("/api/events", headers=headers).json()["events"]
+        assert [e for e in shown if e.get("kind") == "go_safe"] == [event], shown
+        assert "acquisition lost the MQTT broker" in s.log()
+    finally:
+        probe.stop()
+        gateway.stop()
+        code = logger.stop()
+        assert code == 0, f"logger exit code {code}:\n{logger.tail()[-3000:]}"
 
 
 def test_a_burst_of_commands_is_executed_in_order_and_each_answered_once(stand: StandFactory) -> None:

@@ -2,8 +2,9 @@
 
 Binary protocol: `seq` follows the device's sample counter, so samples the device took but the host
 never received (dropped frames, an unplugged cable) leave a gap in `seq` — downstream sees exactly
-what was lost. A device whose counter goes backwards has reset: the mapping is rebased so that `seq`
-keeps increasing.
+what was lost, and `lost_samples` counts them (within a connection and across a reconnection alike).
+A device whose counter goes backwards has reset: the mapping is rebased so that `seq` keeps
+increasing (what it took between its last frame and the reset is unknown, so not counted).
 
 Time is the device's microsecond clock plus an offset to the host clock. The offset estimates the
 moment each sample was taken as the host's receive time minus the smallest transport delay seen
@@ -38,6 +39,7 @@ class SampleNumbering:
     def __init__(self) -> None:
         self.next_seq = 0
         self.device_resets = 0
+        self.lost_samples = 0  # the device took them (its counter says so) but they never arrived
         self._seq_at_counter0: int | None = None  # seq = counter + this
         self._last_counter: int | None = None
         self._offset = 0.0  # UNIX seconds = device seconds + offset
@@ -55,6 +57,8 @@ class SampleNumbering:
             self._seq_at_counter0 = self.next_seq - counter
             self._offset = self._goal = observed
             self._window_min, self._window_end = math.inf, device_t[-1] + DRIFT_WINDOW_S
+        else:
+            self.lost_samples += counter - self._last_counter - 1
         first_seq = counter + self._seq_at_counter0
         self._last_counter = counter + n - 1
         self.next_seq = first_seq + n

@@ -22,8 +22,9 @@ valve may be open: the device's latest report (binary STATUS or any acknowledgem
 all-closed or is unknown (text protocol before the first acknowledgement), or the newest unanswered
 command opens a valve. If so it commands GO_SAFE itself (cmd_no from its own range 0xFF00..0xFFFF,
 which actuation does not use), answers it on the ack topic like any command, and publishes an event
-`{ts, service: "acquisition", kind: "go_safe", reason, cmd_no, sent, valves}` on `rcs/events` (QoS 1:
-queued until the broker is back if it is gone).
+`{ts, service: "acquisition", kind: "go_safe", reason, cmd_no, sent, valves}` on `rcs/events` through
+`publish_event` (acquisition's EventOutbox: held while the broker is gone, published once the logger
+and the gateway are back, services/common/event_outbox.py).
 """
 
 from __future__ import annotations
@@ -185,9 +186,11 @@ class ValveControl:
         *,
         set_valves: Callable[[int, int], bool],
         go_safe: Callable[[int], bool],
+        publish_event: Callable[[dict[str, Any]], None],
     ) -> None:
         self._n_valves = n_valves
         self._publish = publish
+        self._publish_event = publish_event
         self._set_valves = set_valves
         self._go_safe = go_safe
         self._lock = threading.Lock()
@@ -379,7 +382,7 @@ class ValveControl:
             "sent": sent,
             "valves": valves_before,
         }
-        self._publish(topics.events("acquisition"), pack(event), qos=1)
+        self._publish_event(event)
 
     def _execute(self, command: ValveCommand) -> bool:
         """Write `command` unless it expired; whether it was written. Writer thread only."""

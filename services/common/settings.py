@@ -58,6 +58,7 @@ class Stm32Settings(_Section):
     emulator: Literal["python", "firmware"] = Field(
         "python", description="the emulated board `make run` starts: Python, or the C core of firmware/"
     )
+    silent_after_s: float = Field(0.5, gt=0, description="no frame for this long: the device is silent")
 
 
 class AcquisitionSettings(_Section):
@@ -206,6 +207,7 @@ class LoggerSettings(_Section):
     retention_max_age_days: float = Field(90.0, gt=0)
     repair_page_samples: int = Field(50_000, gt=0, le=50_000)
     memory_limit_bytes: int = Field(1024**3, gt=0, description="held in memory while the disk refuses writes")
+    behind_after_s: float = Field(5.0, gt=0, description="oldest unrecorded telemetry older: behind")
     metrics_port: int = Field(9103, ge=0, le=65535)
 
 
@@ -228,6 +230,7 @@ class GatewaySettings(_Section):
     connection_command_burst: int = Field(40, ge=1, description="...of which at once")
     token_command_rate_per_s: float = Field(50.0, gt=0, description="commands per token (REST and WebSocket)")
     token_command_burst: int = Field(100, ge=1, description="...of which at once")
+    stale_after_s: float = Field(1.0, gt=0, description="no telemetry batch for this long: stale")
 
 
 class EmulatorSettings(_Section):

@@ -9,7 +9,8 @@ connection of its own). Every command carries `who` (the token's name) and `orig
 (`gateway <client ip>`) into actuation's audit.
 
 Reads need a viewer token, commands an operator token (`Authorization: Bearer <token>`): 401 without
-or with an unknown token, 403 for a viewer on a command. `/api/health` is open (liveness probes).
+or with an unknown token, 403 for a viewer on a command. `/api/health` is open (health probes): 200
+when nothing is wrong, else 503 with the problems (services/gateway/problems.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from services.gateway import legacy, recordings
 from services.gateway.auth import Auth, Identity, Role
 from services.gateway.bus import Bus
 from services.gateway.limits import BodyLimit, ReadSlots
+from services.gateway.problems import SERVICES, Problem, stand_problems
 from services.gateway.rate_limits import CommandLimits
 from services.gateway.ws import register_websocket
 
@@ -50,7 +52,6 @@ log = logging.getLogger("rcs.gateway.http")
 
 STATIC_DIR = Path(__file__).parent / "static"  # the live dashboard (`/`), installed as package data
 
-SERVICES = ("acquisition", "actuation", "logger", "gateway")
 MAX_RAW_ROWS = 100_000
 DEFAULT_RAW_ROWS = 10_000
 MAX_POINTS = 20_000
@@ -95,9 +96,13 @@ class Status(BaseModel):
     arduino_connected: bool
     websocket_connections: int
     simulation_active: bool = Field(description="the STM32 link is the emulator")
-    status: Literal["ok", "degraded"] = Field(description="degraded: broker unreachable or a service offline")
+    status: Literal["ok", "degraded"] = Field(description="degraded: `problems` is not empty")
     broker_connected: bool
     services: dict[str, Literal["online", "offline"]]
+    problems: list[Problem] = Field(description="what is wrong now, each with its component and reason")
+    lost_samples_total: int | None = Field(
+        description="device samples that never arrived (unplugged, dropped frames); null if unknown"
+    )
 
 
 class SensorData(BaseModel):
@@ -198,8 +203,9 @@ class Events(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "failing"]
     broker_connected: bool
+    problems: list[Problem]
 
 
 class ParquetFile(BaseModel):
@@ -406,10 +412,20 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
     async def hello(_: Viewer) -> Hello:
         return Hello(message="rcs gateway", stand=settings.stand_name)
 
-    @app.get("/api/health", tags=["status"])
-    async def health() -> Health:
-        """Liveness (open, no token): the process answers; whether it reaches the broker."""
-        return Health(status="ok", broker_connected=bus.connected)
+    def current_problems() -> list[Problem]:
+        return stand_problems(bus, settings.gateway.stale_after_s)
+
+    @app.get(
+        "/api/health",
+        tags=["status"],
+        responses={503: {"model": Health, "description": "something is wrong: `problems` says what"}},
+    )
+    async def health(response: Response) -> Health:
+        """Open (no token), for probes: 200 when nothing is wrong, else 503 with every problem."""
+        found = current_problems()
+        if found:
+            response.status_code = 503
+        return Health(status="failing" if found else "ok", broker_connected=bus.connected, problems=found)
 
     @app.get("/api/status", tags=["status"])
     async def status(_: Viewer) -> Status:
@@ -425,16 +441,19 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
                 "online" if message.get("state") == "online" else "offline"
             )
         # operator tools and other clients have statuses too; the stand's health is its services'
-        healthy = bus.connected and all(services[name] == "online" for name in SERVICES)
+        found = current_problems()
+        lost = stm32.get("lost_samples_total")
         return Status(
             system_mode=str(system.get("state", "unknown")),
             stm32_connected=stm32.get("connected") is True,
             arduino_connected=motors.get("connected") is True,
             websocket_connections=bus.websocket_connections,
             simulation_active=isinstance(source, dict) and source.get("kind") == "emulator",
-            status="ok" if healthy else "degraded",
+            status="degraded" if found else "ok",
             broker_connected=bus.connected,
             services=services,
+            problems=found,
+            lost_samples_total=lost if isinstance(lost, int) and not isinstance(lost, bool) else None,
         )
 
     @app.get("/api/sensors", tags=["telemetry"])

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class Bus:
         self._lock = threading.Lock()
         self._latest: dict[str, dict[str, Any]] = {}
         self._sample: Sample | None = None
+        self._telemetry_at: float | None = None  # monotonic arrival of the newest batch
         self._events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self._telemetry_listeners: list[TelemetryListener] = []
         self._message_listeners: list[MessageListener] = []
@@ -135,6 +137,11 @@ class Bus:
         """Channels, UNIX time and values of the newest telemetry sample."""
         return self._sample
 
+    def telemetry_age_s(self) -> float | None:
+        """Seconds since the newest telemetry batch arrived; None before the first."""
+        received = self._telemetry_at
+        return None if received is None else time.monotonic() - received
+
     def events(self, limit: int) -> list[dict[str, Any]]:
         """The most recent events on `rcs/events` (kept in memory since start), newest first."""
         with self._lock:
@@ -170,6 +177,7 @@ class Bus:
             self._throttled.warning("telemetry", "ignored malformed telemetry on %s: %s", message.topic, exc)
             return
         self.stats.telemetry_batches += 1
+        self._telemetry_at = time.monotonic()
         self._sample = (batch.channels, float(batch.t[-1]), batch.data[-1].copy())
         self._to_loop(self._deliver_telemetry, batch, message.payload)
 

@@ -3,7 +3,8 @@
 Messages are specified in docs/protocol.md ("Gateway WebSocket"): the existing frontend's
 (`get_sensors`, `valve_command`, `step_motor_command`, `system_mode` → `sensor_data`,
 `valve_response`, `valve_state`, `step_motor_response`, `error`) plus `auth`, `subscribe`
-(`sensor_batch` / `sensor_display` streams) and `heartbeat`, and state pushes as they happen.
+(`sensor_batch` / `sensor_display` streams) and `heartbeat`, and state pushes as they happen,
+including `problems` (what is wrong with the stand, services/gateway/problems.py) when it changes.
 
 Security: a browser's `Origin` must be one of `gateway.cors_origins` (`*`: any, as for CORS) or the
 gateway's own (the dashboard page at `/`; else HTTP 403 before the upgrade); no `Origin` (programs) is
@@ -11,7 +12,7 @@ accepted. A message over `gateway.max_ws_message_bytes` closes the connection (1
 auth on, the token comes from `?token=` or a first `auth` message within AUTH_GRACE_S; without a
 valid one the client gets `error` and is closed (1008).
 
-Commands beyond the connection's or the token's rate limit (services/gateway/limits.py) are answered
+Commands beyond the connection's or the token's rate limit (services/gateway/rate_limits.py) are answered
 `error` and counted, never queued; `system_mode abort` is never limited and goes to actuation on the
 bus's abort connection.
 """
@@ -24,7 +25,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
@@ -40,11 +41,13 @@ from services.gateway import legacy
 from services.gateway.auth import Auth, Identity
 from services.gateway.bus import Bus
 from services.gateway.hub import Client, Frame, Hub, encode_json, encode_msgpack
+from services.gateway.problems import stand_problems
 from services.gateway.rate_limits import CommandLimits
 
 log = logging.getLogger("rcs.gateway.ws")
 
 AUTH_GRACE_S = 5.0
+PROBLEMS_EVERY_S = 0.5  # how often the ticker looks for a change in what is wrong
 POLICY_VIOLATION = 1008
 SYSTEM_MODES = {"arm": "arm", "disarm": "disarm", "abort": "abort"}
 SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
@@ -108,6 +111,7 @@ class _Gateway:
     limits: CommandLimits
     ticker: asyncio.Task[None] | None = None
     valve_bits: str | None = None
+    problems_frame: str | None = None  # the last `problems` pushed
     stats: WebSocketStats = field(default_factory=WebSocketStats)
     problems: Throttled = field(default_factory=lambda: Throttled(log))
 
@@ -124,7 +128,14 @@ class _Gateway:
         period = 1.0 / self.settings.gateway.sensor_rate_hz
         due = loop.time()
         last_t: float | None = None
+        problems_due = due
         while self.hub.clients:
+            if loop.time() >= problems_due:
+                problems_due = loop.time() + PROBLEMS_EVERY_S
+                problems = self.problems_message()
+                if problems != self.problems_frame:
+                    self.problems_frame = problems
+                    self.hub.broadcast_control(problems)
             sample = self.bus.latest_sample()
             if sample is not None and sample[1] != last_t:
                 last_t = sample[1]
@@ -134,6 +145,10 @@ class _Gateway:
                         client.push(frame)
             due = max(due + period, loop.time())
             await asyncio.sleep(due - loop.time())
+
+    def problems_message(self) -> str:
+        found = stand_problems(self.bus, self.settings.gateway.stale_after_s)
+        return encode_json({"type": "problems", "problems": [asdict(p) for p in found]})
 
     def state_message(self, topic: str, message: dict[str, Any]) -> dict[str, Any] | None:
         if topic == topics.STATE_VALVES:
@@ -166,6 +181,7 @@ class _Gateway:
             pushed = None if message is None else self.state_message(topic, message)
             if pushed is not None:
                 frames.append(encode_json(pushed))
+        frames.append(self.problems_message())
         return frames
 
     # -- one connection --------------------------------------------------------------------------

@@ -13,6 +13,9 @@ ring buffer once the disk is back (if within its 10 minutes). A logger that cann
 start (e.g. a segment to recover on a full disk) waits for it, taking no telemetry meanwhile; a stop
 with rows the disk refused names them (session, seq) in a CRITICAL log line: a logger started again
 within the ring's span fetches them from it.
+
+What is wrong is in the retained status: `disk`/`disk_error` while writing fails, `behind_s` while
+the oldest telemetry not yet recorded is older than `logger.behind_after_s` (services/logger/lag.py).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from services.common.settings import Settings
 from services.common.telemetry import decode_batch
 from services.logger.coverage import Coverage
 from services.logger.events import EventLog
+from services.logger.lag import Lag
 from services.logger.repair import Repaired, Repairer, Unrepairable
 from services.logger.retention import enforce
 from services.logger.segments import SegmentWriter, convert_segment, recover
@@ -87,6 +91,7 @@ class Recorder:
         self._disk_error: str | None = None
         self._refused = IntervalSet()  # rows not taken while memory was full (see _report_at_stop)
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.lag = Lag(settings.logger.behind_after_s, self._on_lag)
 
         self.mqtt = MqttClient(settings.mqtt, SERVICE)
         self.rpc_client = RpcClient(self.mqtt)
@@ -157,9 +162,21 @@ class Recorder:
             self.stats.malformed_total += 1
             self._problems.warning("malformed", "ignored malformed telemetry: %s", exc)
             return
-        self._inbox.put(
-            lambda: self._record(batch.session, batch.seq, batch.channels, batch.t, batch.data, live=True)
-        )
+
+        def record() -> None:
+            self.lag.taken()
+            self._record(batch.session, batch.seq, batch.channels, batch.t, batch.data, live=True)
+
+        self.lag.queued(float(batch.t[0]))
+        self._inbox.put(record)
+        self.lag.check()
+
+    def _on_lag(self, behind_s: float | None) -> None:
+        if behind_s is None:
+            log.info("recording caught up with the telemetry")
+        else:
+            log.warning("recording is behind: telemetry has waited %.1f s to be recorded", behind_s)
+        self.mqtt.set_status(behind_s=None if behind_s is None else round(behind_s, 3))
 
     def _on_event(self, message: Message) -> None:
         try:
@@ -201,6 +218,7 @@ class Recorder:
                     self._rotate_if_due()
             except Exception:  # one bad job must not stop the recording
                 self._problems.warning("job", "recorder job failed", exc_info=True)
+            self.lag.check()
         self._flush()
         self._report_at_stop()
         self._close_segment(wait=True)
@@ -458,6 +476,7 @@ class Recorder:
         return {
             **asdict(self.stats),
             "disk_ok": float(self._disk_error is None),
+            "behind": float(self.lag.behind),
             "repair_pending_samples": float(self.repairer.pending_samples),
         }
 

@@ -359,16 +359,33 @@ function onSystemState(s) {
   $("reason").textContent = running + ((s && s.reason) || "") + (s && s.ts ? " · " + clock(s.ts) : "");
 }
 
-// `rcs/state/stm32`: the link, and the valves the device itself reports.
+// `rcs/state/stm32`: the link (up, silent or down), and the valves the device itself reports.
 function onStm32State(s) {
   if (!s) return;
-  const link = s.connected ? "STM32 " + (s.kind || "") + " connected" : "STM32 NOT CONNECTED";
+  const link = s.connected ? "STM32 " + (s.kind || "") + " connected"
+    : s.link === "silent" ? "STM32 SILENT (port open, no frames)" : "STM32 NOT CONNECTED";
   $("stm32").textContent = link + (s.safe ? " · holding all valves closed (safe)" : "");
   $("stm32").className = s.connected ? "muted" : "alarm";
   // The device's bitmask only until actuation's valve state (names, cause) has arrived.
   if (Number.isInteger(s.valves) && !valves.acknowledged) {
     valves.bits = Array.from({ length: VALVE_COUNT }, (_, i) => (s.valves >> i) & 1);
     renderValves();
+  }
+}
+
+// `problems`: what is wrong with the stand ({component, reason} each), as the gateway's
+// /api/health says it: one red badge per problem, or one green badge when there is none.
+function onProblems(list) {
+  const box = $("problems");
+  box.replaceChildren();
+  if (!list.length) {
+    box.append(el("span", "badge on", "stand ok"));
+    return;
+  }
+  for (const p of list) {
+    const b = el("span", "badge off", p.component + ": " + p.reason);
+    b.title = p.reason;
+    box.append(b);
   }
 }
 
@@ -518,6 +535,7 @@ function onMessage(m) {
     case "valve_state": onValveState(m); break;
     case "event": addEvent(m.data || {}); break;
     case "service_status": onServiceStatus(m); break;
+    case "problems": onProblems(m.problems || []); break;
     case "system_mode_response": onCommandAnswer(m); break;
     case "dropped":
       dropped.notices += 1;
