@@ -147,7 +147,7 @@ def test_shipped_sequences_pass_and_the_abort_sequence_is_never_refused() -> Non
     interlocks.validate_sequences()
     interlocks.validate_guards()
     for step in STAND.sequences[STAND.abort_sequence_name].steps:
-        assert interlocks.check(VALVES.parse(step.valves), armed=False) is None
+        assert interlocks.check(VALVES.parse(str(step.valves)), armed=False) is None
 
 
 def test_a_sequence_that_forgot_requires_armed_is_refused_by_name() -> None:

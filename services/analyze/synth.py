@@ -56,9 +56,9 @@ class SynthPlan:
         return round(self.seconds * self.rate_hz)
 
 
-def _mask(pattern: str) -> int:
-    """A step's valve pattern ('1' = open, in valve order) as a mask: bit i = valve i."""
-    return sum(1 << i for i, bit in enumerate(pattern) if bit == "1")
+def _mask(open_valves: frozenset[str], valve_names: tuple[str, ...]) -> int:
+    """The open valves after a step as a mask: bit i = valve i."""
+    return sum(1 << i for i, name in enumerate(valve_names) if name in open_valves)
 
 
 def valve_schedule(settings: Settings, seconds: float) -> tuple[list[float], list[int]]:
@@ -66,9 +66,10 @@ def valve_schedule(settings: Settings, seconds: float) -> tuple[list[float], lis
     times, masks = [0.0], [0]
 
     def run(sequence: StandSequence, at: float) -> None:
-        for step in sequence.steps:
-            times.append(at)
-            masks.append(_mask(step.valves))
+        for step, after in zip(sequence.steps, sequence.patterns(settings.valve_names), strict=True):
+            if after is not None:
+                times.append(at)
+                masks.append(_mask(after, settings.valve_names))
             at += step.wait_ms / 1000
 
     for name, fraction in PROFILE:
