@@ -1,7 +1,9 @@
 """The command authority's decisions: every refusal, the shipped sequences, abort, and its invariants.
 
-The stateful test drives StandCore with random commands, time, and a device that acknowledges, loses
-or refuses writes (in order, like the serial link), and checks the safety invariants after every step.
+The stateful test drives StandCore with random commands (manual, sequences and the hot-fire procedure,
+hold, resume, abort, channel values, motor outcomes, alarms and their acknowledgement), time, and a
+device that acknowledges, loses or refuses writes (in order, like the serial link), and checks the
+safety invariants after every step.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from services.actuation.alarms import AlarmBook, AlarmState
 from services.actuation.core import StandCore, SystemState, ValveWrite, Verdict
 from services.actuation.interlocks import Interlocks
 from services.actuation.valve_map import ValveMap
-from services.common.settings import Settings, load_settings
+from services.common.settings import Redline, Settings, load_settings
 
 STAND = load_settings()
 VALVES = ValveMap(STAND)
@@ -361,6 +364,7 @@ MASKS = st.one_of(
     ),
     st.integers(-1, 1 << VALVES.count),
 )
+UNACKNOWLEDGED = (AlarmState.ACTIVE_UNACKNOWLEDGED, AlarmState.CLEARED_UNACKNOWLEDGED)
 NAMES = st.sampled_from([*STAND.sequences, "hotfire", "hotfire", "nope"])
 # Channel values around the hot fire's conditions (go/no-go, feed, ignition), met or not.
 VALUES = st.fixed_dictionaries(
@@ -385,6 +389,7 @@ class StandMachine(RuleBasedStateMachine):
         self.outputs = 0  # the device's valves
         self.abort_end: float | None = None
         self.moves: list[int] = []  # motor moves started, not yet reported done
+        self.alarms = AlarmBook()
 
     # the service's view ---------------------------------------------------------------------------
 
@@ -546,11 +551,65 @@ class StandMachine(RuleBasedStateMachine):
     def telemetry(self, values: dict[str, float]) -> None:
         self.command(lambda: self.core.on_values(values, self.now), is_tick=True)
 
+    @rule(ignites=st.booleans())
+    def plant_follows_the_valves(self, ignites: bool) -> None:
+        """Values as the stand gives them for the device's valves: lines fill, the chamber lights (or not)."""
+        opened = set(VALVES.open_names(self.outputs))
+        chamber = (12.0 if ignites else 3.0) if {"GOX2", "FUEL2"} <= opened else 0.3
+        values = {"P7": 45.0, "P8": 30.0, "P5": chamber}
+        values |= {"P1": 40.0 if "GOX1" in opened else 0.0, "P3": 28.0 if "FUEL1" in opened else 0.0}
+        self.command(lambda: self.core.on_values(values, self.now), is_tick=True)
+
+    @rule()
+    def arm_and_start_the_hotfire(self) -> None:
+        self.arm_if_idle()
+        self.plant_follows_the_valves(ignites=True)
+        self.command(lambda: self.core.start_sequence("hotfire", "op", self.now))
+
+    def arm_if_idle(self) -> None:
+        if self.core.state is IDLE:
+            self.command(lambda: self.core.arm("op"))
+
+    @precondition(lambda self: self.core.sequence is not None and self.core.sequence.name == "hotfire")
+    @rule(ignites=st.sampled_from([True, True, True, False]), steps=st.integers(1, 10))
+    def the_hotfire_goes_on(self, ignites: bool, steps: int) -> None:
+        """The device answers, the stand responds, and time passes to the procedure's next deadline."""
+        for _ in range(steps):
+            self.device_acknowledges_everything()
+            self.plant_follows_the_valves(ignites)
+            due = self.core.next_due()
+            if due is not None:
+                self.now = max(self.now, due)
+                self.command(lambda: self.core.tick(self.now), is_tick=True)
+
     @precondition(lambda self: self.moves)
     @rule(ok=st.booleans())
     def motor_done(self, ok: bool) -> None:
         token = self.moves.pop(0)
         self.command(lambda: self.core.on_motor_done(token, ok, "test", self.now), is_tick=True)
+
+    # alarms (they never command anything: the core's invariants hold whatever they do) --------------
+
+    @rule(limit=st.sampled_from(STAND.warning_limits), raised=st.booleans())
+    def alarm(self, limit: Redline, raised: bool) -> None:
+        if raised:
+            self.alarms.raise_limit("warning", limit, 20.0, self.now)
+        else:
+            self.alarms.clear_limit("warning", limit, self.now)
+
+    @rule(alarm_id=st.integers(1, 8))
+    def acknowledge(self, alarm_id: int) -> None:
+        before = {a.id: a.state for a in self.alarms.alarms}
+        refusal = self.alarms.acknowledge(alarm_id, "op", self.now)
+        assert (refusal is None) == (before.get(alarm_id) in UNACKNOWLEDGED)
+
+    @invariant()
+    def alarms_are_consistent(self) -> None:
+        keys = [a.key for a in self.alarms.alarms]
+        assert len(keys) == len(set(keys)), "one alarm per limit"
+        for alarm in self.alarms.alarms:
+            assert (alarm.acknowledged_by is not None) == (alarm.state is AlarmState.ACTIVE_ACKNOWLEDGED)
+            assert (alarm.cleared_ts is not None) == (alarm.state is AlarmState.CLEARED_UNACKNOWLEDGED)
 
     # invariants -----------------------------------------------------------------------------------
 
