@@ -135,7 +135,7 @@ class Broker:
         host: str = "127.0.0.1",
         base: Path = BASE_CONFIG,
         *,
-        users: Iterable[str] = credentials.USERS,
+        users: Iterable[str] = (*credentials.USERS, *credentials.READERS),
         acl: str | None = None,
     ) -> None:
         self.host = host
