@@ -11,21 +11,28 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Runtime dependencies only (no dev extras): pyproject.toml's `dependencies`, typer and rich (rcs-ctl)
-# included. gcc is needed only to build the C extension of `cobs` (published as source only; without
-# a compiler or Python's headers pip silently falls back to slow pure Python), so it is installed and
-# removed in the same layer, and the build fails unless the extension imports. `pip check` fails the
-# build on a broken dependency set; the last lines fail it if a console script is missing or rcs-ctl
-# cannot import typer and rich.
+# included, in a layer of their own that is rebuilt only when pyproject.toml changes: they are
+# installed with an empty stand-in of the package, which is then uninstalled. gcc is needed only to
+# build the C extension of `cobs` (published as source only; without a compiler or Python's headers
+# pip silently falls back to slow pure Python), so it is installed and removed in the same layer, and
+# the build fails unless the extension imports.
 COPY pyproject.toml README.md ./
-COPY services/ services/
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && mkdir services && touch services/__init__.py \
     && pip install . \
+    && pip uninstall -y rcs \
     && apt-get purge -y --auto-remove gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/* build rcs.egg-info \
-    && pip check \
+    && rm -rf /var/lib/apt/lists/* services build rcs.egg-info \
     && { python -c 'from cobs.cobs import _cobs_ext' \
-         || { echo "the cobs C extension was not built (compiler or Python headers missing)" >&2; exit 1; }; } \
+         || { echo "the cobs C extension was not built (compiler or Python headers missing)" >&2; exit 1; }; }
+
+# The package itself. `pip check` fails the build on a broken dependency set; the loop if a console
+# script is missing; the last line if rcs-ctl cannot import typer and rich.
+COPY services/ services/
+RUN pip install --no-deps . \
+    && rm -rf build rcs.egg-info \
+    && pip check \
     && for script in rcs-acquisition rcs-actuation rcs-logger rcs-gateway rcs-analyze rcs-stm32-emulator \
                      rcs-arduino-emulator rcs-ctl rcs-healthcheck; do \
            command -v "$script" >/dev/null || { echo "missing console script $script" >&2; exit 1; }; \
@@ -34,7 +41,8 @@ RUN apt-get update \
 
 COPY config/ config/
 
-# The `sim` profile's supervisor: an emulator and the service using its pty, in one container.
+# The simulated stand's supervisor (compose.sim.yml): an emulator and the service using its pty, in
+# one container.
 COPY deploy/sim.sh /usr/local/bin/rcs-sim
 
 # Non-root. `dialout` (gid 20 in Debian and in Raspberry Pi OS alike) owns /dev/ttyACM* and
