@@ -28,7 +28,7 @@ standin_base() {
         $SUDO chroot "$root" update-ca-certificates >/dev/null
     fi
     $SUDO rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    $SUDO tar -C "$root" -c . | docker import --change 'CMD ["bash"]' - "$STANDIN_BASE" >/dev/null
+    $SUDO tar -C "$root" -c . | docker import --change 'CMD ["bash"]' --change 'LABEL org.rcs.standin=debootstrap' - "$STANDIN_BASE" >/dev/null
     $SUDO rm -rf "$root"
 }
 
@@ -38,18 +38,25 @@ standin() { # IMAGE DOCKERFILE
     docker build --network host -q -t "$1" -f "$2" "$(dirname "$2")" >/dev/null
 }
 
+# Stand-ins carry the label org.rcs.standin (inherited from their base): said in the summary.
+is_standin() { [ -n "$(docker image inspect -f '{{index .Config.Labels "org.rcs.standin"}}' "$1" 2>/dev/null)" ]; }
+
 ensure_base_images() {
     local image missing=()
     for image in python:3.11-slim eclipse-mosquitto:2; do
         docker image inspect "$image" >/dev/null 2>&1 || missing+=("$image")
     done
-    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "${#missing[@]}" -eq 0 ]; then
+        is_standin python:3.11-slim && BASE_IMAGES_NOTE="base images: local Debian stand-ins (built earlier)"
+        echo "base images present${BASE_IMAGES_NOTE:+ (${BASE_IMAGES_NOTE#base images: })}"
+        return 0
+    fi
     if timeout 60 docker pull -q "${missing[0]}" >/dev/null 2>&1; then
         for image in "${missing[@]:1}"; do docker pull -q "$image" >/dev/null; done
         return 0
     fi
     say "the image registry cannot be reached: building local stand-ins for ${missing[*]} from Debian packages"
-    BASE_IMAGES_NOTE="base images: local Debian stand-ins"
+    BASE_IMAGES_NOTE="base images: local Debian stand-ins (no image registry)"
     standin_base || return 1
     local here
     here=$(dirname "${BASH_SOURCE[0]}")

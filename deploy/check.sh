@@ -4,7 +4,8 @@
 #
 #  1. installs what is absent (Docker engine, Compose v2, debootstrap: deploy/tools.sh), starts an
 #     engine if none answers, and makes sure the base images exist (pulled, or local stand-ins built
-#     from Debian packages when no image registry is reachable: deploy/base-images.sh);
+#     from Debian packages when no image registry is reachable: deploy/base-images.sh); checks that
+#     every runtime dependency installs on linux/arm64 (deploy/arm64_wheels.py: the Pi's build);
 #  2. in a copy of the working tree: the one-time set-up of docker-compose.yml's header
 #     (deploy/setup.sh), then `docker compose config` must validate;
 #  3. builds the image and brings up the simulated stand (docker-compose.yml + compose.sim.yml),
@@ -36,11 +37,13 @@ WORK=
 STACK_UP=
 
 LAST=
-step() { # NAME COMMAND...: run, record, print its last line (also in LAST)
+STEP_LOG=$(mktemp /tmp/rcs-deploy-check-step.XXXXXX)
+step() { # NAME COMMAND...: run in this shell (it may set variables), record, print its last line (LAST)
     local name=$1 output rc
     shift
-    output=$("$@" 2>&1)
+    "$@" >"$STEP_LOG" 2>&1
     rc=$?
+    output=$(cat "$STEP_LOG")
     LAST=${output##*$'\n'}
     if [ "$rc" = 0 ]; then
         PASSED+=("$name")
@@ -61,6 +64,7 @@ cleanup() {
     fi
     [ -z "${DEPLOY_CHECK_KEEP:-}" ] && stop_engine
     [ -n "$WORK" ] && [ -z "${DEPLOY_CHECK_KEEP:-}" ] && $SUDO rm -rf "$WORK"
+    rm -f "$STEP_LOG"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -79,6 +83,8 @@ step tools need_tools || abort
 step engine start_engine || abort
 step base-images ensure_base_images || abort
 [ -x "$VENV/python" ] || step venv make -s bootstrap || abort
+# The Raspberry Pi builds the image itself: every runtime dependency must install on linux/arm64.
+step arm64-dependencies env PYTHONPATH="$REPO" "$VENV/python" deploy/arm64_wheels.py
 
 # -- 2. a deployment directory, set up as the compose header says ----------------------------------
 WORK=$(mktemp -d /tmp/rcs-deploy-check.XXXXXX)

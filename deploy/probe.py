@@ -19,6 +19,7 @@ import ssl
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -140,8 +141,11 @@ def valve(secrets: Path) -> str:
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as response:
-            answer = json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise ProbeFailedError(f"valves {pattern}: HTTP {exc.code} {exc.read().decode()}") from exc
         if not answer.get("success") or answer.get("valves") != pattern:
             raise ProbeFailedError(f"valves {pattern}: {answer}")
         answers.append(answer["bits"])
