@@ -12,23 +12,24 @@ WORKDIR /app
 
 # Runtime dependencies only (no dev extras): pyproject.toml's `dependencies`, typer and rich (rcs-ctl)
 # included, in a layer of their own that is rebuilt only when pyproject.toml changes: they are
-# installed with an empty stand-in of the package, which is then uninstalled. gcc is needed only to
-# build the C extension of `cobs` (published as source only; without a compiler or Python's headers
-# pip silently falls back to slow pure Python), so it is installed and removed in the same layer, and
-# the build fails unless the extension imports.
-COPY pyproject.toml README.md ./
+# installed with an empty stand-in of the package (and of README.md, its long description), which
+# is then uninstalled. gcc is needed only to build the C extension of `cobs` (published as source
+# only; without a compiler or Python's headers pip silently falls back to slow pure Python), so it
+# is installed and removed in the same layer, and the build fails unless the extension imports.
+COPY pyproject.toml ./
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && mkdir services && touch services/__init__.py \
+    && mkdir services && touch services/__init__.py README.md \
     && pip install . \
     && pip uninstall -y rcs \
     && apt-get purge -y --auto-remove gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/* services build rcs.egg-info \
+    && rm -rf /var/lib/apt/lists/* services README.md build rcs.egg-info \
     && { python -c 'from cobs.cobs import _cobs_ext' \
          || { echo "the cobs C extension was not built (compiler or Python headers missing)" >&2; exit 1; }; }
 
 # The package itself. `pip check` fails the build on a broken dependency set; the loop if a console
 # script is missing; the last line if rcs-ctl cannot import typer and rich.
+COPY README.md ./
 COPY services/ services/
 RUN pip install --no-deps . \
     && rm -rf build rcs.egg-info \
