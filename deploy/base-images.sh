@@ -35,7 +35,8 @@ standin_base() {
 standin() { # IMAGE DOCKERFILE
     docker image inspect "$1" >/dev/null 2>&1 && return 0
     say "building a stand-in for $1 from Debian packages ($2)"
-    docker build --network host -q -t "$1" -f "$2" "$(dirname "$2")" >/dev/null
+    docker build --network host -t "$1" -f "$2" "$(dirname "$2")" >/tmp/rcs-standin-build.log 2>&1 \
+        || { tail -20 /tmp/rcs-standin-build.log; return 1; }
 }
 
 # Stand-ins carry the label org.rcs.standin (inherited from their base): said in the summary.
@@ -66,4 +67,5 @@ ensure_base_images() {
             eclipse-mosquitto:*) standin "$image" "$here/standins/mosquitto.Dockerfile" ;;
         esac || return 1
     done
+    echo "built local stand-ins for ${missing[*]} from Debian bookworm packages"
 }
