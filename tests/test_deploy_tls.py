@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from services.common import topics
 from services.common.mqtt import Message, MqttClient
-from services.common.settings import PROJECT_ROOT, MqttSettings
+from services.common.settings import PROJECT_ROOT, GatewaySettings, MqttSettings
 from services.devstack import credentials
 from services.devstack.broker import BASE_ACL, broker_answers, free_port, mosquitto_binary
 from tests.conftest import wait_until
@@ -143,3 +143,9 @@ def test_no_anonymous_client_on_the_deployment_broker(stand_broker: StandBroker)
         assert login.wait_connected(TIMEOUT), "the same broker lets a named user in"
     finally:
         login.stop()
+
+
+def test_the_gateways_https_needs_both_certificate_and_key() -> None:
+    with pytest.raises(ValueError, match="set both or neither"):
+        GatewaySettings(tls_cert_file=Path("gateway.crt"))
+    assert GatewaySettings(tls_cert_file=Path("gateway.crt"), tls_key_file=Path("gateway.key")).tls_key_file
