@@ -52,6 +52,20 @@ def test_acquisition_without_its_stm32_is_unhealthy(
     assert capsys.readouterr().out.strip() == "acquisition: unhealthy: STM32 not connected"
 
 
+def test_actuation_without_its_arduino_is_unhealthy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = CollectorRegistry()
+    register_stats("actuation", lambda: {"armed": 0.0, "arduino_connected": 0.0}, registry)
+    port = start_metrics_server(free_port(), "127.0.0.1", registry)
+    assert port is not None
+    try:
+        assert run(["actuation", "--port", str(port), "--state-dir", str(tmp_path)]) == 1
+    finally:
+        stop_metrics_server(port)
+    assert capsys.readouterr().out.strip() == "actuation: unhealthy: motor Arduino not connected"
+
+
 def test_a_service_that_does_not_answer_is_unhealthy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

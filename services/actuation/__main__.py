@@ -463,6 +463,7 @@ class Actuation:
             **asdict(self.stats),
             "armed": float(self.core.armed),
             "pending_writes": float(len(self.pending)),
+            "arduino_connected": float(self.motors.state.connected),
         }
 
 

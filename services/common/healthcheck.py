@@ -6,7 +6,7 @@ healthcheck; anything else may too (systemd, monitoring). It asks the service it
 at its default port unless `--port` says otherwise (`*.metrics_port`, `http_port` of the config):
 
     acquisition  :9101/metrics: the STM32 link is up and telemetry is flowing (samples counted recently)
-    actuation    :9102/metrics answers (the process serves; it has no device-link gauge yet)
+    actuation    :9102/metrics: the motor Arduino is connected
     logger       :9103/metrics: the disk accepts writes and telemetry is being recorded
     gateway      :5001/api/health: answers and is connected to the broker (`--https`: over TLS)
 
@@ -87,7 +87,8 @@ def acquisition(target: Target) -> None:
 
 
 def actuation(target: Target) -> None:
-    _gauge(scrape(target.port), "rcs_actuation_armed")
+    if _gauge(scrape(target.port), "rcs_actuation_arduino_connected") != 1:
+        raise UnhealthyError("motor Arduino not connected")
 
 
 def logger(target: Target) -> None:
