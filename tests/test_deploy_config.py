@@ -96,3 +96,20 @@ def test_the_headers_set_up_leaves_every_file_the_stack_needs(tmp_path: Path) ->
     assert missing == []
     assert (tmp_path / "mosquitto" / "passwd").stat().st_uid == 1883  # the broker's user reads it
     assert (tmp_path / "secrets" / "tls" / "gateway.key").stat().st_uid == 10001  # the image's rcs user
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="installs root-owned files (sudo otherwise)")
+def test_install_service_puts_unit_rules_and_checkout_in_place(tmp_path: Path) -> None:
+    """`make install-service`'s files, under a DESTDIR (no user, apt or systemctl there)."""
+    env = {**os.environ, "DESTDIR": str(tmp_path)}
+    subprocess.run(["deploy/install-service.sh"], cwd=PROJECT_ROOT, env=env, check=True, capture_output=True)
+    unit = (tmp_path / "etc/systemd/system/rcs-stack.service").read_text()
+    assert "ExecStart=/opt/rcs/.venv/bin/rcs-stack --hardware" in unit
+    assert "Restart=on-failure" in unit
+    assert "SupplementaryGroups=dialout" in unit
+    rules = (tmp_path / "etc/udev/rules.d/99-rcs.rules").read_text()
+    assert 'SYMLINK+="rcs-stm32"' in rules
+    assert 'SYMLINK+="rcs-arduino"' in rules
+    assert "RCS_STM32_PORT=/dev/rcs-stm32" in unit
+    assert (tmp_path / "opt/rcs/config/stand.yaml").is_file()
+    assert (tmp_path / "etc/rcs/rcs.env").stat().st_mode & 0o777 == 0o600
