@@ -80,7 +80,8 @@ def _run_stand_broker(directory: Path) -> Iterator[StandBroker]:
     subprocess.run([str(CERTS), str(directory / "tls")], check=True, capture_output=True)
     passwords = credentials.generate(directory / "passwd", (*credentials.USERS, *credentials.READERS))
     (directory / "acl").write_text(BASE_ACL.read_text())
-    plain_port, tls_port = free_port(), free_port()
+    plain_port = free_port()
+    tls_port = next(port for port in iter(free_port, None) if port != plain_port)
     config = (
         STAND_CONF.read_text()
         .replace("listener 1883", f"listener {plain_port} {HOST}")
