@@ -45,6 +45,7 @@ from services.common.codec import WireFormatError, pack, unpack_map
 from services.common.logs import Throttled
 from services.common.mqtt import Message
 from services.common.stm32_wire import HEARTBEAT_TIMEOUT_S, AckResult, ValveAckFrame
+from services.common.valve_pattern import parse_pattern
 
 log = logging.getLogger("rcs.acquisition.valves")
 
@@ -139,7 +140,7 @@ def text_ack_mask(ack: TextAck, n_valves: int) -> int | None:
     match = _TEXT_VALVES.match(ack.text)
     if not ack.ok or match is None or len(match.group(1)) != n_valves:
         return None
-    return sum(1 << i for i, digit in enumerate(match.group(1)) if digit == "1")
+    return parse_pattern(match.group(1), n_valves)
 
 
 @dataclass(frozen=True)

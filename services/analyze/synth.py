@@ -29,6 +29,7 @@ from services.analyze.load import from_micros, to_micros
 from services.common import recording
 from services.common.settings import Sequence as StandSequence
 from services.common.settings import Settings
+from services.common.valve_pattern import parse_pattern
 from services.emulators.stm32.physics import QUANTITIES, Adc, Plant, Sensors
 
 # Profile, as fractions of the recording: when each sequence starts.
@@ -56,11 +57,6 @@ class SynthPlan:
         return round(self.seconds * self.rate_hz)
 
 
-def _mask(pattern: str) -> int:
-    """A step's valve pattern ('1' = open, in valve order) as a mask: bit i = valve i."""
-    return sum(1 << i for i, bit in enumerate(pattern) if bit == "1")
-
-
 def valve_schedule(settings: Settings, seconds: float) -> tuple[list[float], list[int]]:
     """(times in s, valve masks) of the hot-fire profile: mask[i] holds from times[i] on."""
     times, masks = [0.0], [0]
@@ -68,7 +64,7 @@ def valve_schedule(settings: Settings, seconds: float) -> tuple[list[float], lis
     def run(sequence: StandSequence, at: float) -> None:
         for step in sequence.steps:
             times.append(at)
-            masks.append(_mask(step.valves))
+            masks.append(parse_pattern(step.valves, len(settings.valves)))
             at += step.wait_ms / 1000
 
     for name, fraction in PROFILE:
