@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from services.acquisition.text_protocol import TextAck
 from services.common import topics
+from services.common.audit import event_payload
 from services.common.codec import WireFormatError, pack, unpack_map
 from services.common.logs import Throttled
 from services.common.mqtt import Message
@@ -371,16 +372,8 @@ class ValveControl:
         log.warning("%s while valves may be open: commanding GO_SAFE (cmd_no %#06x)", reason, cmd_no)
         sent = self._execute(ValveCommand(cmd_no, None, math.inf, reason, own=True))
         self._count("own_go_safe")
-        event = {
-            "ts": time.time(),
-            "service": "acquisition",
-            "kind": "go_safe",
-            "reason": reason,
-            "cmd_no": cmd_no,
-            "sent": sent,
-            "valves": valves_before,
-        }
-        self._publish(topics.events("acquisition"), pack(event), qos=1)
+        event = {"reason": reason, "cmd_no": cmd_no, "sent": sent, "valves": valves_before}
+        self._publish(topics.events("acquisition"), event_payload("acquisition", "go_safe", event), qos=1)
 
     def _execute(self, command: ValveCommand) -> bool:
         """Write `command` unless it expired; whether it was written. Writer thread only."""

@@ -413,8 +413,7 @@ class Actuation:
     # --- publishing --------------------------------------------------------------------------
 
     def _event(self, kind: str, **fields: Any) -> None:
-        event = {"ts": time.time(), "service": SERVICE, "kind": kind, **fields}
-        self.mqtt.publish(topics.events(SERVICE), pack(event), qos=1)
+        self.mqtt.publish(topics.events(SERVICE), audit.event_payload(SERVICE, kind, fields), qos=1)
 
     def _publish_system(self) -> None:
         core = self.core

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common import audit, topics
-from services.common.codec import WireFormatError, pack, unpack_map
+from services.common.codec import WireFormatError, unpack_map
 from services.common.lifecycle import run_service
 from services.common.logs import Throttled
 from services.common.mqtt import Message, MqttClient
@@ -448,11 +448,7 @@ class Recorder:
         return result
 
     def _publish_event(self, kind: str, **fields: Any) -> None:
-        self.mqtt.publish(
-            topics.events(SERVICE),
-            pack({"ts": time.time(), "service": SERVICE, "kind": kind, **fields}),
-            qos=1,
-        )
+        self.mqtt.publish(topics.events(SERVICE), audit.event_payload(SERVICE, kind, fields), qos=1)
 
     def metrics(self) -> dict[str, float]:
         return {
