@@ -21,8 +21,8 @@ from numpy.polynomial import polynomial
 
 from services.common import stm32_wire as wire
 from services.common.settings import Channel, Settings, load_settings
+from services.common.stand_physics import QUANTITIES, Adc, DerivedChannels, Plant, PlantState
 from services.emulators.stm32 import Stm32Emulator
-from services.emulators.stm32.physics import QUANTITIES, Adc, DerivedChannels, Plant, PlantState
 from tests.processes import emulator_cli
 
 LIVENESS_S = 5.0

@@ -16,8 +16,8 @@ from cobs import cobs
 
 from services.common import stm32_wire as wire
 from services.common.settings import Settings
+from services.common.stand_physics import Adc, DerivedChannels, FloatArray
 from services.common.valve_pattern import parse_pattern
-from services.emulators.stm32.physics import Adc, DerivedChannels, FloatArray
 
 DEVICE_ID = "rcs-emulator stm32f767zi"
 FRAME_PERIOD_S = 0.002  # a binary SAMPLES frame carries ~2 ms of samples
