@@ -20,6 +20,7 @@ import serial
 from services.common.settings import Settings, load_settings
 from services.emulators.arduino import ArduinoEmulator
 from services.emulators.arduino.firmware import StepMotorFirmware, print_float, to_float, to_int
+from tests.conftest import wait_until
 from tests.processes import emulator_cli
 
 LIVENESS_S = 5.0
@@ -153,10 +154,7 @@ def test_disconnect_fails_the_host_then_a_new_pty_appears(emulator: ArduinoEmula
             give_up = time.monotonic() + LIVENESS_S
             while time.monotonic() < give_up:
                 port.read(1)
-    give_up = time.monotonic() + LIVENESS_S
-    while not link.exists():
-        assert time.monotonic() < give_up, "the link did not come back"
-        time.sleep(0.01)
+    wait_until(link.exists, LIVENESS_S, "the link to come back")
     with serial.Serial(str(link), 115200, timeout=0.05) as port:
         assert Host(port).lines(4) == BANNER
 
