@@ -34,7 +34,7 @@ from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcServer, RpcTimeout
 from services.devstack.broker import BASE_ACL, Broker
 from services.devstack.credentials import STACK_USER, USERS, hash_password
-from tests.conftest import new_broker
+from tests.conftest import new_broker, wait_until
 
 TIMEOUT = 10.0
 NOT_AUTHORIZED = 0x87
@@ -325,9 +325,7 @@ def test_a_refused_publish_is_counted_by_our_client(project_broker: Broker) -> N
         client.start()
         assert client.wait_connected(TIMEOUT)
         assert client.publish(topics.STM32_VALVES, msgpack.packb({"cmd_no": 1}), qos=1)
-        deadline = time.monotonic() + TIMEOUT
-        while client.stats.refused == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: client.stats.refused > 0, TIMEOUT, "the refusal")
         assert client.stats.refused == 1
     finally:
         client.stop()
