@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,15 +127,18 @@ class Stand:
         return str(self.seen.state(topics.STATE_SYSTEM).get("state"))
 
 
-@pytest.fixture
-def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path) -> Iterator[Stand]:
+@contextmanager
+def running_stand(
+    settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path, **actuation_env: str
+) -> Iterator[Stand]:
+    """The emulators, acquisition and actuation (with `actuation_env`), and an operator watching."""
     stm32 = Stm32Emulator(settings, link_path=tmp_path / "stm32")
     arduino = ArduinoEmulator(settings, link_path=tmp_path / "arduino", speed_factor=4.0)
     stm32.start()
     arduino.start()
     writes = DeviceWrites(stm32)
     acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
-    actuation = Actuation(mqtt_as("actuation"), tmp_path / "arduino", tmp_path)
+    actuation = Actuation(mqtt_as("actuation"), tmp_path / "arduino", tmp_path, **actuation_env)
     operator = MqttClient(mqtt_as("operator"), "operator")
     seen = Observer()
     watched = (
@@ -142,6 +146,7 @@ def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: 
         topics.STATE_VALVES,
         topics.STATE_MOTORS,
         topics.STATE_STM32,
+        topics.STATE_ALARMS,
         topics.EVENTS,
     )
     for topic in watched:
@@ -177,6 +182,12 @@ def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: 
         stm32.stop()
         logs = {name: (tmp_path / f"{name}.log").read_text() for name in codes}
         assert codes == {"actuation": 0, "acquisition": 0}, logs
+
+
+@pytest.fixture
+def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path) -> Iterator[Stand]:
+    with running_stand(settings, mqtt_as, tmp_path) as running:
+        yield running
 
 
 def test_valve_command_reaches_the_device_and_the_acknowledged_state_is_published(stand: Stand) -> None:
