@@ -20,14 +20,14 @@ from services.common import topics
 from services.common.rpc import RpcError
 from services.common.settings import DEFAULT_CONFIG, MqttSettings, Settings
 from tests.conftest import wait_until
-from tests.test_actuation_e2e import Stand, heartbeats, running_stand
+from tests.test_actuation_e2e import Stand, armed_console, running_stand
 
 TIMEOUT = 30.0
 SHORTER_WAITS_MS = {0: 1000, 5: 1500, 8: 800, 10: 400}  # countdown, burn, purge, vent (step index)
 
 
 @pytest.fixture
-def hotfire_stand(
+def hotfire_stand(  # armed, an operator console sending heartbeats
     settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
 ) -> Iterator[Stand]:
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
@@ -36,7 +36,7 @@ def hotfire_stand(
     short = tmp_path / "stand.yaml"
     short.write_text(yaml.safe_dump(config))
     with running_stand(settings, mqtt_as, tmp_path, RCS_CONFIG=str(short)) as stand:
-        console = heartbeats(stand)
+        console, _ = armed_console(stand)
         try:
             yield stand
         finally:
@@ -55,7 +55,6 @@ def test_the_hotfire_ignites_burns_shuts_down_and_ends_idle_with_everything_clos
     hotfire_stand: Stand,
 ) -> None:
     stand = hotfire_stand
-    stand.call("arm")
     assert stand.call("sequence", name="hotfire")["started"] is True
     in_phase(stand, "countdown")
     # manual commands are refused while it runs, hold and resume work
@@ -85,7 +84,6 @@ def test_the_hotfire_ignites_burns_shuts_down_and_ends_idle_with_everything_clos
 
 def test_a_chamber_over_pressure_mid_burn_aborts(hotfire_stand: Stand) -> None:
     stand = hotfire_stand
-    stand.call("arm")
     stand.call("sequence", name="hotfire")
     in_phase(stand, "mainstage")
     stand.stm32.override("P5", 30.0)  # red-line: above 25 bar
@@ -94,7 +92,9 @@ def test_a_chamber_over_pressure_mid_burn_aborts(hotfire_stand: Stand) -> None:
     stand.stm32.override("P5", None)
     wait_until(lambda: stand.system_state() == "idle", TIMEOUT, "the abort to end")
     assert stand.stm32.valves & stand.mask("010010001") == 0
-    wait_until(lambda: stand.seen.state(topics.STATE_ALARMS).get("alarms"), TIMEOUT, "the red-line's alarm")
+    wait_until(
+        lambda: bool(stand.seen.state(topics.STATE_ALARMS).get("alarms")), TIMEOUT, "the red-line's alarm"
+    )
     (alarm,) = [a for a in stand.seen.state(topics.STATE_ALARMS)["alarms"] if a["kind"] == "redline"]
     assert alarm["channel"] == "P5"
     assert stand.call("ack", id=alarm["id"]) == {"acknowledged": alarm["id"]}
@@ -108,7 +108,6 @@ def test_a_chamber_over_pressure_mid_burn_aborts(hotfire_stand: Stand) -> None:
 def test_no_ignition_aborts(hotfire_stand: Stand) -> None:
     stand = hotfire_stand
     stand.stm32.override("P5", 0.5)  # the chamber never pressurises: no ignition
-    stand.call("arm")
     stand.call("sequence", name="hotfire")
     wait_until(lambda: stand.system_state() == "aborting", TIMEOUT, "the missing ignition to abort")
     assert "P5 above 8" in stand.seen.state(topics.STATE_SYSTEM)["reason"]
