@@ -21,16 +21,19 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from services.actuation.alarms import AlarmBook
 from services.actuation.control import ControlThread
-from services.actuation.core import StandCore, SystemState, ValveWrite, Verdict
+from services.actuation.core import MotorRequest, StandCore, SystemState, ValveWrite, Verdict
 from services.actuation.deadman import Deadman
-from services.actuation.motors import MotorController, MotorsState
+from services.actuation.motors import MotorController, MotorsState, MoveResult
 from services.actuation.pending import AckTimeoutError, PendingWrite, PendingWrites
-from services.actuation.redlines import RedlineMonitor
+from services.actuation.progress import alarms_state, alarms_state_entry, batch_values, sequence_state
+from services.actuation.redlines import RedlineMonitor, Trip
 from services.actuation.valve_map import ValveMap
 from services.common import audit, topics
 from services.common.codec import WireFormatError, pack, publish_properties, unpack_map
@@ -75,6 +78,9 @@ class Actuation:
         self.valve_map = ValveMap(settings)
         self.core = StandCore(settings)
         self.redlines = RedlineMonitor(settings)
+        self.warnings = RedlineMonitor(settings, settings.warning_limits)
+        self.alarms = AlarmBook()
+        self._published_progress: object = None
         self.deadman = Deadman(settings)
         self.pending = PendingWrites()
         self.stats = ActuationStats()
@@ -108,6 +114,10 @@ class Actuation:
             "cancel": self._cmd_cancel,
             "arm": self._cmd_arm,
             "disarm": self._cmd_disarm,
+            "hold": self._cmd_hold,
+            "resume": self._cmd_resume,
+            "alarms": self._cmd_alarms,
+            "ack": self._cmd_ack,
         }
         for name, handler in handlers.items():
             self.commands.serve(topics.actuation(name), handler)
@@ -161,9 +171,32 @@ class Actuation:
             log.info("state %s -> %s: %s", transition.old, transition.new, transition.reason)
             self._event("state", old=str(transition.old), new=str(transition.new), reason=transition.reason)
         sent = [self._send(write) for write in verdict.writes]
-        if verdict.transitions or verdict.writes:
+        for request in verdict.moves:
+            self._start_move(request)
+        if verdict.transitions or verdict.writes or self.core.sequence != self._published_progress:
             self._publish_system()
         return sent
+
+    def _start_move(self, request: MotorRequest) -> None:
+        """A sequence step's motor move; its outcome goes back to the core on the control thread."""
+        move = request.move
+        motor_id = next(m.id for m in self.settings.motors.motors if m.name == move.motor)
+        if move.target_deg is not None:
+            future = self.motors.move(motor_id, absolute_deg=move.target_deg)
+        else:
+            future = self.motors.move(motor_id, relative_deg=move.by_deg)
+
+        def done(outcome: Future[MoveResult]) -> None:
+            result = outcome.result() if outcome.exception() is None else None
+            ok = result is not None and result.ok
+            why = result.response if result is not None else str(outcome.exception())
+
+            def report() -> None:
+                self._apply(self.core.on_motor_done(request.token, ok, why, time.monotonic()))
+
+            self.control.post(report)
+
+        future.add_done_callback(done)
 
     def _send(self, write: ValveWrite) -> PendingWrite:
         pending = self.pending.add(write, time.monotonic() + self._ack_timeout_s)
@@ -211,14 +244,15 @@ class Actuation:
             return
         now = time.monotonic()
         self.deadman.telemetry(now)
-        trip = self.redlines.check(batch, self.core.state)
+        core = self.core
+        trip = self.redlines.check(batch, core.state, phase=core.phase, open_mask=core.possibly_open)
         if self.redlines.missing_channels:
             self._problems.warning(
                 "redline-channels",
                 "red-lines on channels not in telemetry: %s",
                 self.redlines.missing_channels,
             )
-        if trip is not None:
+        if trip is not None:  # the abort first: nothing below may delay or prevent it
             self.stats.redline_trips_total += 1
             self._event("redline", **asdict(trip))
             self._abort(
@@ -226,6 +260,19 @@ class Actuation:
                 "redline",
                 now,
             )
+        values = batch_values(batch)
+        self._apply(core.on_values(values, now))
+        self._follow_alarms(trip, self.warnings.check(batch, core.state), values)
+
+    def _follow_alarms(self, trip: Trip | None, warning: Trip | None, values: dict[str, float]) -> None:
+        before = {alarm.id: alarm.state for alarm in self.alarms.alarms}
+        changed = self.alarms.follow("redline", self.redlines, trip, values, time.time())
+        changed |= self.alarms.follow("warning", self.warnings, warning, values, time.time())
+        if changed:
+            for alarm in self.alarms.alarms:
+                if before.get(alarm.id) is not alarm.state:
+                    self._event("alarm", alarm=alarms_state_entry(alarm))
+            self._publish_alarms()
 
     # --- MQTT callbacks (paho's thread: post, don't decide) ----------------------------------
 
@@ -407,6 +454,38 @@ class Actuation:
                 f"aborting, not yet confirmed: {exc}; the abort goes on until the STM32 confirms"
             ) from exc
 
+    def _cmd_hold(self, body: dict[str, Any]) -> dict[str, Any]:
+        reason = body.get("reason")
+        why = audit.clipped(reason) if isinstance(reason, str) and reason else "operator hold"
+        _, sent = self._decide("hold", body, lambda who, now: self.core.hold(why, who, now))
+        return self._finish("hold", body, sent, held=True, sequence=self._sequence_name())
+
+    def _cmd_resume(self, body: dict[str, Any]) -> dict[str, Any]:
+        _, sent = self._decide("resume", body, self.core.resume)
+        return self._finish("resume", body, sent, resumed=True, sequence=self._sequence_name())
+
+    def _cmd_alarms(self, _body: dict[str, Any]) -> dict[str, Any]:
+        return self.control.call(lambda: alarms_state(self.alarms, time.time())).result(DECISION_TIMEOUT_S)
+
+    def _cmd_ack(self, body: dict[str, Any]) -> dict[str, Any]:
+        alarm_id = body.get("id")
+        if not isinstance(alarm_id, int) or isinstance(alarm_id, bool):
+            raise RpcError("'id' must be an alarm's integer id")
+
+        def decide(who: str, _now: float) -> Verdict:
+            refusal = self.alarms.acknowledge(alarm_id, who, time.time())
+            if refusal is not None:
+                return Verdict(False, refusal)
+            self._publish_alarms()
+            return Verdict(True, f"alarm {alarm_id} acknowledged by {who}")
+
+        _, sent = self._decide("ack", body, decide)
+        return self._finish("ack", body, sent, acknowledged=alarm_id)
+
+    def _sequence_name(self) -> str | None:
+        sequence = self.core.sequence
+        return sequence.name if sequence is not None else None
+
     def _cmd_motor(self, body: dict[str, Any]) -> dict[str, Any]:
         motor_id, angle, target = body.get("motor_id"), body.get("angle"), body.get("target")
         if not isinstance(motor_id, int) or isinstance(motor_id, bool):
@@ -416,8 +495,18 @@ class Actuation:
         value = angle if angle is not None else target
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise RpcError("the angle must be a number of degrees")
-        if self.core.state == SystemState.ABORTING:
-            raise RpcError("aborting: only abort is accepted")
+        refusal = self.control.call(self.core.manual_refusal).result(timeout=DECISION_TIMEOUT_S)
+        if refusal is not None:
+            self.stats.refused_total += 1
+            self._event(
+                "command",
+                command="motor",
+                **audit.requester(body).fields(),
+                args=_args(body),
+                accepted=False,
+                reason=refusal,
+            )
+            raise RpcError(refusal)
         if angle is not None:
             future = self.motors.move(motor_id, relative_deg=float(value))
         else:
@@ -443,11 +532,8 @@ class Actuation:
 
     def _publish_system(self) -> None:
         core = self.core
-        sequence = None
-        if core.sequence is not None:  # `started` is monotonic inside; clients get UNIX time
-            sequence = asdict(core.sequence) | {
-                "started": time.time() - (time.monotonic() - core.sequence.started)
-            }
+        self._published_progress = core.sequence
+        sequence = sequence_state(core, time.monotonic(), time.time())
         state = {
             "state": str(core.state),
             "armed": core.armed,
@@ -457,6 +543,11 @@ class Actuation:
             "ts": time.time(),
         }
         self.mqtt.publish(topics.STATE_SYSTEM, pack(state), qos=1, retain=True)
+
+    def _publish_alarms(self) -> None:
+        self.mqtt.publish(
+            topics.STATE_ALARMS, pack(alarms_state(self.alarms, time.time())), qos=1, retain=True
+        )
 
     def _publish_valves(self, mask: int, cause: str) -> None:
         self._valves_state = {
@@ -483,6 +574,7 @@ class Actuation:
 
     def _republish(self) -> None:
         self._publish_system()
+        self._publish_alarms()
         if self._valves_state is not None:
             self.mqtt.publish(topics.STATE_VALVES, pack(self._valves_state), qos=1, retain=True)
         self._publish_motors(self.motors.state)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from services.actuation.alarms import AlarmBook
+from services.actuation.alarms import Alarm, AlarmBook
 from services.actuation.core import StandCore
 from services.common.telemetry import TelemetryBatch
 
@@ -32,7 +32,11 @@ def sequence_state(core: StandCore, monotonic: float, unix: float) -> dict[str, 
 
 def alarms_state(book: AlarmBook, unix: float) -> dict[str, Any]:
     """The retained rcs/state/alarms: every alarm not yet both cleared and acknowledged."""
-    return {"alarms": [asdict(alarm) | {"state": str(alarm.state)} for alarm in book.alarms], "ts": unix}
+    return {"alarms": [alarms_state_entry(alarm) for alarm in book.alarms], "ts": unix}
+
+
+def alarms_state_entry(alarm: Alarm) -> dict[str, Any]:
+    return asdict(alarm) | {"state": str(alarm.state)}
 
 
 def batch_values(batch: TelemetryBatch) -> dict[str, float]:
