@@ -3,14 +3,19 @@ steps, and the configuration checks that refuse a bad sequence with one line nam
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from services.actuation.core import StandCore, SystemState, ValveWrite, Verdict
 from services.actuation.valve_map import ValveMap
-from services.common.settings import Settings, config_file, describe_problems, load_settings
+from services.common.settings import DEFAULT_CONFIG, Settings, config_file, describe_problems, load_settings
 
 STAND = load_settings()
 VALVES = ValveMap(STAND)
@@ -200,7 +205,7 @@ def test_a_missing_timeout_is_named_by_its_step() -> None:
     with pytest.raises(ValidationError) as caught:
         Settings.model_validate(with_sequence([{}, {"wait_until": {"channel": "P5", "above": 1}}]))
     assert describe_problems(caught.value) == (
-        f"{config_file()}: sequences.probe.step 2.wait_until.timeout_ms: Field required"
+        f"{config_file()}: sequences.probe step 2.wait_until.timeout_ms: Field required"
     )
 
 
@@ -239,3 +244,24 @@ def test_a_motor_step_waits_for_its_move_and_a_failed_move_aborts() -> None:
     bench.take(bench.core.start_sequence("probe", "op", 0.0))
     bench.advance(5.0)
     assert bench.core.state is ABORTING and "motor move not done in time" in bench.core.reason
+
+
+def test_actuation_refuses_to_start_on_a_bad_sequence_with_one_line(tmp_path: Path) -> None:
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["sequences"]["hotfire"]["steps"][2]["open"] = ["GOX3"]
+    bad = tmp_path / "stand.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "RCS_CONFIG": str(bad)}
+    ran = subprocess.run(
+        [sys.executable, "-m", "services.actuation"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 1 and ran.stdout == ""
+    assert ran.stderr.splitlines() == [
+        "actuation: refusing to start, invalid configuration:",
+        f"{bad}: sequences.hotfire step 3/12: unknown valves ['GOX3'] (valves: {', '.join(VALVES.names)})",
+    ]

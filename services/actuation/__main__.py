@@ -43,7 +43,7 @@ from services.common.logs import DropMalformed, Throttled
 from services.common.metrics import counters
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcError, RpcServer
-from services.common.settings import Settings
+from services.common.settings import Settings, config_file
 from services.common.telemetry import decode_batch
 
 SERVICE = "actuation"
@@ -597,8 +597,16 @@ def _args(body: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+def build(settings: Settings) -> Actuation:
+    """The service; a configuration its safety checks refuse stops it with their lines, no traceback."""
+    try:
+        return Actuation(settings)
+    except ValueError as exc:  # StandCore: sequences the interlocks refuse, unguarded valves
+        raise SystemExit(f"{SERVICE}: refusing to start, {config_file()}: {exc}") from None
+
+
 def main() -> None:
-    run_service(SERVICE, Actuation, lambda settings: settings.actuation.metrics_port)
+    run_service(SERVICE, build, lambda settings: settings.actuation.metrics_port)
 
 
 if __name__ == "__main__":

@@ -628,7 +628,7 @@ def describe_problems(error: ValidationError) -> str:
     lines: list[str] = []
     for problem in error.errors():
         where = ".".join(str(part) for part in problem["loc"])
-        where = re.sub(r"steps\.(\d+)", lambda m: f"step {int(m.group(1)) + 1}", where)
+        where = re.sub(r"\.steps\.(\d+)", lambda m: f" step {int(m.group(1)) + 1}", where)
         message = str(problem["msg"]).removeprefix("Value error, ")
         for line in message.splitlines():
             if line.startswith(f"{config_file()}: "):
