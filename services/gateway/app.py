@@ -15,10 +15,8 @@ when nothing is wrong, else 503 with the problems (services/gateway/problems.py)
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -42,6 +40,7 @@ from services.common.settings import Settings
 from services.gateway import legacy, recordings
 from services.gateway.auth import Auth, Identity, Role
 from services.gateway.bus import Bus
+from services.gateway.jsonable import jsonable
 from services.gateway.limits import BodyLimit, ReadSlots
 from services.gateway.models import (
     BUSY,
@@ -98,19 +97,6 @@ class GatewayStats:
     invalid: int = 0  # 422: a request the API cannot take
     too_large: int = 0  # 413: a body over gateway.max_body_bytes
     rate_limited: int = 0  # 429: a command beyond the token's rate limit
-
-
-def jsonable(value: Any) -> Any:
-    """A decoded MessagePack value made JSON-safe: bytes as base64, NaN/inf as None."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _columns(values: bytes, n: int, channels: list[str]) -> dict[str, list[Number]]:
