@@ -214,11 +214,6 @@ class Hub:
         client.mode = "off"
         client.display = None
 
-    def broadcast(self, frame: Frame) -> None:
-        """A stream frame for every client (e.g. the screen-rate `sensor_data`)."""
-        for client in self.clients:
-            client.push(frame)
-
     def broadcast_control(self, frame: Frame) -> None:
         """A control frame (a state change) for every client."""
         for client in self.clients:
