@@ -16,7 +16,7 @@ when nothing is wrong, else 503 with the problems (services/gateway/problems.py)
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from services.gateway.limits import BodyLimit, ReadSlots
 from services.gateway.models import Detail
 from services.gateway.rate_limits import CommandLimits
 from services.gateway.routes import commands, recordings, status, telemetry
-from services.gateway.ws import register_websocket
+from services.gateway.ws import WebSocketEndpoint
 
 log = logging.getLogger("rcs.gateway.http")
 
@@ -78,7 +78,9 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
     for module in (status, telemetry, recordings, commands):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
-    _register_metrics(gateway, register_websocket(app, bus, auth, settings, limits=gateway.limits))
+    websocket = WebSocketEndpoint(bus, auth, settings, gateway.limits)
+    websocket.attach(app)
+    _register_metrics(gateway, websocket)
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     # the live dashboard: a static page (no data in it, so no token); it asks for one for `/ws`
     app.add_api_route("/", _dashboard, include_in_schema=False)
@@ -103,7 +105,7 @@ def _add_middleware(app: FastAPI, gateway: Gateway) -> None:
     )
 
 
-def _register_metrics(gateway: Gateway, websocket_metrics: Callable[[], dict[str, float]]) -> None:
+def _register_metrics(gateway: Gateway, websocket: WebSocketEndpoint) -> None:
     """`/metrics`: the bus's, HTTP's and the WebSocket's counters, and the process's."""
     ProcessCollector(registry=gateway.registry)
     register_stats(
@@ -112,7 +114,7 @@ def _register_metrics(gateway: Gateway, websocket_metrics: Callable[[], dict[str
             **gateway.bus.metrics(),
             **counters(gateway.stats, "http"),
             "http_busy_total": float(gateway.heavy.refused),
-            **websocket_metrics(),
+            **websocket.metrics(),
         },
         gateway.registry,
     )
