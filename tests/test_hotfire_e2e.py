@@ -21,6 +21,7 @@ from services.common.rpc import RpcError
 from services.common.settings import DEFAULT_CONFIG, MqttSettings, Settings
 from tests.conftest import wait_until
 from tests.test_actuation_e2e import Stand, armed_console, running_stand
+from tests.test_ctl import _ctl
 
 TIMEOUT = 30.0
 SHORTER_WAITS_MS = {0: 1000, 5: 1500, 8: 800, 10: 400}  # countdown, burn, purge, vent (step index)
@@ -82,7 +83,9 @@ def test_the_hotfire_ignites_burns_shuts_down_and_ends_idle_with_everything_clos
     assert not [e for e in stand.seen.events_of("state") if e["new"] == "aborting"]
 
 
-def test_a_chamber_over_pressure_mid_burn_aborts(hotfire_stand: Stand) -> None:
+def test_a_chamber_over_pressure_mid_burn_aborts(
+    hotfire_stand: Stand, mqtt_as: Callable[[str], MqttSettings]
+) -> None:
     stand = hotfire_stand
     stand.call("sequence", name="hotfire")
     in_phase(stand, "mainstage")
@@ -97,7 +100,11 @@ def test_a_chamber_over_pressure_mid_burn_aborts(hotfire_stand: Stand) -> None:
     )
     (alarm,) = [a for a in stand.seen.state(topics.STATE_ALARMS)["alarms"] if a["kind"] == "redline"]
     assert alarm["channel"] == "P5"
-    assert stand.call("ack", id=alarm["id"]) == {"acknowledged": alarm["id"]}
+    listed, _ = _ctl(mqtt_as("operator"), "alarms").communicate(timeout=TIMEOUT)
+    assert b"redline P5 above 25" in listed
+    acked = _ctl(mqtt_as("operator"), "ack", str(alarm["id"]))  # the operator's command line
+    output, _ = acked.communicate(timeout=TIMEOUT)
+    assert acked.returncode == 0, output.decode()
     wait_until(
         lambda: all(a["id"] != alarm["id"] for a in stand.seen.state(topics.STATE_ALARMS)["alarms"]),
         TIMEOUT,
