@@ -265,3 +265,22 @@ def test_actuation_refuses_to_start_on_a_bad_sequence_with_one_line(tmp_path: Pa
         "actuation: refusing to start, invalid configuration:",
         f"{bad}: sequences.hotfire step 3/12: unknown valves ['GOX3'] (valves: {', '.join(VALVES.names)})",
     ]
+
+
+def test_a_motor_move_that_ends_while_held_waits_for_resume_with_nothing_due() -> None:
+    move = {"motor": "MOTOR1", "by_deg": 10.0, "timeout_ms": 5000}
+    settings = Settings.model_validate(
+        with_sequence([{"motor": move, "wait_ms": 200}, {"valves": "000000010"}])
+    )
+    bench = Bench(settings)
+    bench.take(bench.core.arm("op"))
+    (request,) = bench.take(bench.core.start_sequence("probe", "op", 0.0)).moves
+    assert bench.take(bench.core.hold("check", "op", 0.5)).accepted
+    assert bench.core.next_due() == 5.0  # the move's deadline still counts while held
+    bench.take(bench.core.on_motor_done(request.token, True, "", 1.0))
+    assert bench.core.next_due() is None  # nothing to do until resume (no busy loop on a past time)
+    bench.now = 10.0
+    assert bench.take(bench.core.resume("op", 10.0)).accepted
+    assert bench.core.next_due() == pytest.approx(10.2)
+    bench.advance(1.0)
+    assert bench.core.state is ARMED and bench.opened() == ["FUEL2"]

@@ -345,6 +345,8 @@ class StandCore:
                 now,
             )
         self._start_wait(self._programs[sequence.name].steps[sequence.step - 1], now)
+        if sequence.held is not None:  # held meanwhile: the wait starts at resume (nothing due till then)
+            self._remaining, self._due = max(0.0, self._wait_deadline - now), None
         return self.tick(now)
 
     # --- the device's answers ---------------------------------------------------------------------
