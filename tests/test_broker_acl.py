@@ -39,6 +39,7 @@ from tests.conftest import new_broker
 TIMEOUT = 10.0
 NOT_AUTHORIZED = 0x87
 ANONYMOUS = None
+READER = "reader"  # the compose broker's read-only login (no anonymous access there)
 
 # (user, topic) pairs the ACL must refuse
 FORBIDDEN = [
@@ -56,6 +57,10 @@ FORBIDDEN = [
     ],
     *[(user, topics.TELEMETRY) for user in ("operator", "gateway", "logger", "actuation")],
     ("acquisition", topics.STM32_VALVES),  # acquisition executes valve commands; it never issues them
+    *[
+        (READER, topic)
+        for topic in (topics.STM32_VALVES, topics.EVENTS, topics.ACQ_HISTORY, topics.TELEMETRY)
+    ],
     ("operator", topics.STATE_VALVES),
     ("operator", topics.STM32_VALVE_ACK),
     ("operator", topics.status("actuation")),  # a faked offline status would close the valves
@@ -212,6 +217,21 @@ def test_anonymous_reads_telemetry_published_by_acquisition(paho: Callable[..., 
     assert paho("acquisition").publish(topics.TELEMETRY, b"batch") == 0
     message = watcher.next_message()
     assert (message.topic, message.payload) == (topics.TELEMETRY, b"batch")
+
+
+def test_reader_reads_telemetry_state_and_events_and_nothing_else(paho: Callable[..., Paho]) -> None:
+    reader = paho(READER)
+    reader.subscribe("rcs/#")
+    assert paho("operator").publish(topics.ACQ_HISTORY, b"request") == 0  # requests are not for reader
+    assert paho("operator").publish(topics.replies("rcs-someone"), b"reply") == 0
+    for user, topic in (
+        ("acquisition", topics.TELEMETRY),
+        ("actuation", topics.STATE_SYSTEM),
+        ("logger", topics.EVENTS),
+    ):
+        assert paho(user).publish(topic, b"readable") == 0
+        message = reader.next_message()
+        assert (message.topic, message.payload) == (topic, b"readable")
 
 
 @pytest.mark.parametrize("password", ["wrong", ""])

@@ -502,6 +502,7 @@ class Actuation:
             "command_queue": float(self.commands.queued),
             "armed": float(self.core.armed),
             "pending_writes": float(len(self.pending)),
+            "arduino_connected": float(self.motors.state.connected),
         }
 
 
