@@ -14,11 +14,11 @@ import time
 
 from services.acquisition.binary_protocol import RawBlock
 from services.acquisition.calibration import Calibration
-from services.acquisition.derived import Derivation
 from services.acquisition.numbering import SampleNumbering
 from services.acquisition.rate import RateEstimator
 from services.acquisition.ring_buffer import RingBuffer
 from services.acquisition.text_protocol import EngineeringBlock
+from services.common.derived import Derivation
 from services.common.logs import Throttled
 from services.common.settings import Settings
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from services.acquisition.text_protocol import TextAck
 from services.common.codec import WireFormatError, pack, unpack_map
 from services.common.stm32_wire import HEARTBEAT_TIMEOUT_S, AckResult, ValveAckFrame
+from services.common.valve_pattern import parse_pattern
 
 _TEXT_VALVES = re.compile(r"^Valves:\s*([01]+)\s*$")
 
@@ -106,7 +107,7 @@ def text_ack_mask(ack: TextAck, n_valves: int) -> int | None:
     match = _TEXT_VALVES.match(ack.text)
     if not ack.ok or match is None or len(match.group(1)) != n_valves:
         return None
-    return sum(1 << i for i, digit in enumerate(match.group(1)) if digit == "1")
+    return parse_pattern(match.group(1), n_valves)
 
 
 def binary_answer(ack: ValveAckFrame, command: ValveCommand | None) -> tuple[Result, str]:

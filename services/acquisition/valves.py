@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from services.acquisition.device_valves import DeviceValves
 from services.acquisition.text_protocol import TextAck
@@ -51,6 +50,7 @@ from services.acquisition.valve_wire import (
     text_answer,
 )
 from services.common import topics
+from services.common.audit import event_payload
 from services.common.codec import WireFormatError, unpack_map
 from services.common.logs import Throttled
 from services.common.mqtt import Message
@@ -101,7 +101,7 @@ class ValveControl:
         *,
         set_valves: Callable[[int, int], bool],
         go_safe: Callable[[int], bool],
-        publish_event: Callable[[dict[str, Any]], None],
+        publish_event: Callable[[bytes], None],
     ) -> None:
         self._n_valves = n_valves
         self._publish = publish
@@ -281,16 +281,8 @@ class ValveControl:
         log.warning("%s while valves may be open: commanding GO_SAFE (cmd_no %#06x)", reason, cmd_no)
         sent = self._execute(ValveCommand(cmd_no, None, math.inf, reason, own=True))
         self._count("own_go_safe")
-        event = {
-            "ts": time.time(),
-            "service": "acquisition",
-            "kind": "go_safe",
-            "reason": reason,
-            "cmd_no": cmd_no,
-            "sent": sent,
-            "valves": valves_before,
-        }
-        self._publish_event(event)
+        event = {"reason": reason, "cmd_no": cmd_no, "sent": sent, "valves": valves_before}
+        self._publish_event(event_payload("acquisition", "go_safe", event))
 
     def _execute(self, command: ValveCommand) -> bool:
         """Write `command` unless it expired; whether it was written. Writer thread only."""

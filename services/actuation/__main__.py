@@ -36,7 +36,7 @@ from services.common import audit, topics
 from services.common.codec import WireFormatError, pack, publish_properties, unpack_map
 from services.common.heartbeat import BadHeartbeatError, parse_heartbeat
 from services.common.lifecycle import run_service
-from services.common.logs import Throttled
+from services.common.logs import DropMalformed, Throttled
 from services.common.metrics import counters
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcError, RpcServer
@@ -80,6 +80,7 @@ class Actuation:
         self.stats = ActuationStats()
         self._ack_timeout_s = settings.actuation.ack_timeout_ms / 1000
         self._problems = Throttled(log)
+        self._decode = DropMalformed(self.stats, "malformed_total", self._problems)
         self._valves_state: dict[str, Any] | None = None
 
         self.mqtt = MqttClient(settings.mqtt, SERVICE)
@@ -205,11 +206,8 @@ class Actuation:
         self._apply(self.core.on_write_failed(reason, time.monotonic()))
 
     def _check_telemetry(self, batch_payload: bytes) -> None:
-        try:
-            batch = decode_batch(batch_payload)
-        except WireFormatError as exc:
-            self.stats.malformed_total += 1
-            self._problems.warning("telemetry", "ignored malformed telemetry: %s", exc)
+        batch = self._decode(decode_batch, batch_payload, "telemetry", "telemetry")
+        if batch is None:
             return
         now = time.monotonic()
         self.deadman.telemetry(now)
@@ -236,11 +234,8 @@ class Actuation:
         self.control.post(lambda: self._check_telemetry(payload))
 
     def _on_ack(self, message: Message) -> None:
-        try:
-            ack = unpack_map(message.payload)
-        except WireFormatError as exc:
-            self.stats.malformed_total += 1
-            self._problems.warning("ack", "ignored malformed valve acknowledgement: %s", exc)
+        ack = self._decode(unpack_map, message.payload, "ack", "valve acknowledgement")
+        if ack is None:
             return
         self.control.post(lambda: self._ack(ack))
 
@@ -444,8 +439,7 @@ class Actuation:
     # --- publishing --------------------------------------------------------------------------
 
     def _event(self, kind: str, **fields: Any) -> None:
-        event = {"ts": time.time(), "service": SERVICE, "kind": kind, **fields}
-        self.mqtt.publish(topics.events(SERVICE), pack(event), qos=1)
+        self.mqtt.publish(topics.events(SERVICE), audit.event_payload(SERVICE, kind, fields), qos=1)
 
     def _publish_system(self) -> None:
         core = self.core

@@ -14,14 +14,13 @@ What is wrong is in the retained status: `disk`/`disk_error` while writing fails
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict
 from typing import Any
 
 from services.common import audit, topics
-from services.common.codec import WireFormatError, pack, unpack_map
+from services.common.codec import unpack_map
 from services.common.lifecycle import run_service
-from services.common.logs import Throttled
+from services.common.logs import DropMalformed, Throttled
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcClient, RpcServer
 from services.common.settings import Settings
@@ -38,6 +37,7 @@ class Logger:
         self.settings = settings
         self.stats = LoggerStats()
         self._problems = Throttled(log)
+        self._decode = DropMalformed(self.stats, "malformed_total", self._problems)
         self.mqtt = MqttClient(settings.mqtt, SERVICE)
         self.rpc_client = RpcClient(self.mqtt)
         self.rpc_server = RpcServer(self.mqtt)
@@ -74,20 +74,14 @@ class Logger:
     def _on_telemetry(self, message: Message) -> None:
         if not self.recorder.ready:
             return  # data_dir not loaded yet: the first batch after it is asks for the repair
-        try:
-            batch = decode_batch(message.payload)
-        except WireFormatError as exc:
-            self.stats.malformed_total += 1
-            self._problems.warning("malformed", "ignored malformed telemetry: %s", exc)
+        batch = self._decode(decode_batch, message.payload, "malformed", "telemetry")
+        if batch is None:
             return
         self.recorder.take_batch(batch)
 
     def _on_event(self, message: Message) -> None:
-        try:
-            event = unpack_map(message.payload)
-        except WireFormatError as exc:
-            self.stats.malformed_total += 1
-            self._problems.warning("malformed-event", "ignored malformed event: %s", exc)
+        event = self._decode(unpack_map, message.payload, "malformed-event", "event")
+        if event is None:
             return
         attributed, forged = audit.attribute_event(message.topic, event)
         if forged:
@@ -101,11 +95,7 @@ class Logger:
         self.recorder.take_event(attributed)
 
     def _publish_event(self, kind: str, **fields: Any) -> None:
-        self.mqtt.publish(
-            topics.events(SERVICE),
-            pack({"ts": time.time(), "service": SERVICE, "kind": kind, **fields}),
-            qos=1,
-        )
+        self.mqtt.publish(topics.events(SERVICE), audit.event_payload(SERVICE, kind, fields), qos=1)
 
     def metrics(self) -> dict[str, float]:
         return {
