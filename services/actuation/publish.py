@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from services.actuation.core import StandCore
-from services.actuation.motors import MotorsState
+from services.actuation.motor_moves import MotorsState
 from services.actuation.valve_map import ValveMap
 from services.common import topics
 from services.common.codec import pack
