@@ -179,6 +179,8 @@ class MotorMoves:
     # --- lines ---------------------------------------------------------------------------------
 
     def handle(self, line: str, now: float) -> None:
+        """One line the firmware printed. Long because it is one `match` over every kind of reply
+        (`motor_replies`): what each line means to the moves reads in one place."""
         reply = replies.parse(line)
         booting = isinstance(reply, replies.Banner | replies.StartPosition)
         if booting and self._phase is not _Phase.BOOTING:
