@@ -1,13 +1,14 @@
 """rcs-actuation: the only command authority — valves, motors, sequences, arming, interlocks, abort.
 
 Wiring: MQTT callbacks and request handlers never decide anything; they post jobs to the control
-thread, which owns the safety core (`core.StandCore`), the red-line monitor and the deadman. Valve
-patterns the core decides are sent to acquisition (`rcs/stm32/cmd/valves`), which writes them to
-the STM32 and returns the device's acknowledgement; only an acknowledgement changes the published
-valve state. Motors are driven by the motor controller's own thread (the Arduino link).
+thread, whose jobs (`authority.Authority`) own the safety core (`core.StandCore`), the red-line
+monitor and the deadman. Valve patterns the core decides are sent to acquisition
+(`rcs/stm32/cmd/valves`), which writes them to the STM32 and returns the device's acknowledgement;
+only an acknowledgement changes the published valve state. Motors are driven by the motor
+controller's own thread (the Arduino link).
 
 This module only wires: `authority` is what the control thread does, `commands` the request
-handlers, `publish` every event and state topic, `motors` the Arduino link.
+handlers (one table), `publish` every event and state topic, `motors` the Arduino link.
 
 Abort never waits behind anything (docs/safety.md §5.2): abort requests arrive on a second MQTT
 connection of their own (the "priority" connection, which also carries every valve write and its
