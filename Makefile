@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench bootstrap mosquitto-present gcc-present arm-tools-present firmware-check clean
+.PHONY: run test lint bench bootstrap mosquitto-present gcc-present arm-tools-present firmware-check clean deploy-check install-service
 
 bootstrap: $(STAMP) mosquitto-present
 
@@ -61,3 +61,11 @@ bench: bootstrap gcc-present
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# The compose deployment on a real Docker engine (deploy/check.sh; installs the engine when absent).
+deploy-check: bootstrap
+	deploy/check.sh
+
+# Native deployment without Docker: systemd unit, udev rules, service user (deploy/install-service.sh).
+install-service:
+	deploy/install-service.sh

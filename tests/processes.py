@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.settings import PROJECT_ROOT, MqttSettings
+from tests.conftest import wait_until
 
 _LOGIN = ("RCS_MQTT_USERNAME", "RCS_MQTT_PASSWORD")
 # Tests check behaviour, not timing (bench/ measures that): on a loaded 2-core CI machine the round
@@ -124,10 +124,8 @@ def emulator_cli(module: str, link: Path, *args: str, timeout_s: float) -> Itera
         [sys.executable, "-m", module, "--link", str(link), *args], cwd=PROJECT_ROOT, stderr=subprocess.PIPE
     )
     try:
-        give_up = time.monotonic() + timeout_s
-        while not link.exists():
-            assert process.poll() is None and time.monotonic() < give_up, f"no link from {module}"
-            time.sleep(0.02)
+        wait_until(lambda: link.exists() or process.poll() is not None, timeout_s, f"a link from {module}")
+        assert process.poll() is None, f"no link from {module}: it exited"
         yield outcome
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=timeout_s)

@@ -83,12 +83,28 @@ class DeviceWrites:
             return list(self.masks)
 
 
-def heartbeats(stand: Stand) -> Heartbeats:
-    """An open operator console, started; actuation has seen a heartbeat when this returns."""
+def armed_console(stand: Stand) -> tuple[Heartbeats, dict[str, Any]]:
+    """An open operator console, started, and the reply to the `arm` it allows: `arm` is retried only
+    while actuation refuses it for having seen no heartbeat yet (the observable sign that it has)."""
     sender = Heartbeats(stand.operator, "test-operator")
     sender.start()
-    time.sleep(0.3)
-    return sender
+    reply: dict[str, Any] = {}
+
+    def armed() -> bool:
+        try:
+            reply.update(stand.call("arm"))
+        except RpcError as exc:
+            if "no operator heartbeat received" not in str(exc):
+                raise
+            return False
+        return True
+
+    try:
+        wait_until(armed, TIMEOUT, "actuation to see a heartbeat and arm")
+    except BaseException:
+        sender.stop()
+        raise
+    return sender, reply
 
 
 @dataclass
@@ -219,9 +235,8 @@ def test_the_valve_state_follows_what_the_device_reports_by_itself(stand: Stand)
 
 
 def test_redline_trip_aborts_and_the_abort_reaches_the_device(stand: Stand) -> None:
-    console = heartbeats(stand)
+    console, _ = armed_console(stand)
     try:
-        stand.call("arm")
         stand.call("sequence", name="o2feed")
         written_before = len(stand.writes.seen())
         stand.stm32.override("P5", 30.0)  # chamber over-pressure, limit 25 bar
@@ -250,8 +265,8 @@ def test_an_abort_the_device_has_not_confirmed_is_reported_and_goes_on(stand: St
 
 
 def test_operator_heartbeat_loss_aborts(stand: Stand) -> None:
-    console = heartbeats(stand)
-    assert stand.call("arm")["state"] == "armed"
+    console, armed = armed_console(stand)
+    assert armed["state"] == "armed"
     console.stop()
     wait_until(lambda: stand.system_state() == "aborting", TIMEOUT, "the deadman to abort")
     assert "heartbeat" in stand.seen.state(topics.STATE_SYSTEM)["reason"]

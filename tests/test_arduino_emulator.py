@@ -20,6 +20,7 @@ import serial
 from services.common.settings import Settings, load_settings
 from services.emulators.arduino import ArduinoEmulator
 from services.emulators.arduino.firmware import StepMotorFirmware, print_float, to_float, to_int
+from tests.conftest import wait_until
 from tests.processes import emulator_cli
 
 LIVENESS_S = 5.0
@@ -120,7 +121,7 @@ def spaced(host: Host, commands: list[str], speed_factor: float = FAST) -> list[
     outputs = []
     for command in commands:
         outputs.append(host.command(command, is_end))
-        time.sleep(2 * 0.5 / speed_factor)
+        time.sleep(2 * 0.5 / speed_factor)  # the merge window is wall time: input timing, not a wait
     return outputs
 
 
@@ -153,10 +154,7 @@ def test_disconnect_fails_the_host_then_a_new_pty_appears(emulator: ArduinoEmula
             give_up = time.monotonic() + LIVENESS_S
             while time.monotonic() < give_up:
                 port.read(1)
-    give_up = time.monotonic() + LIVENESS_S
-    while not link.exists():
-        assert time.monotonic() < give_up, "the link did not come back"
-        time.sleep(0.01)
+    wait_until(link.exists, LIVENESS_S, "the link to come back")
     with serial.Serial(str(link), 115200, timeout=0.05) as port:
         assert Host(port).lines(4) == BANNER
 
@@ -175,7 +173,7 @@ def test_a_move_prints_every_line_in_order(host: Host) -> None:
         "Motor 1 hareketi tamamlandı",
         "Motor1 yeni pozisyon: -1637.50",
     ]
-    time.sleep(2 * 0.5 / FAST)
+    time.sleep(2 * 0.5 / FAST)  # past the firmware's merge window: input timing, not a wait for a state
     assert host.command("1:-45.5\r", is_end) == [  # \r ends a command too
         "Alınan komut: 1:-45.5",
         "Motor ID: 1, Delta Açı: -45.50",
@@ -185,7 +183,7 @@ def test_a_move_prints_every_line_in_order(host: Host) -> None:
         "Motor 1 hareketi tamamlandı",
         "Motor1 yeni pozisyon: -1683.00",
     ]
-    time.sleep(2 * 0.5 / FAST)
+    time.sleep(2 * 0.5 / FAST)  # past the firmware's merge window: input timing, not a wait for a state
     output = host.command("2:200\n", is_end)
     assert [line for line in output if line.startswith("Adım")] == ["Adım: 50/112", "Adım: 100/112"]
 
@@ -235,7 +233,7 @@ def test_a_command_within_500_ms_of_the_previous_one_is_merged_into_the_next(
     """The real timing (speed_factor 1): `2:90` sent 100 ms after `1:90` is never run on its own."""
     with booted(stand, tmp_path / "arduino", 1.0) as (_, host):
         host.send("1:90\n")
-        time.sleep(0.1)
+        time.sleep(0.1)  # within the window, by wall time: the input this test is about
         host.send("2:90\n")
         assert host.until(is_end)[-1] == "Motor1 yeni pozisyon: -1637.50"
         time.sleep(0.7)  # past the window: this terminator completes the pending command

@@ -34,11 +34,12 @@ from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcServer, RpcTimeout
 from services.devstack.broker import BASE_ACL, Broker
 from services.devstack.credentials import STACK_USER, USERS, hash_password
-from tests.conftest import new_broker
+from tests.conftest import new_broker, wait_until
 
 TIMEOUT = 10.0
 NOT_AUTHORIZED = 0x87
 ANONYMOUS = None
+READER = "reader"  # the compose broker's read-only login (no anonymous access there)
 
 # (user, topic) pairs the ACL must refuse
 FORBIDDEN = [
@@ -56,6 +57,7 @@ FORBIDDEN = [
     ],
     *[(user, topics.TELEMETRY) for user in ("operator", "gateway", "logger", "actuation")],
     ("acquisition", topics.STM32_VALVES),  # acquisition executes valve commands; it never issues them
+    *[(READER, topic) for topic in (topics.STM32_VALVES, topics.TELEMETRY)],
     ("operator", topics.STATE_VALVES),
     ("operator", topics.STM32_VALVE_ACK),
     ("operator", topics.status("actuation")),  # a faked offline status would close the valves
@@ -214,6 +216,34 @@ def test_anonymous_reads_telemetry_published_by_acquisition(paho: Callable[..., 
     assert (message.topic, message.payload) == (topics.TELEMETRY, b"batch")
 
 
+def test_reader_reads_telemetry_state_and_events_and_nothing_else(paho: Callable[..., Paho]) -> None:
+    reader = paho(READER)
+    reader.subscribe("rcs/#")
+    request = topics.request(topics.ACQ_HISTORY, "operator")
+    assert paho("operator").publish(request, b"request") == 0  # requests are not for reader
+    assert paho("operator").publish(topics.replies("rcs-someone"), b"reply") == 0
+    for user, topic in (
+        ("acquisition", topics.TELEMETRY),
+        ("actuation", topics.STATE_SYSTEM),
+        ("logger", topics.events("logger")),
+    ):
+        assert paho(user).publish(topic, b"readable") == 0
+        message = reader.next_message()
+        assert (message.topic, message.payload) == (topic, b"readable")
+
+
+def test_reader_may_not_publish_events_or_requests_in_its_own_name(paho: Callable[..., Paho]) -> None:
+    """Every other named user may (per-user lines of the ACL, not a pattern that would include reader)."""
+    reader = paho(READER)
+    for topic in (
+        topics.events(READER),
+        topics.request(topics.actuation("abort"), READER),
+        topics.request(topics.actuation("valves"), READER),
+        topics.request(topics.ACQ_HISTORY, READER),
+    ):
+        assert reader.publish(topic, b"forbidden") == NOT_AUTHORIZED, topic
+
+
 @pytest.mark.parametrize("password", ["wrong", ""])
 def test_a_wrong_password_is_refused(paho: Callable[..., Paho], password: str) -> None:
     assert not paho("actuation", password=password, connect=False).connected()
@@ -295,9 +325,7 @@ def test_a_refused_publish_is_counted_by_our_client(project_broker: Broker) -> N
         client.start()
         assert client.wait_connected(TIMEOUT)
         assert client.publish(topics.STM32_VALVES, msgpack.packb({"cmd_no": 1}), qos=1)
-        deadline = time.monotonic() + TIMEOUT
-        while client.stats.refused == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: client.stats.refused > 0, TIMEOUT, "the refusal")
         assert client.stats.refused == 1
     finally:
         client.stop()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from services.acquisition.derived import Derivation
+from services.common.derived import Derivation
 from services.common.settings import Channel, DerivedSettings, GasOrifice, LiquidOrifice, Settings
 
 # Settings order deliberately mixes derived and measured channels; the measured order is this minus

@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 
 from services.common import topics
-from services.common.codec import unpack_map
+from services.common.codec import pack, unpack_map
 from services.common.event_outbox import EventOutbox
 from services.common.mqtt import Message, MqttClient
 from services.devstack.broker import Broker
@@ -32,14 +32,14 @@ def test_held_while_away_bounded_and_published_in_order_once_the_audience_is_bac
     publisher.start()
     try:
         assert publisher.wait_connected(TIMEOUT)
-        outbox.publish({"kind": "live", "n": 0})
+        outbox.publish(pack({"kind": "live", "n": 0}))
         assert unpack_map(first.get(timeout=TIMEOUT).payload)["n"] == 0
 
         restartable_broker.stop()
         wait_until(lambda: not publisher.connected, TIMEOUT, "the publisher to notice")
         logger.stop()  # gone with the broker (no offline status: there is no broker to take it)
         for n in range(1, 6):
-            outbox.publish({"kind": "held", "n": n})
+            outbox.publish(pack({"kind": "held", "n": n}))
         assert (outbox.held, outbox.dropped) == (3, 2)  # the oldest went first
 
         restartable_broker.start()
@@ -50,7 +50,7 @@ def test_held_while_away_bounded_and_published_in_order_once_the_audience_is_bac
         received = [unpack_map(second.get(timeout=TIMEOUT).payload)["n"] for _ in range(3)]
         assert received == [3, 4, 5]
         assert outbox.held == 0
-        outbox.publish({"kind": "live", "n": 6})  # and straight through again
+        outbox.publish(pack({"kind": "live", "n": 6}))  # and straight through again
         assert unpack_map(second.get(timeout=TIMEOUT).payload)["n"] == 6
     finally:
         outbox.close()

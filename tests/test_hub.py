@@ -10,9 +10,9 @@ import msgpack
 import numpy as np
 import pytest
 
+from services.common.minmax import block_minmax, buckets_minmax
 from services.common.telemetry import TelemetryBatch, decode_batch, encode_batch
 from services.gateway.hub import Client, Frame, Hub, batch_frame
-from services.gateway.reduce import block_minmax, buckets_minmax
 
 CHANNELS = ("P1", "P2", "ISP")
 

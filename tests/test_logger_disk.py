@@ -8,9 +8,13 @@ coverage and the Parquet files hold every seq that acquisition's ring buffer hol
 in one run, unless the device link itself dropped samples (the emulator on a loaded machine), which no
 one can supply and which must then be the only holes.
 
-The failure is real: a tmpfs mount (root with CAP_SYS_ADMIN; skipped only where mounting is refused)
-filled by a file the test keeps topping up, so every write of the logger gets ENOSPC, even after the
-logger itself frees a page (a write cut off, a segment converted). Deleting the file gives the space back.
+The failure is real: a tmpfs mount (root with CAP_SYS_ADMIN) filled by a file the test keeps
+topping up, so every write of the logger gets ENOSPC, even after the logger itself frees a page (a
+write cut off, a segment converted). Deleting the file gives the space back.
+
+Where a tmpfs cannot be mounted (not root, no CAP_SYS_ADMIN) the test is skipped, except under CI
+(`CI=true`, where the suite runs as root, as on the development machines): there it fails, because a
+skipped test is not a passing one.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import numpy as np
@@ -53,13 +57,20 @@ MEMORY_SLACK_BYTES = MB  # what the last batch taken may add beyond the limit (o
 FIXED_COLUMNS = ("timestamp", "seq", "session")
 
 
+def cannot_mount(reason: str) -> NoReturn:
+    """Skip, or fail under CI (`CI` set to true or 1), where this test must run."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{reason}; CI is set: the disk-full test must run there (as root), not be skipped")
+    pytest.skip(reason)
+
+
 @contextmanager
 def tmpfs(path: Path, size: int) -> Iterator[None]:
     """A tmpfs of `size` bytes mounted on `path` for the block; skips where mounting is not permitted."""
     if shutil.which("mount") is None or shutil.which("umount") is None:
-        pytest.skip("no mount/umount here: this test needs a tmpfs it can fill")
+        cannot_mount("no mount/umount here: this test needs a tmpfs it can fill")
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (with CAP_SYS_ADMIN)")
+        cannot_mount("mounting a tmpfs needs root (with CAP_SYS_ADMIN)")
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "rcs-test-logger-disk", str(path)],
         capture_output=True,
@@ -69,7 +80,7 @@ def tmpfs(path: Path, size: int) -> Iterator[None]:
     if mounted.returncode != 0:
         reason = mounted.stderr.strip()
         if any(word in reason.lower() for word in ("permission denied", "not permitted", "superuser")):
-            pytest.skip(f"mounting a tmpfs is not permitted here (needs CAP_SYS_ADMIN): {reason}")
+            cannot_mount(f"mounting a tmpfs is not permitted here (needs CAP_SYS_ADMIN): {reason}")
         pytest.fail(f"mount -t tmpfs {path} failed: {reason}")
     try:
         yield

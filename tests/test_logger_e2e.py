@@ -64,6 +64,12 @@ def _logged_through(rpc: RpcClient, session: str, last_seq: int) -> bool:
     return bool(intervals) and intervals[0][0] == 0 and intervals[-1][1] >= last_seq
 
 
+def _samples_while_down(emulator: Stm32Emulator, seconds: float, what: str) -> None:
+    """Wait until the device has produced `seconds` worth of samples (at its nominal rate) from now."""
+    target = emulator.samples_generated + round(seconds * emulator.rate_hz)
+    wait_until(lambda: emulator.samples_generated >= target, TIMEOUT, what)
+
+
 def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
     settings: Settings, restartable_broker: Broker, tmp_path: Path
 ) -> None:
@@ -94,7 +100,7 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
         session = status["session"]
 
         logger.kill()  # up to ~1 s of flushed-but-unconverted data and the in-memory tail are gone
-        time.sleep(1.5)
+        _samples_while_down(emulator, 1.5, "samples the killed logger never heard")
         logger = Logger(broker.settings("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S)
         wait_until(lambda: _call(rpc, topics.LOGGER_STATUS, {}) is not None, TIMEOUT, "the logger to restart")
         # malformed payloads on the telemetry topic: counted, never a crash or a stall
@@ -103,7 +109,7 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
         wait_until(lambda: "malformed" in logger_log.read_text().lower(), TIMEOUT, "the garbage to be seen")
 
         broker.stop()  # QoS 0 telemetry published meanwhile never reaches the logger
-        time.sleep(2.0)
+        _samples_while_down(emulator, 2.0, "samples published while the broker is down")
         broker.start()
         assert operator.wait_connected(TIMEOUT)
 
@@ -149,7 +155,7 @@ def test_save_now_rotates_and_names_the_file(
 
         wait_until(some_logged, TIMEOUT, "the logger to record")
         first = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)["file"]
-        time.sleep(0.5)
+        wait_until(some_logged, TIMEOUT, "rows for the second file")
         second = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)["file"]
         assert first != second
         for name in (first, second):

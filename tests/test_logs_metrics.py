@@ -6,6 +6,7 @@ import json
 import logging
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from prometheus_client import generate_latest
@@ -13,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from services.common import metrics
-from services.common.logs import Throttled, setup_logging
+from services.common.codec import pack, unpack_map
+from services.common.logs import DropMalformed, Throttled, setup_logging
 from services.common.metrics import counters, register_stats, start_metrics_server, stop_metrics_server
 from services.common.mqtt import MqttStats
 from services.devstack.broker import free_port
@@ -47,6 +49,26 @@ def test_throttled_logs_the_first_occurrence_then_one_summary_per_interval(
     assert messages[2].startswith("bad CRC in frame 99 (4 more since ")
     assert messages[3].startswith("bad CRC in frame 101 (1 more since ")
     assert len(messages) == 4
+
+
+def test_drop_malformed_counts_each_bad_payload_and_logs_the_kind_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @dataclass
+    class Stats:
+        malformed_total: int = 0
+
+    stats = Stats()
+    decode = DropMalformed(stats, "malformed_total", Throttled(logging.getLogger("test.drop")))
+    with caplog.at_level(logging.WARNING, logger="test.drop"):
+        assert decode(unpack_map, pack({"a": 1}), "ack", "valve acknowledgement") == {"a": 1}
+        assert decode(unpack_map, b"\xc1", "ack", "valve acknowledgement") is None
+        assert decode(unpack_map, b"not msgpack", "ack", "valve acknowledgement") is None
+    assert stats.malformed_total == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith("ignored malformed valve acknowledgement: ")
+    with pytest.raises(TypeError):
+        DropMalformed(stats, "missing", Throttled(logging.getLogger("test.drop")))
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from services.actuation.motors import MotorController
 from services.common.serial_ports import find_port
 from services.common.settings import Settings, load_settings
 from services.emulators.arduino import ArduinoEmulator
+from tests.conftest import wait_until
 
 LIVENESS_S = 10.0
 BOOT = -1727.5
@@ -34,14 +34,6 @@ FAST = 16.0  # emulator speed_factor where the test is not about the firmware's 
 @pytest.fixture(scope="module")
 def stand() -> Settings:
     return load_settings()
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = LIVENESS_S) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > give_up:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def result(future: Future[MoveResult]) -> MoveResult:
@@ -77,7 +69,7 @@ class Rig:
         return tuple(m.position_deg for m in self.controller.state.motors)
 
     def connected(self) -> None:
-        wait_for(lambda: self.controller.state.connected, "the controller to connect")
+        wait_until(lambda: self.controller.state.connected, LIVENESS_S, "the controller to connect")
 
 
 def settings_for(stand: Settings, link: Path, **motors: Any) -> Settings:
@@ -218,7 +210,7 @@ def test_quick_moves_are_serialized_and_spaced(stand: Settings, tmp_path: Path) 
 def test_a_reset_while_idle_is_recovered(fast: Rig) -> None:
     assert result(fast.controller.move(1, relative_deg=90)).ok
     fast.emulator.reset()
-    wait_for(lambda: bool(fast.seen.kinds("motor_reset")), "a motor_reset event")
+    wait_until(lambda: bool(fast.seen.kinds("motor_reset")), LIVENESS_S, "a motor_reset event")
     (event,) = fast.seen.kinds("motor_reset")
     assert event["previous_positions_deg"] == {"MOTOR1": -1637.5, "MOTOR2": BOOT}
     assert event["interrupted_motor_id"] is None
@@ -230,7 +222,7 @@ def test_a_reset_while_idle_is_recovered(fast: Rig) -> None:
 def test_a_reset_during_a_move_fails_it(fast: Rig) -> None:
     future = fast.controller.move(1, relative_deg=3455)  # the full stroke: ~1.2 s here
     queued = fast.controller.move(2, relative_deg=10)
-    wait_for(lambda: fast.controller.state.motors[0].moving, "motor 1 to move")
+    wait_until(lambda: fast.controller.state.motors[0].moving, LIVENESS_S, "motor 1 to move")
     fast.emulator.reset()
     failed = result(future)
     assert not failed.ok and "reset by itself" in failed.response
@@ -246,7 +238,7 @@ def test_a_reset_during_a_move_fails_it(fast: Rig) -> None:
 def test_unplug_and_replug(fast: Rig) -> None:
     assert result(fast.controller.move(2, relative_deg=50)).ok
     fast.emulator.disconnect(0.5)
-    wait_for(lambda: not fast.controller.state.connected, "the controller to see the unplug")
+    wait_until(lambda: not fast.controller.state.connected, LIVENESS_S, "the controller to see the unplug")
     assert fast.positions() == (None, None)
     refused = result(fast.controller.move(1, relative_deg=10))
     assert not refused.ok and "not connected" in refused.response
@@ -264,10 +256,10 @@ def test_a_move_not_completed_in_time_fails_and_the_late_completion_is_tracked(
     with rig(settings_for(stand, link), 1.0, controller_settings=impatient) as r:
         late = result(r.controller.move(1, relative_deg=90))  # ~0.5 s at the real speed
         assert not late.ok and "no completion" in late.response
-        wait_for(lambda: r.positions()[0] == -1637.5, "the late completion")
+        wait_until(lambda: r.positions()[0] == -1637.5, LIVENESS_S, "the late completion")
         assert any(s.motors[0].position_deg is None for s in r.seen.states)  # unknown meanwhile
         assert not result(r.controller.move(1, relative_deg=-90)).ok  # too slow for it again
-        wait_for(lambda: r.positions()[0] == BOOT, "the second late completion")
+        wait_until(lambda: r.positions()[0] == BOOT, LIVENESS_S, "the second late completion")
         assert len(r.seen.kinds("motor_error")) == 2
         assert r.emulator.positions == (BOOT, BOOT)
 

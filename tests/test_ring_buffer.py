@@ -158,6 +158,15 @@ def test_reduction_of_many_samples_keeps_spikes() -> None:
     np.testing.assert_array_equal(reduced.min, expected_min)
 
 
+def test_reduction_ignores_nan_and_keeps_all_nan_buckets_nan() -> None:
+    ring = RingBuffer(8, 2)
+    values = np.array([[1, np.nan], [np.nan, np.nan], [np.nan, np.nan], [np.nan, np.nan]], np.float32)
+    ring.append(0, np.arange(4, dtype=np.float64), values)
+    reduced = ring.last_seconds_reduced(10.0, 2)
+    np.testing.assert_array_equal(reduced.min, [[1, np.nan], [np.nan, np.nan]])
+    np.testing.assert_array_equal(reduced.max, [[1, np.nan], [np.nan, np.nan]])
+
+
 def test_rejects_bad_blocks_and_arguments() -> None:
     ring = RingBuffer(8, CHANNELS)
     ring.append(10, *block(10, 3))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import select
 import threading
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +42,12 @@ from services.common.stm32_wire import (
     encode_valve_ack,
     parse_frame,
 )
+from tests.conftest import wait_until
 
 STAND = load_settings()
 N_MEASURED = len(STAND.measured_channels)
 FIXTURE_LINE = (Path(__file__).parent / "fixtures" / "stm32_text_line.txt").read_bytes()
 DEVICE = "rcs-test-pty"
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll until true (the timeout is a liveness bound, not a timing assertion)."""
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > give_up:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 class PtyDevice:
@@ -212,9 +205,9 @@ def test_binary_stream_commands_heartbeats_garbage_and_replug(binary_device: Pty
     link = recorder.link(link_settings(device.link))
     link.start()
     try:
-        wait_for(lambda: recorder.connections != [], "the link to connect")
+        wait_until(lambda: recorder.connections != [], 10.0, "the link to connect")
         assert recorder.connections == [LinkInfo(str(device.link), "binary", DEVICE)]
-        wait_for(lambda: recorder.samples() >= 2_000, "samples")
+        wait_until(lambda: recorder.samples() >= 2_000, 10.0, "samples")
         assert all(isinstance(b, RawBlock) and b.raw.shape[1] == N_MEASURED for b in recorder.blocks)
         assert recorder.statuses[0].device == DEVICE
         stats = link.stats
@@ -222,11 +215,11 @@ def test_binary_stream_commands_heartbeats_garbage_and_replug(binary_device: Pty
 
         assert link.set_valves(41, 0b10)
         assert link.go_safe(42)
-        wait_for(lambda: len(device.host_frames(GoSafeFrame)) == 1, "GO_SAFE on the device side")
+        wait_until(lambda: len(device.host_frames(GoSafeFrame)) == 1, 10.0, "GO_SAFE on the device side")
         assert device.host_frames(SetValvesFrame) == [SetValvesFrame(41, 0b10)]
         assert device.host_frames(GoSafeFrame) == [GoSafeFrame(42)]
-        wait_for(lambda: ValveAckFrame(41, 0b10, AckResult.APPLIED) in recorder.acks, "the ACK")
-        wait_for(lambda: len(device.host_frames(HeartbeatFrame)) >= 5, "heartbeats")
+        wait_until(lambda: ValveAckFrame(41, 0b10, AckResult.APPLIED) in recorder.acks, 10.0, "the ACK")
+        wait_until(lambda: len(device.host_frames(HeartbeatFrame)) >= 5, 10.0, "heartbeats")
         assert device.host_frames(HelloFrame) == [HelloFrame()]
         with pytest.raises(ValueError):
             link.set_valves(43, 1 << len(STAND.valves))
@@ -234,21 +227,21 @@ def test_binary_stream_commands_heartbeats_garbage_and_replug(binary_device: Pty
         before = recorder.samples()
         device.write(np.random.default_rng(1).integers(0, 256, 5_000, dtype=np.uint8).tobytes())
         device.write(b"\x00\x00\x07not a frame\x00" + encode_hello()[:-1])  # cut short: merges with the next
-        wait_for(lambda: recorder.samples() >= before + 2_000, "samples after garbage")
+        wait_until(lambda: recorder.samples() >= before + 2_000, 10.0, "samples after garbage")
         stats = link.stats
         assert stats.crc_errors + stats.bad_frames >= 2
         assert stats.connected and stats.reconnects == 0
 
         device.unplug()
-        wait_for(lambda: recorder.connections[-1] is None, "the unplug to be noticed")
+        wait_until(lambda: recorder.connections[-1] is None, 10.0, "the unplug to be noticed")
         unplugged = link.stats  # (a snapshot per step: mypy narrows repeated property reads)
         assert not unplugged.connected
         assert not link.set_valves(44, 0)
         device.plug()
-        wait_for(lambda: len(recorder.connections) == 3, "the link to reconnect")
+        wait_until(lambda: len(recorder.connections) == 3, 10.0, "the link to reconnect")
         assert recorder.connections[-1] == LinkInfo(str(device.link), "binary", DEVICE)
         before = recorder.samples()
-        wait_for(lambda: recorder.samples() >= before + 2_000, "samples after replug")
+        wait_until(lambda: recorder.samples() >= before + 2_000, 10.0, "samples after replug")
         replugged = link.stats
         assert replugged.reconnects == 1 and replugged.connected
         recorder.assert_counters_increase()  # within each connection: the device did not reset
@@ -266,9 +259,9 @@ def test_text_protocol_is_detected_streamed_and_commanded(tmp_path: Path) -> Non
     link = recorder.link(link_settings(device.link))
     link.start()
     try:
-        wait_for(lambda: recorder.connections != [], "the link to connect")
+        wait_until(lambda: recorder.connections != [], 10.0, "the link to connect")
         assert recorder.connections == [LinkInfo(str(device.link), "text", "")]
-        wait_for(lambda: recorder.samples() >= 50, "text samples")
+        wait_until(lambda: recorder.samples() >= 50, 10.0, "text samples")
         block = recorder.blocks[-1]
         assert isinstance(block, EngineeringBlock) and block.values.shape[1] == len(STAND.channels)
         assert block.values[0, STAND.channel_names.index("THRUST")] == np.float32(1250.5)
@@ -276,11 +269,11 @@ def test_text_protocol_is_detected_streamed_and_commanded(tmp_path: Path) -> Non
         assert link.set_valves(7, 0b10)
         assert link.go_safe(8)
         commands = b"Valves:010000000\nValves:000000000\n"
-        wait_for(lambda: device.received.endswith(commands), "the valve commands")
+        wait_until(lambda: device.received.endswith(commands), 10.0, "the valve commands")
         # HELLO, then a newline ending that junk line for the legacy firmware; never a heartbeat
         assert bytes(device.received) == encode_hello() + b"\n" + commands
         device.write(b"ACK: Valves:010000000\r\n")
-        wait_for(lambda: TextAck(ok=True, text="Valves:010000000") in recorder.acks, "the ACK line")
+        wait_until(lambda: TextAck(ok=True, text="Valves:010000000") in recorder.acks, 10.0, "the ACK line")
         assert link.stats.protocol == "text" and link.stats.bad_lines == 0
     finally:
         link.stop()
@@ -293,26 +286,28 @@ def test_a_silent_device_is_retried_until_it_speaks(tmp_path: Path) -> None:
     link = recorder.link(link_settings(device.link, detect_timeout_s=0.1))
     link.start()
     try:
-        wait_for(lambda: device.received.count(encode_hello()) >= 3, "repeated detection attempts")
+        wait_until(lambda: device.received.count(encode_hello()) >= 3, 10.0, "repeated detection attempts")
         assert recorder.connections == [] and not link.stats.connected
         device.streaming.set()
-        wait_for(lambda: recorder.connections != [], "the link to connect")
+        wait_until(lambda: recorder.connections != [], 10.0, "the link to connect")
         assert recorder.connections == [LinkInfo(str(device.link), "text", "")]
     finally:
         link.stop()
         device.unplug()
 
 
-def test_a_missing_port_is_retried(tmp_path: Path) -> None:
+def test_a_missing_port_is_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     device, recorder = PtyDevice(tmp_path / "stm32", "binary"), Recorder()
     link = recorder.link(link_settings(device.link, protocol="binary"))
+    caplog.set_level(logging.WARNING)
     link.start()
     try:
-        time.sleep(0.2)  # a few failed opens: no crash, no connection
-        assert recorder.connections == [] and link.stats.reconnects == 0
+        failed_open = f"cannot open {device.link}"
+        wait_until(lambda: any(failed_open in r.getMessage() for r in caplog.records), 10.0, "a failed open")
+        assert recorder.connections == [] and link.stats.reconnects == 0  # no crash, no connection
         device.plug()
         device.streaming.set()
-        wait_for(lambda: recorder.samples() > 0, "samples once the port appears")
+        wait_until(lambda: recorder.samples() > 0, 10.0, "samples once the port appears")
         assert recorder.connections == [LinkInfo(str(device.link), "binary", DEVICE)]
     finally:
         link.stop()

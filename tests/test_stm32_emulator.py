@@ -21,8 +21,9 @@ from numpy.polynomial import polynomial
 
 from services.common import stm32_wire as wire
 from services.common.settings import Channel, Settings, load_settings
+from services.common.stand_physics import QUANTITIES, Adc, DerivedChannels, Plant, PlantState
 from services.emulators.stm32 import Stm32Emulator
-from services.emulators.stm32.physics import QUANTITIES, Adc, DerivedChannels, Plant, PlantState
+from tests.conftest import wait_until
 from tests.processes import emulator_cli
 
 LIVENESS_S = 5.0
@@ -247,10 +248,7 @@ def test_disconnect_fails_the_host_then_a_new_pty_appears(emulator: Stm32Emulato
             give_up = time.monotonic() + LIVENESS_S
             while time.monotonic() < give_up:
                 host.frames()
-    give_up = time.monotonic() + LIVENESS_S
-    while not link.exists():
-        assert time.monotonic() < give_up, "the link did not come back"
-        time.sleep(0.01)
+    wait_until(link.exists, LIVENESS_S, "the link to come back")
     with serial.Serial(str(link), timeout=0.05) as port:
         first = Host(port).wait_for(wire.SamplesFrame)
     assert first.counter - last.counter >= 0.4 * emulator.rate_hz  # the device kept sampling

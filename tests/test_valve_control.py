@@ -48,9 +48,9 @@ class Recorder:
             self.published.append((topic, msgpack.unpackb(payload)))
         return True
 
-    def publish_event(self, event: dict[str, Any]) -> None:
+    def publish_event(self, payload: bytes) -> None:
         with self.lock:
-            self.published.append((topics.EVENTS, event))
+            self.published.append((topics.events("acquisition"), msgpack.unpackb(payload)))
 
     def acks(self) -> list[dict[str, Any]]:
         with self.lock:

@@ -23,7 +23,6 @@ from typing import Any
 
 from services.acquisition.binary_protocol import RawBlock
 from services.acquisition.calibration import Calibration
-from services.acquisition.derived import Derivation
 from services.acquisition.history import HistorySource
 from services.acquisition.numbering import SampleNumbering
 from services.acquisition.publisher import TelemetryPublisher
@@ -34,6 +33,7 @@ from services.acquisition.text_protocol import EngineeringBlock, TextAck
 from services.acquisition.valves import ValveControl
 from services.common import topics
 from services.common.codec import pack
+from services.common.derived import Derivation
 from services.common.event_outbox import EventOutbox
 from services.common.lifecycle import run_service
 from services.common.logs import Throttled

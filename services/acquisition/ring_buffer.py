@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from services.common.minmax import merge_runs, runs_minmax
+
 _SEQ = np.dtype(np.int64)
 _T = np.dtype(np.float64)
 _DATA = np.dtype(np.float32)
@@ -271,7 +273,7 @@ class RingBuffer:
         `reduceat` holds the GIL, so the rows go through it in pieces that never cross the wrap and
         hold at most `_REDUCE_CHUNK` rows, reduced into sub-buckets (bucket starts plus piece starts);
         a last `reduceat` merges the sub-buckets into buckets. Min and max share each piece while it is
-        in cache.
+        in cache. NaN samples follow `services.common.minmax`'s rule (ignored; all-NaN gives NaN).
         """
         n = stop - start
         head, _ = self._slices(start, stop)
@@ -286,10 +288,7 @@ class RingBuffer:
             row = (start + lo) % self._capacity
             rows = self._data[row : row + hi - lo]
             sub_starts = cuts[first:last] - lo
-            minima.append(np.minimum.reduceat(rows, sub_starts, axis=0))
-            maxima.append(np.maximum.reduceat(rows, sub_starts, axis=0))
-        buckets = np.searchsorted(cuts, offsets)
-        return (
-            np.minimum.reduceat(np.concatenate(minima), buckets, axis=0),
-            np.maximum.reduceat(np.concatenate(maxima), buckets, axis=0),
-        )
+            low, high = runs_minmax(rows, sub_starts)
+            minima.append(low)
+            maxima.append(high)
+        return merge_runs(np.concatenate(minima), np.concatenate(maxima), np.searchsorted(cuts, offsets))

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Literal, TypeVar
 
 import serial
@@ -128,6 +128,21 @@ class _Decoding:
         return _Counts()
 
 
+@dataclass
+class _Connection:
+    """One open port's state while `SerialLink._serve` runs it."""
+
+    ser: serial.Serial
+    port: str
+    decoding: _Decoding
+    deadline: float  # monotonic: detection gives up then
+    info: LinkInfo | None = None  # once the protocol is detected and announced
+    held: list[Message] = field(default_factory=list)  # decoded before the announcement
+    device: str | None = None  # from the first STATUS frame
+    next_heartbeat: float = 0.0  # monotonic
+    errors: _Counts = field(default_factory=_Counts)  # bad input logged so far
+
+
 class SerialLink:
     """Owns the STM32 port in a daemon thread; see the module docstring.
 
@@ -239,16 +254,9 @@ class SerialLink:
 
         Returns whether a protocol was detected."""
         stm32 = self._settings.stm32
-        decoding = _Decoding(self._settings)
+        conn = _Connection(ser, port, _Decoding(self._settings), time.monotonic() + stm32.detect_timeout_s)
         with self._stats_lock:
-            self._decoding = decoding
-        info: LinkInfo | None = None
-        held: list[Message] = []
-        device: str | None = None
-        deadline = time.monotonic() + stm32.detect_timeout_s
-        heartbeat_s = stm32.heartbeat_ms / 1000
-        next_heartbeat = 0.0
-        errors = _Counts()
+            self._decoding = conn.decoding
         try:
             if stm32.protocol != "text":
                 # Harmless to legacy text firmware, which ignores all input but `Valves:` lines: HELLO
@@ -256,38 +264,13 @@ class SerialLink:
                 # the junk line it may have left in the firmware's input buffer.
                 self._write(ser, encode_hello())
             while not self._stop.is_set():
-                data = ser.read(ser.in_waiting or 1)
-                if len(data) == 1:  # woken by the first byte of a burst: take the rest of it too
-                    self._stop.wait(COALESCE_S)
-                    data += ser.read(ser.in_waiting)
+                data = self._read_burst(ser)
                 now = time.monotonic()
-                if decoding.protocol == "binary" and now >= next_heartbeat:
-                    self._write(ser, encode_heartbeat(self._heartbeats))
-                    self._heartbeats += 1
-                    next_heartbeat = now + heartbeat_s
-                messages: list[Message] = []
-                if data:
-                    self._bytes_read += len(data)
-                    messages = decoding.feed(data, time.time())
-                    counts = decoding.counts()
-                    if counts != errors:
-                        errors = counts
-                        self._problems.warning(
-                            "input", "%s: bad input on this connection so far: %s", port, counts
-                        )
-                if info is None:
-                    held += messages
-                    if device is None:
-                        device = next((m.device for m in messages if isinstance(m, StatusFrame)), None)
-                    if decoding.protocol == "text" or (
-                        decoding.protocol == "binary" and (device is not None or now >= deadline)
-                    ):
-                        if decoding.protocol == "text" and stm32.protocol == "auto":
-                            self._write(ser, b"\n")
-                        info = LinkInfo(port, decoding.protocol, device or "")
-                        self._announce(ser, info)
-                        messages, held = held, []
-                    elif now >= deadline:
+                self._heartbeat(conn, now)
+                messages = self._decode(conn, data)
+                if conn.info is None:
+                    released = self._detect(conn, messages, now)
+                    if released is None and now >= conn.deadline:
                         self._problems.warning(
                             "detect",
                             "%s: no binary frame and no text sample line within %.1f s; reopening",
@@ -295,28 +278,80 @@ class SerialLink:
                             stm32.detect_timeout_s,
                         )
                         return False
-                    else:
+                    if released is None:
                         continue  # held until announced: on_connection comes first
+                    messages = released
                 self._deliver(messages)
         except (serial.SerialException, OSError) as exc:
             self._problems.warning("lost", "%s: connection lost: %s", port, exc)
         except Exception:  # a bug must cost this connection, not the acquisition service
             self._problems.warning("bug", "%s: closing after an unexpected error", port, exc_info=True)
         finally:
-            with self._write_lock:
-                self._ser = None
-                self._protocol = None
-            try:
-                ser.close()
-            except (serial.SerialException, OSError) as exc:
-                log.debug("closing %s: %s", port, exc)
-            with self._stats_lock:
-                self._closed_counts += decoding.counts()
-                self._decoding = None
-            if info is not None:
-                log.info("STM32 on %s disconnected", port)
-                self._call("on_connection", self._on_connection, None)
-        return info is not None
+            self._close(conn)
+        return conn.info is not None
+
+    def _read_burst(self, ser: serial.Serial) -> bytes:
+        """What the port has, waiting up to its timeout for one byte; a burst's first byte waits for
+        the rest of the burst (COALESCE_S)."""
+        data: bytes = ser.read(ser.in_waiting or 1)
+        if len(data) == 1:
+            self._stop.wait(COALESCE_S)
+            data += ser.read(ser.in_waiting)
+        return data
+
+    def _heartbeat(self, conn: _Connection, now: float) -> None:
+        """Send the binary protocol's HEARTBEAT when one is due."""
+        if conn.decoding.protocol == "binary" and now >= conn.next_heartbeat:
+            self._write(conn.ser, encode_heartbeat(self._heartbeats))
+            self._heartbeats += 1
+            conn.next_heartbeat = now + self._settings.stm32.heartbeat_ms / 1000
+
+    def _decode(self, conn: _Connection, data: bytes) -> list[Message]:
+        """The messages in `data`; a change in the connection's bad-input counts is logged (throttled)."""
+        if not data:
+            return []
+        self._bytes_read += len(data)
+        messages = conn.decoding.feed(data, time.time())
+        counts = conn.decoding.counts()
+        if counts != conn.errors:
+            conn.errors = counts
+            self._problems.warning("input", "%s: bad input on this connection so far: %s", conn.port, counts)
+        return messages
+
+    def _detect(self, conn: _Connection, messages: list[Message], now: float) -> list[Message] | None:
+        """Hold `messages` until the protocol is known, then announce the connection.
+
+        Returns every message held so far once announced, else None. Text is known from its sample
+        lines; binary waits for the STATUS frame that names the device, at most until the deadline.
+        """
+        conn.held += messages
+        if conn.device is None:
+            conn.device = next((m.device for m in messages if isinstance(m, StatusFrame)), None)
+        protocol = conn.decoding.protocol
+        if protocol is None or (protocol == "binary" and conn.device is None and now < conn.deadline):
+            return None
+        if protocol == "text" and self._settings.stm32.protocol == "auto":
+            self._write(conn.ser, b"\n")
+        conn.info = LinkInfo(conn.port, protocol, conn.device or "")
+        self._announce(conn.ser, conn.info)
+        released, conn.held = conn.held, []
+        return released
+
+    def _close(self, conn: _Connection) -> None:
+        """Forget the port for commands, close it, keep its error counts, tell on_connection (None)."""
+        with self._write_lock:
+            self._ser = None
+            self._protocol = None
+        try:
+            conn.ser.close()
+        except (serial.SerialException, OSError) as exc:
+            log.debug("closing %s: %s", conn.port, exc)
+        with self._stats_lock:
+            self._closed_counts += conn.decoding.counts()
+            self._decoding = None
+        if conn.info is not None:
+            log.info("STM32 on %s disconnected", conn.port)
+            self._call("on_connection", self._on_connection, None)
 
     def _announce(self, ser: serial.Serial, info: LinkInfo) -> None:
         with self._write_lock:

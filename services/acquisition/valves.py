@@ -42,10 +42,12 @@ from typing import Any, Literal
 
 from services.acquisition.text_protocol import TextAck
 from services.common import topics
+from services.common.audit import event_payload
 from services.common.codec import WireFormatError, pack, unpack_map
 from services.common.logs import Throttled
 from services.common.mqtt import Message
 from services.common.stm32_wire import HEARTBEAT_TIMEOUT_S, AckResult, ValveAckFrame
+from services.common.valve_pattern import parse_pattern
 
 log = logging.getLogger("rcs.acquisition.valves")
 
@@ -140,7 +142,7 @@ def text_ack_mask(ack: TextAck, n_valves: int) -> int | None:
     match = _TEXT_VALVES.match(ack.text)
     if not ack.ok or match is None or len(match.group(1)) != n_valves:
         return None
-    return sum(1 << i for i, digit in enumerate(match.group(1)) if digit == "1")
+    return parse_pattern(match.group(1), n_valves)
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ class ValveControl:
         *,
         set_valves: Callable[[int, int], bool],
         go_safe: Callable[[int], bool],
-        publish_event: Callable[[dict[str, Any]], None],
+        publish_event: Callable[[bytes], None],
     ) -> None:
         self._n_valves = n_valves
         self._publish = publish
@@ -373,16 +375,8 @@ class ValveControl:
         log.warning("%s while valves may be open: commanding GO_SAFE (cmd_no %#06x)", reason, cmd_no)
         sent = self._execute(ValveCommand(cmd_no, None, math.inf, reason, own=True))
         self._count("own_go_safe")
-        event = {
-            "ts": time.time(),
-            "service": "acquisition",
-            "kind": "go_safe",
-            "reason": reason,
-            "cmd_no": cmd_no,
-            "sent": sent,
-            "valves": valves_before,
-        }
-        self._publish_event(event)
+        event = {"reason": reason, "cmd_no": cmd_no, "sent": sent, "valves": valves_before}
+        self._publish_event(event_payload("acquisition", "go_safe", event))
 
     def _execute(self, command: ValveCommand) -> bool:
         """Write `command` unless it expired; whether it was written. Writer thread only."""

@@ -34,7 +34,7 @@ from services.common import topics
 from services.common.codec import WireFormatError, unpack_map
 from services.common.heartbeat import BadHeartbeatError, parse_heartbeat
 from services.common.lifecycle import run_service
-from services.common.logs import Throttled
+from services.common.logs import DropMalformed, Throttled
 from services.common.metrics import counters
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcServer
@@ -51,6 +51,7 @@ class Actuation:
         self.valve_map = ValveMap(settings)
         self.stats = ActuationStats()
         self._problems = Throttled(log)
+        self._decode = DropMalformed(self.stats, "malformed_total", self._problems)
 
         self.mqtt = MqttClient(settings.mqtt, SERVICE)
         self.priority_mqtt = MqttClient(
@@ -64,6 +65,7 @@ class Actuation:
             valve_link=self.priority_mqtt,
             stats=self.stats,
             problems=self._problems,
+            decode=self._decode,
         )
         self.control = ControlThread(self.authority.on_wake, max_sleep_s=DEADMAN_PERIOD_S)
         self.motors = MotorController(
@@ -128,11 +130,8 @@ class Actuation:
         self.control.post(lambda: self.authority.telemetry(payload))
 
     def _on_ack(self, message: Message) -> None:
-        try:
-            ack = unpack_map(message.payload)
-        except WireFormatError as exc:
-            self.stats.malformed_total += 1
-            self._problems.warning("ack", "ignored malformed valve acknowledgement: %s", exc)
+        ack = self._decode(unpack_map, message.payload, "ack", "valve acknowledgement")
+        if ack is None:
             return
         self.control.post(lambda: self.authority.valve_ack(ack))
 
@@ -176,6 +175,7 @@ class Actuation:
             "command_queue": float(self.command_server.queued),
             "armed": float(self.authority.core.armed),
             "pending_writes": float(len(self.authority.pending)),
+            "arduino_connected": float(self.motors.state.connected),
         }
 
 

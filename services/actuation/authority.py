@@ -24,8 +24,8 @@ from services.actuation.publish import StatePublisher
 from services.actuation.redlines import RedlineMonitor
 from services.actuation.valve_map import ValveMap
 from services.common import topics
-from services.common.codec import WireFormatError, pack, publish_properties
-from services.common.logs import Throttled
+from services.common.codec import pack, publish_properties
+from services.common.logs import DropMalformed, Throttled
 from services.common.mqtt import MqttClient
 from services.common.settings import Settings
 from services.common.telemetry import decode_batch
@@ -57,6 +57,7 @@ class Authority:
         valve_link: MqttClient,
         stats: ActuationStats,
         problems: Throttled,
+        decode: DropMalformed,
     ) -> None:
         """`valve_link`: the connection valve writes go out on (the priority one)."""
         self.core = StandCore(settings)
@@ -69,6 +70,7 @@ class Authority:
         self._valve_link = valve_link
         self._stats = stats
         self._problems = problems
+        self._decode = decode
         self._ack_timeout_s = settings.actuation.ack_timeout_ms / 1000
 
     def on_wake(self, now: float) -> float:
@@ -161,11 +163,8 @@ class Authority:
 
     def telemetry(self, batch_payload: bytes) -> None:
         """A telemetry batch: the deadman sees telemetry flowing, the red-lines check it."""
-        try:
-            batch = decode_batch(batch_payload)
-        except WireFormatError as exc:
-            self._stats.malformed_total += 1
-            self._problems.warning("telemetry", "ignored malformed telemetry: %s", exc)
+        batch = self._decode(decode_batch, batch_payload, "telemetry", "telemetry")
+        if batch is None:
             return
         now = time.monotonic()
         self.deadman.telemetry(now)

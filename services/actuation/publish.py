@@ -14,7 +14,7 @@ from typing import Any
 from services.actuation.core import StandCore
 from services.actuation.motor_moves import MotorsState
 from services.actuation.valve_map import ValveMap
-from services.common import topics
+from services.common import audit, topics
 from services.common.codec import pack
 from services.common.mqtt import MqttClient
 
@@ -27,8 +27,9 @@ class StatePublisher:
         self.valves_state: dict[str, Any] | None = None  # as last published on rcs/state/valves
 
     def event(self, kind: str, **fields: Any) -> None:
-        event = {"ts": time.time(), "service": self._service, "kind": kind, **fields}
-        self._mqtt.publish(topics.events(self._service), pack(event), qos=1)
+        self._mqtt.publish(
+            topics.events(self._service), audit.event_payload(self._service, kind, fields), qos=1
+        )
 
     def motor_event(self, event: dict[str, Any]) -> None:
         """An event of the motor controller's (`{"kind": ..., **fields}`), as an actuation event."""

@@ -1,4 +1,4 @@
-"""Valve patterns: the stand's valve order turned into bit masks and back.
+"""Valve patterns: the stand's valve order turned into bit masks and back (services.common.valve_pattern).
 
 Bit i of a mask is valve i of `settings.valves`, and digit i (left to right) of a pattern such as
 "010000000" (= GOX1 open on the shipped stand). Names are upper case (`GOX1`), roles lower case
@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import get_args
 
 from services.common.settings import Settings, ValveRole
+from services.common.valve_pattern import format_pattern, mask_bits, parse_pattern
 
 _ROLES = frozenset(get_args(ValveRole))
 
@@ -29,27 +30,14 @@ class ValveMap:
         """A pattern ("010000000" or [0, 1, 0, ...], one digit per valve, 1 = open) as a mask.
 
         The ValueError's text never repeats the pattern (it goes back to whoever sent it)."""
-        digits = list(pattern)
-        if len(digits) != self.count:
-            raise ValueError(
-                f"valve pattern has {len(digits)} digits, expected {self.count} "
-                f"(one per valve: {', '.join(self.names)})"
-            )
-        if isinstance(pattern, str):
-            bits = [{"0": 0, "1": 1}.get(d, -1) for d in pattern]
-        else:
-            bits = [d if type(d) is int and d in (0, 1) else -1 for d in digits]
-        if -1 in bits:
-            raise ValueError("valve pattern may only contain 0 and 1 (not true/false)")
-        return sum(bit << i for i, bit in enumerate(bits))
+        return parse_pattern(pattern, self.count, self.names)
 
     def format(self, mask: int) -> str:
         """The pattern of a mask: "010000000"."""
-        return "".join(str(bit) for bit in self.as_list(mask))
+        return format_pattern(mask, self.count)
 
     def as_list(self, mask: int) -> list[int]:
-        self._check(mask)
-        return [(mask >> i) & 1 for i in range(self.count)]
+        return mask_bits(mask, self.count)
 
     def mask_of(self, names_or_roles: Iterable[str]) -> int:
         """The mask of these valves: a valve by name (upper case), or every valve of a role (lower case)."""
@@ -73,10 +61,6 @@ class ValveMap:
         """`mask` with one valve (by name) opened or closed."""
         if name not in self._index:
             raise ValueError(f"unknown valve {name!r} (valves: {', '.join(self.names)})")
-        self._check(mask)
+        mask_bits(mask, self.count)  # range check
         bit = 1 << self._index[name]
         return mask | bit if open else mask & ~bit
-
-    def _check(self, mask: int) -> None:
-        if not 0 <= mask < 1 << self.count:
-            raise ValueError(f"valve mask {mask} is out of range for {self.count} valves")

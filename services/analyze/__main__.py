@@ -193,6 +193,47 @@ def stats(files: Files, *, start: Start = None, end: End = None, channels: Chann
         out.print(f"session {session}: {rows} rows")
 
 
+def _print_continuity(sessions: list[continuity.SessionContinuity], n_files: int) -> None:
+    """`check`'s table of sessions, then each session's time span and largest gaps."""
+    table = _table(f"continuity of {n_files} file(s)")
+    table.add_column("session", no_wrap=True)
+    for heading in ("samples", "seq", "gaps", "missing", "duplicates"):
+        table.add_column(heading, justify="right")
+    for s in sessions:
+        cells = (s.samples, f"{s.first_seq}…{s.last_seq}", s.gap_count, s.missing, s.duplicates)
+        table.add_row(s.session, *(str(c) for c in cells), style=None if s.ok else "red")
+    out.print(table)
+    for s in sessions:
+        out.print(f"{s.session}: {_utc(s.first_us)} → {_utc(s.last_us)} UTC")
+        if not s.largest_gaps:
+            continue
+        listing = _table(f"largest gaps of {s.session}")
+        for heading in ("after seq", "next seq", "missing", "from (UTC)", "to (UTC)", "lasting"):
+            listing.add_column(heading, justify="right")
+        for gap in s.largest_gaps:
+            lasting = f"{(gap.next_us - gap.after_us) / 1e6:.6f} s"
+            gap_cells = (
+                gap.after_seq,
+                gap.next_seq,
+                gap.missing,
+                _time_of_day(gap.after_us),
+                _time_of_day(gap.next_us),
+                lasting,
+            )
+            listing.add_row(*(str(c) for c in gap_cells))
+        out.print(listing)
+
+
+def _print_ring_tail(tail: continuity.RingTail) -> None:
+    out.print(
+        f"[bold red]{tail.session} ends before acquisition's ring buffer:[/bold red] the files stop at "
+        f"seq {tail.recorded_last_seq}, acquisition is at {tail.ring_last_seq}: {tail.unrecorded} "
+        f"sample(s) not (yet) recorded, {max(0, tail.in_ring)} of them still in its ring buffer. "
+        "A running logger may hold the newest in its open segment (`save` writes it); a logger "
+        "started again fetches the rest from the ring while it holds them."
+    )
+
+
 @app.command()
 def check(
     files: Files,
@@ -221,40 +262,9 @@ def check(
     if not sessions:
         out.print(f"{len(recordings)} file(s), no samples")
         return
-    table = _table(f"continuity of {len(recordings)} file(s)")
-    table.add_column("session", no_wrap=True)
-    for heading in ("samples", "seq", "gaps", "missing", "duplicates"):
-        table.add_column(heading, justify="right")
-    for s in sessions:
-        cells = (s.samples, f"{s.first_seq}…{s.last_seq}", s.gap_count, s.missing, s.duplicates)
-        table.add_row(s.session, *(str(c) for c in cells), style=None if s.ok else "red")
-    out.print(table)
-    for s in sessions:
-        out.print(f"{s.session}: {_utc(s.first_us)} → {_utc(s.last_us)} UTC")
-        if s.largest_gaps:
-            listing = _table(f"largest gaps of {s.session}")
-            for heading in ("after seq", "next seq", "missing", "from (UTC)", "to (UTC)", "lasting"):
-                listing.add_column(heading, justify="right")
-            for gap in s.largest_gaps:
-                lasting = f"{(gap.next_us - gap.after_us) / 1e6:.6f} s"
-                gap_cells = (
-                    gap.after_seq,
-                    gap.next_seq,
-                    gap.missing,
-                    _time_of_day(gap.after_us),
-                    _time_of_day(gap.next_us),
-                    lasting,
-                )
-                listing.add_row(*(str(c) for c in gap_cells))
-            out.print(listing)
+    _print_continuity(sessions, len(recordings))
     if tail is not None:
-        out.print(
-            f"[bold red]{tail.session} ends before acquisition's ring buffer:[/bold red] the files stop at "
-            f"seq {tail.recorded_last_seq}, acquisition is at {tail.ring_last_seq}: {tail.unrecorded} "
-            f"sample(s) not (yet) recorded, {max(0, tail.in_ring)} of them still in its ring buffer. "
-            "A running logger may hold the newest in its open segment (`save` writes it); a logger "
-            "started again fetches the rest from the ring while it holds them."
-        )
+        _print_ring_tail(tail)
     if all(s.ok for s in sessions) and tail is None:
         out.print("[green]continuous: no gaps, no duplicates[/green]")
         if ring is None:

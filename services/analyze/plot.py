@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from services.analyze.load import SessionIds, from_micros, micros
+from services.common.minmax import fold_runs
 from services.common.settings import Redline
 
 FloatArray = npt.NDArray[np.float64]
@@ -44,7 +45,8 @@ LINE_COLORS = (
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """[start_us, end_us) in buckets: each one's centre (UTC µs), its sample count, whether a gap
-    follows a sample in it, and each channel's min and max in it (NaN if none)."""
+    follows a sample in it, and each channel's min and max in it (NaN if none: the NaN rule of
+    `services.common.minmax`)."""
 
     start_us: int
     end_us: int
@@ -62,8 +64,8 @@ def envelope(
     span = end_us - start_us
     counts = np.zeros(buckets, dtype=np.int64)
     breaks = np.zeros(buckets, dtype=bool)
-    low = {name: np.full(buckets, np.inf) for name in channels}
-    high = {name: np.full(buckets, -np.inf) for name in channels}
+    low = {name: np.full(buckets, np.nan) for name in channels}
+    high = {name: np.full(buckets, np.nan) for name in channels}
     sessions = SessionIds()
     previous = np.zeros((3, 0), dtype=np.int64)  # (session id, seq, bucket) of the last sample read
     for batch in batches:
@@ -75,14 +77,13 @@ def envelope(
         jump = (np.diff(keys[1]) != 1) | (np.diff(keys[0]) != 0)
         breaks[keys[2, :-1][jump]] = True
         previous = keys[:, -1:]
+        if len(index) == 0:
+            continue
+        order = np.argsort(index, kind="stable")  # each bucket's samples as one run
+        starts = np.flatnonzero(np.r_[True, np.diff(index[order]) != 0])
         for name in channels:
-            values = batch.column(name).to_numpy(zero_copy_only=False)
-            np.fmin.at(low[name], index, values)  # fmin/fmax: NaN (undefined) samples are skipped
-            np.fmax.at(high[name], index, values)
-    for name in channels:
-        empty = np.isinf(low[name]) & np.isinf(high[name])
-        low[name][empty] = np.nan
-        high[name][empty] = np.nan
+            values = batch.column(name).to_numpy(zero_copy_only=False)[order]
+            fold_runs(low[name], high[name], index[order][starts], values, starts)
     centres = start_us + ((np.arange(buckets) + 0.5) * span / buckets).astype(np.int64)
     return Envelope(start_us, end_us, centres, counts, breaks, low, high)
 

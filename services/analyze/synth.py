@@ -1,11 +1,12 @@
 """Synthetic recordings of a hot fire, written exactly like the logger's files.
 
-The signals come from the STM32 emulator's stand model (services/emulators/stm32/physics.py) driven
+The signals come from the stand model the STM32 emulator also runs (services/common/stand_physics.py) driven
 through the stand's own sequences: idle, `preburning` (feed lines pressurise), `burningstart`
 (igniter), `burning` (propellants to the chamber: chamber pressure, thrust, throat and wall
 temperatures rise), then the abort sequence (shutdown, vent, purge) and cool-down. A short hard-start
 pressure spike marks ignition. Sensor noise and the 12-bit ADC's quantisation are applied as on the
-real stand, and the derived channels are computed by acquisition's own `Derivation`.
+real stand, and the derived channels are computed by the `Derivation` acquisition also uses
+(services/common/derived.py): a tool imports shared code, never a service.
 
 Gaps are whole telemetry batches lost (seq jumps, as with dropped serial frames), never at the
 start. Files rotate like the logger's: one per `rotate_s` seconds of recording.
@@ -23,18 +24,19 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from services.acquisition.derived import Derivation
 from services.analyze import writing
 from services.analyze.load import from_micros, to_micros
 from services.common import recording
+from services.common.derived import Derivation
 from services.common.settings import Sequence as StandSequence
 from services.common.settings import Settings
-from services.emulators.stm32.physics import QUANTITIES, Adc, Plant, Sensors
+from services.common.stand_physics import QUANTITIES, Adc, Plant, Sensors
+from services.common.valve_pattern import parse_pattern
 
 # Profile, as fractions of the recording: when each sequence starts.
 PROFILE = (("preburning", 0.10), ("burningstart", 0.20), ("burning", 0.22))
 SHUTDOWN_AT = 0.60  # the abort sequence ends the burn
-PLANT_BLOCK_S = 0.005  # the plant's targets are frozen over blocks this long (see physics.py)
+PLANT_BLOCK_S = 0.005  # the plant's targets are frozen over blocks this long (see stand_physics.py)
 HARD_START_BAR = 9.0  # chamber pressure spike at ignition...
 HARD_START_TAU_S = 0.002  # ...decaying with this time constant
 MAX_GAP_BATCHES = 20
@@ -56,11 +58,6 @@ class SynthPlan:
         return round(self.seconds * self.rate_hz)
 
 
-def _mask(pattern: str) -> int:
-    """A step's valve pattern ('1' = open, in valve order) as a mask: bit i = valve i."""
-    return sum(1 << i for i, bit in enumerate(pattern) if bit == "1")
-
-
 def valve_schedule(settings: Settings, seconds: float) -> tuple[list[float], list[int]]:
     """(times in s, valve masks) of the hot-fire profile: mask[i] holds from times[i] on."""
     times, masks = [0.0], [0]
@@ -68,7 +65,7 @@ def valve_schedule(settings: Settings, seconds: float) -> tuple[list[float], lis
     def run(sequence: StandSequence, at: float) -> None:
         for step in sequence.steps:
             times.append(at)
-            masks.append(_mask(step.valves))
+            masks.append(parse_pattern(step.valves, len(settings.valves)))
             at += step.wait_ms / 1000
 
     for name, fraction in PROFILE:

@@ -8,15 +8,24 @@ which authenticates people by their tokens) may name the person it acts for.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from services.common import topics
+from services.common.codec import pack
 
 RELAYS = frozenset({"gateway"})  # logins trusted to say `who` and `origin` for the people they serve
 AUDIT_KEYS = ("who", "origin", "login", "claimed_who")
 AUDIT_TEXT_CHARS = 200  # who, origin, a reason, each string of args: longer ones are clipped
 AUDIT_ITEMS = 32  # items of a list or map in args
+
+
+def event_payload(service: str, kind: str, fields: Mapping[str, Any]) -> bytes:
+    """The packed audit event `{ts: UNIX s, service, kind, **fields}` (docs/protocol.md, events), for
+    `topics.events(login)`; `fields` may override the envelope's keys."""
+    return pack({"ts": time.time(), "service": service, "kind": kind, **fields})
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any
 
 from services.common import topics
-from services.common.codec import WireFormatError, pack, unpack_map
+from services.common.codec import WireFormatError, unpack_map
 from services.common.mqtt import Message, MqttClient
 
 log = logging.getLogger(__name__)
@@ -61,9 +60,9 @@ class EventOutbox:
         with self._lock:
             return len(self._held)
 
-    def publish(self, event: dict[str, Any]) -> None:
-        """Publish `event` now, or hold it while the connection is down or not yet released."""
-        payload = pack(event)
+    def publish(self, payload: bytes) -> None:
+        """Publish a packed event (`audit.event_payload`) now, or hold it while the connection is down
+        or not yet released."""
         with self._lock:
             if self._holding or not self._mqtt.connected:
                 self._holding = True

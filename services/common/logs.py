@@ -12,9 +12,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pythonjsonlogger.json import JsonFormatter
+
+from services.common.codec import WireFormatError
+
+Decoded = TypeVar("Decoded")
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(service)s %(name)s: %(message)s"
 _JSON_FIELDS = ("asctime", "levelname", "name", "message")
@@ -99,3 +103,29 @@ class Throttled:
             msg = f"{msg} (%d more since %s)"
             args = (*args, suppressed, stamp)
         self._logger.warning(msg, *args, exc_info=exc_info)
+
+
+class DropMalformed:
+    """The one way a service meets a payload that does not decode: count it, log it once per kind
+    (then throttled), drop it.
+
+    `stats.<counter>` (an int field of the service's metrics) goes up by one per dropped payload.
+    """
+
+    def __init__(self, stats: object, counter: str, problems: Throttled) -> None:
+        if not isinstance(getattr(stats, counter, None), int):
+            raise TypeError(f"{type(stats).__name__}.{counter} is not an int counter")
+        self._stats = stats
+        self._counter = counter
+        self._problems = problems
+
+    def __call__(
+        self, decode: Callable[[bytes], Decoded], payload: bytes, key: str, what: str
+    ) -> Decoded | None:
+        """`decode(payload)`, or None when it raises WireFormatError ("ignored malformed <what>")."""
+        try:
+            return decode(payload)
+        except WireFormatError as exc:
+            setattr(self._stats, self._counter, getattr(self._stats, self._counter) + 1)
+            self._problems.warning(key, "ignored malformed %s: %s", what, exc)
+            return None

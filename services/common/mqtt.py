@@ -143,6 +143,10 @@ class MqttClient:
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password is not None else None
             self._client.username_pw_set(settings.username, password)
+        if settings.uses_tls:
+            # Certificate and host name checked (against tls_ca_file, else the system's CAs).
+            ca = str(settings.tls_ca_file) if settings.tls_ca_file is not None else None
+            self._client.tls_set(ca_certs=ca)
         self._client.max_queued_messages_set(settings.max_queued_messages)
         # paho annotates the delays as int but computes with them as numbers; sub-second is fine.
         self._client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)  # type: ignore[arg-type]

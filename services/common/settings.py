@@ -35,6 +35,14 @@ class MqttSettings(_Section):
     password: SecretStr | None = None
     keepalive_s: int = Field(15, ge=5)
     max_queued_messages: int = Field(1000, ge=1, description="outgoing queue bound while disconnected")
+    tls: bool = Field(False, description="connect over TLS, checked against the system's CAs")
+    tls_ca_file: Path | None = Field(
+        None, description="connect over TLS, checked against this CA (implies tls)"
+    )
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.tls_ca_file is not None
 
 
 class Stm32Settings(_Section):
@@ -231,6 +239,16 @@ class GatewaySettings(_Section):
     token_command_rate_per_s: float = Field(50.0, gt=0, description="commands per token (REST and WebSocket)")
     token_command_burst: int = Field(100, ge=1, description="...of which at once")
     stale_after_s: float = Field(1.0, gt=0, description="no telemetry batch for this long: stale")
+    tls_cert_file: Path | None = Field(None, description="serve HTTPS with this certificate (chain)")
+    tls_key_file: Path | None = Field(None, description="...and this private key; both or neither")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "gateway.tls_cert_file and gateway.tls_key_file go together: set both or neither"
+            )
+        return self
 
 
 class EmulatorSettings(_Section):

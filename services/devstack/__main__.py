@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from services.common.lifecycle import stop_requested
 from services.common.logs import setup_logging
 from services.common.mqtt import MqttClient
-from services.common.settings import PROJECT_ROOT, MqttSettings, load_settings
+from services.common.settings import PROJECT_ROOT, MqttSettings, Settings, load_settings
 from services.devstack import credentials, firmware_board
 from services.devstack.broker import Broker, broker_answers
 from services.devstack.supervisor import RestartPolicy, Supervisor, python_module
@@ -77,6 +77,72 @@ def _stack_client(mqtt: MqttSettings, logins: dict[str, str]) -> MqttClient | No
     return MqttClient(mqtt, "stack")
 
 
+def _environment(data_dir: Path) -> dict[str, str]:
+    """The children's environment: ours, with the data directory and the gateway's tokens set (the
+    operator's own if set, else fresh ones for this run, printed by `_print_banner`)."""
+    env = dict(os.environ)
+    env.setdefault("RCS_DATA_DIR", str(data_dir.resolve()))
+    env.setdefault("RCS_OPERATOR_TOKEN", secrets.token_urlsafe(24))
+    env.setdefault("RCS_VIEWER_TOKEN", secrets.token_urlsafe(24))
+    return env
+
+
+def _broker(settings: Settings, operator_env: Path) -> tuple[Broker | None, dict[str, str]]:
+    """(the broker this stack started or None, the MQTT logins it made: none with an existing broker)."""
+    host, port = settings.mqtt.host, settings.mqtt.port
+    if broker_answers(host, port, timeout=1.0):
+        log.info("using the MQTT broker already answering on %s:%d", host, port)
+        log.warning(
+            "this broker's logins and ACL are not this project's: unless it enforces mosquitto/acl, "
+            "anyone who can reach it can command the valves (rcs/stm32/cmd/#)"
+        )
+        operator_env.unlink(missing_ok=True)  # a previous run's login is not valid here
+        return None, {}
+    broker = Broker(port=port, host="127.0.0.1" if host in ("localhost", "127.0.0.1") else host)
+    broker.start()
+    logins = broker.credentials
+    credentials.write_private(
+        operator_env, credentials.env_text("operator", logins["operator"], host=host, port=port)
+    )
+    log.info("started Mosquitto on %s:%d (mosquitto/mosquitto.conf, mosquitto/acl)", broker.host, port)
+    return broker, logins
+
+
+def _start_emulators(supervisor: Supervisor, settings: Settings, env: dict[str, str], run_dir: Path) -> None:
+    """Each emulator behind its pty link in `run_dir`, named in `env` (RCS_*_PORT) for the services."""
+    for name, module, port_variable in EMULATORS:
+        link = run_dir / name.removesuffix("-emulator")
+        env[port_variable] = str(link)
+        emulator_env = {k: v for k, v in env.items() if k not in _LOGIN}  # no MQTT
+        firmware = name == "stm32-emulator" and settings.stm32.emulator == "firmware"
+        command = (
+            firmware_board.command(settings, link) if firmware else python_module(module, "--link", str(link))
+        )
+        supervisor.start(name, command, emulator_env)
+
+
+def _print_banner(settings: Settings, env: dict[str, str], operator_env: Path | None) -> None:
+    """Where everything is, for the person who started the stack."""
+    host, port = settings.mqtt.host, settings.mqtt.port
+    operator_token = env["RCS_OPERATOR_TOKEN"]
+    print(
+        f"\nrcs is running: telemetry on mqtt://{host}:{port}/rcs/telemetry/sensors\n"
+        f"  watch it:  {sys.executable} -m services.devstack.watch\n"
+        f"  command:   {Path(sys.executable).parent / 'rcs-ctl'} --help  (arming needs `rcs-ctl hold`)\n"
+        f"  dashboard: http://localhost:{settings.http_port}/#token={operator_token}\n"
+        f"  gateway:   http://localhost:{settings.http_port}/  (REST /api/..., WebSocket /ws, /docs)\n"
+        f"  operator token: {operator_token}  (Authorization: Bearer ..., or /ws?token=...)\n"
+        f"  metrics:   http://localhost:{settings.acquisition.metrics_port}/metrics (acquisition)\n"
+        + (
+            f"  operator login (rcs-ctl reads it): {operator_env}\n"
+            if operator_env is not None
+            else "  MQTT logins: those of the existing broker (RCS_MQTT_USERNAME/PASSWORD)\n"
+        )
+        + "  stop:      Ctrl-C\n",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the whole rcs system")
     parser.add_argument(
@@ -90,31 +156,9 @@ def main() -> None:
 
     run_dir = PROJECT_ROOT / "run"
     run_dir.mkdir(exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("RCS_DATA_DIR", str(Path(settings.data_dir).resolve()))
-    # The gateway's tokens: the operator's own if set, else fresh ones for this run (printed below).
-    operator_token = env.setdefault("RCS_OPERATOR_TOKEN", secrets.token_urlsafe(24))
-    env.setdefault("RCS_VIEWER_TOKEN", secrets.token_urlsafe(24))
-
-    broker: Broker | None = None
-    logins: dict[str, str] = {}
+    env = _environment(settings.data_dir)
     operator_env = run_dir / "operator.env"
-    host, port = settings.mqtt.host, settings.mqtt.port
-    if broker_answers(host, port, timeout=1.0):
-        log.info("using the MQTT broker already answering on %s:%d", host, port)
-        log.warning(
-            "this broker's logins and ACL are not this project's: unless it enforces mosquitto/acl, "
-            "anyone who can reach it can command the valves (rcs/stm32/cmd/#)"
-        )
-        operator_env.unlink(missing_ok=True)  # a previous run's login is not valid here
-    else:
-        broker = Broker(port=port, host="127.0.0.1" if host in ("localhost", "127.0.0.1") else host)
-        broker.start()
-        logins = broker.credentials
-        credentials.write_private(
-            operator_env, credentials.env_text("operator", logins["operator"], host=host, port=port)
-        )
-        log.info("started Mosquitto on %s:%d (mosquitto/mosquitto.conf, mosquitto/acl)", broker.host, port)
+    broker, logins = _broker(settings, operator_env)
 
     stop = stop_requested()
     events = _stack_client(settings.mqtt, logins)
@@ -123,35 +167,10 @@ def main() -> None:
     supervisor = Supervisor(events, RestartPolicy())
     try:
         if not args.hardware:
-            for name, module, port_variable in EMULATORS:
-                link = run_dir / name.removesuffix("-emulator")
-                env[port_variable] = str(link)
-                emulator_env = {k: v for k, v in env.items() if k not in _LOGIN}  # no MQTT
-                firmware = name == "stm32-emulator" and settings.stm32.emulator == "firmware"
-                command = (
-                    firmware_board.command(settings, link)
-                    if firmware
-                    else python_module(module, "--link", str(link))
-                )
-                supervisor.start(name, command, emulator_env)
+            _start_emulators(supervisor, settings, env, run_dir)
         for name, module in SERVICES:
             supervisor.start(name, python_module(module), _service_env(env, name, logins))
-        print(
-            f"\nrcs is running: telemetry on mqtt://{host}:{port}/rcs/telemetry/sensors\n"
-            f"  watch it:  {sys.executable} -m services.devstack.watch\n"
-            f"  command:   {Path(sys.executable).parent / 'rcs-ctl'} --help  (arming needs `rcs-ctl hold`)\n"
-            f"  dashboard: http://localhost:{settings.http_port}/#token={operator_token}\n"
-            f"  gateway:   http://localhost:{settings.http_port}/  (REST /api/..., WebSocket /ws, /docs)\n"
-            f"  operator token: {operator_token}  (Authorization: Bearer ..., or /ws?token=...)\n"
-            f"  metrics:   http://localhost:{settings.acquisition.metrics_port}/metrics (acquisition)\n"
-            + (
-                f"  operator login (rcs-ctl reads it): {operator_env}\n"
-                if logins
-                else "  MQTT logins: those of the existing broker (RCS_MQTT_USERNAME/PASSWORD)\n"
-            )
-            + "  stop:      Ctrl-C\n",
-            flush=True,
-        )
+        _print_banner(settings, env, operator_env if logins else None)
         while not stop.wait(POLL_S):
             supervisor.poll()
     finally:

@@ -135,7 +135,7 @@ class Broker:
         host: str = "127.0.0.1",
         base: Path = BASE_CONFIG,
         *,
-        users: Iterable[str] = (*credentials.USERS, credentials.STACK_USER),
+        users: Iterable[str] = (*credentials.USERS, credentials.STACK_USER, *credentials.READERS),
         acl: str | None = None,
     ) -> None:
         self.host = host

@@ -29,6 +29,8 @@ USERS = ("acquisition", "actuation", "logger", "gateway", "operator")
 # rcs-stack's supervisor (make run only, with the broker it starts: under compose Docker restarts the
 # containers, so deployments need no password for it).
 STACK_USER = "stack"
+# Read-only logins of mosquitto/acl (telemetry, state, events): outside clients of the compose broker.
+READERS = ("reader",)
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for sha512-pbkdf2 in Mosquitto 2.0
 SALT_BYTES = 12  # as mosquitto_passwd
@@ -84,7 +86,7 @@ def main() -> None:
     parser.add_argument("password_file", type=Path, help="e.g. mosquitto/passwd (replaced)")
     parser.add_argument("--env-dir", type=Path, help="also write <user>.env files (mode 0600) here")
     args = parser.parse_args()
-    passwords = generate(args.password_file)
+    passwords = generate(args.password_file, (*USERS, *READERS))
     print(f"wrote {args.password_file} for users {', '.join(passwords)}")
     if args.env_dir is not None:
         args.env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common import topics
-from services.common.codec import pack
+from services.common.audit import event_payload
 from services.common.mqtt import MqttClient
 
 log = logging.getLogger("rcs.stack")
@@ -176,8 +176,9 @@ class Supervisor:
 
     def _publish(self, kind: str, **fields: Any) -> None:
         if self._events is not None:
-            event = {"ts": time.time(), "service": "stack", "kind": kind, **fields}
-            self._events.publish(topics.events(self._events.login), pack(event), qos=1)
+            self._events.publish(
+                topics.events(self._events.login), event_payload("stack", kind, fields), qos=1
+            )
 
     def _publish_status(self) -> None:
         if self._events is not None:

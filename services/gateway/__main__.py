@@ -1,4 +1,5 @@
-"""rcs-gateway: the REST API (and WebSocket) on 0.0.0.0:RCS_HTTP_PORT (default 5001).
+"""rcs-gateway: the REST API (and WebSocket) on 0.0.0.0:RCS_HTTP_PORT (default 5001); HTTPS when
+gateway.tls_cert_file and tls_key_file are set.
 
 uvicorn handles SIGTERM/SIGINT: it stops accepting, finishes the requests in flight, then runs the
 app's lifespan shutdown, which stops the bus (retained offline status, clean disconnect).

@@ -23,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common import audit, topics
-from services.common.codec import WireFormatError, unpack_map
+from services.common.codec import unpack_map
 from services.common.heartbeat import send_heartbeat
-from services.common.logs import Throttled
+from services.common.logs import DropMalformed, Throttled
 from services.common.metrics import counters
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcClient
@@ -73,6 +73,7 @@ class Bus:
         self._telemetry_listeners: list[TelemetryListener] = []
         self._message_listeners: list[MessageListener] = []
         self._throttled = Throttled(log)
+        self._decode = DropMalformed(self.stats, "malformed", self._throttled)
         self.mqtt.subscribe(topics.TELEMETRY, self._on_telemetry, qos=0)
         for topic_filter in (topics.TELEMETRY_META, "rcs/state/+", "rcs/status/+", topics.EVENTS):
             self.mqtt.subscribe(topic_filter, self._on_message, qos=1)
@@ -170,11 +171,8 @@ class Bus:
     # -- paho's network thread -------------------------------------------------------------------
 
     def _on_telemetry(self, message: Message) -> None:
-        try:
-            batch = decode_batch(message.payload)
-        except WireFormatError as exc:
-            self.stats.malformed += 1
-            self._throttled.warning("telemetry", "ignored malformed telemetry on %s: %s", message.topic, exc)
+        batch = self._decode(decode_batch, message.payload, "telemetry", f"telemetry on {message.topic}")
+        if batch is None:
             return
         self.stats.telemetry_batches += 1
         self._telemetry_at = time.monotonic()
@@ -186,13 +184,10 @@ class Bus:
             with self._lock:
                 self._latest.pop(message.topic, None)
             return
-        try:
-            decoded = unpack_map(message.payload)
-        except WireFormatError as exc:
-            self.stats.malformed += 1
-            self._throttled.warning(
-                f"map:{message.topic}", "ignored malformed message on %s: %s", message.topic, exc
-            )
+        decoded = self._decode(
+            unpack_map, message.payload, f"map:{message.topic}", f"message on {message.topic}"
+        )
+        if decoded is None:
             return
         self.stats.messages += 1
         if topics.is_event(message.topic):

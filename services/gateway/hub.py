@@ -35,8 +35,8 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from services.common.minmax import block_minmax
 from services.common.telemetry import TelemetryBatch, encode_batch
-from services.gateway.reduce import block_minmax
 
 log = logging.getLogger(__name__)
 

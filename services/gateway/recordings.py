@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from services.common import recording
+from services.common.minmax import fold_runs
 
 Cell = float | int | str | None
 
@@ -184,13 +185,9 @@ def _reduced(
                     if firsts[b] is None:
                         firsts[b] = value
                 continue
-            values = _numbers(column)
-            low, high = np.fmin.reduceat(values, starts), np.fmax.reduceat(values, starts)
             if name not in running:
                 running[name] = _Bucket(np.full(buckets, np.nan), np.full(buckets, np.nan))
-            bucket = running[name]
-            bucket.low[ids] = np.fmin(bucket.low[ids], low)
-            bucket.high[ids] = np.fmax(bucket.high[ids], high)
+            fold_runs(running[name].low, running[name].high, ids, _numbers(column), starts)
         position += table.num_rows
     data: dict[str, list[Cell]] = {}
     for name in columns:

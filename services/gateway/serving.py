@@ -27,5 +27,7 @@ def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn
         "access_log": False,
         "ws_per_message_deflate": False,
         "ws_max_size": settings.gateway.max_ws_message_bytes,
+        "ssl_certfile": settings.gateway.tls_cert_file,  # HTTPS when both are set
+        "ssl_keyfile": settings.gateway.tls_key_file,
     }
     return uvicorn.Config(app, **(options | overrides))

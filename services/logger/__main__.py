@@ -35,9 +35,9 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common import audit, topics
-from services.common.codec import WireFormatError, pack, unpack_map
+from services.common.codec import unpack_map
 from services.common.lifecycle import run_service
-from services.common.logs import Throttled
+from services.common.logs import DropMalformed, Throttled
 from services.common.mqtt import Message, MqttClient
 from services.common.recording import Intervals, IntervalSet, read_intervals
 from services.common.rpc import RpcClient, RpcError, RpcServer
@@ -79,6 +79,7 @@ class Recorder:
         self.data_dir = Path(settings.data_dir)
         self.stats = LoggerStats()
         self._problems = Throttled(log)
+        self._decode = DropMalformed(self.stats, "malformed_total", self._problems)
         self.coverage = Coverage()
         self._sessions: set[str] = set()
         self._ready = threading.Event()  # data_dir recovered and loaded: telemetry is recorded
@@ -156,11 +157,8 @@ class Recorder:
     def _on_telemetry(self, message: Message) -> None:
         if not self._ready.is_set():
             return  # data_dir not loaded yet: the first batch after it is asks for the repair
-        try:
-            batch = decode_batch(message.payload)
-        except WireFormatError as exc:
-            self.stats.malformed_total += 1
-            self._problems.warning("malformed", "ignored malformed telemetry: %s", exc)
+        batch = self._decode(decode_batch, message.payload, "malformed", "telemetry")
+        if batch is None:
             return
 
         def record() -> None:
@@ -179,11 +177,8 @@ class Recorder:
         self.mqtt.set_status(behind_s=None if behind_s is None else round(behind_s, 3))
 
     def _on_event(self, message: Message) -> None:
-        try:
-            event = unpack_map(message.payload)
-        except WireFormatError as exc:
-            self.stats.malformed_total += 1
-            self._problems.warning("malformed-event", "ignored malformed event: %s", exc)
+        event = self._decode(unpack_map, message.payload, "malformed-event", "event")
+        if event is None:
             return
         attributed, forged = audit.attribute_event(message.topic, event)
         if forged:
@@ -466,11 +461,7 @@ class Recorder:
         return result
 
     def _publish_event(self, kind: str, **fields: Any) -> None:
-        self.mqtt.publish(
-            topics.events(SERVICE),
-            pack({"ts": time.time(), "service": SERVICE, "kind": kind, **fields}),
-            qos=1,
-        )
+        self.mqtt.publish(topics.events(SERVICE), audit.event_payload(SERVICE, kind, fields), qos=1)
 
     def metrics(self) -> dict[str, float]:
         return {

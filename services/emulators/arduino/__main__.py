@@ -9,29 +9,21 @@ stand.yaml and RCS_* variables.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-from pathlib import Path
 
-from services.common.lifecycle import stop_requested
 from services.common.logs import setup_logging
 from services.common.settings import load_settings
 from services.emulators.arduino.emulator import ArduinoEmulator
+from services.emulators.cli import parser_with_link, run_until_stopped
 
 log = logging.getLogger("rcs.emulators.arduino")
-
-DEFAULT_LINK = Path("run") / "arduino"
 
 
 def main() -> None:
     settings = load_settings()
-    parser = argparse.ArgumentParser(description="Emulate the step-motor Arduino Uno behind a pty")
-    parser.add_argument(
-        "--link",
-        type=Path,
-        default=Path(settings.arduino.port) if settings.arduino.port else DEFAULT_LINK,
-        help="symlink to create for the host to open (default: $RCS_ARDUINO_PORT, else ./run/arduino)",
+    parser = parser_with_link(
+        "Emulate the step-motor Arduino Uno behind a pty", "arduino", settings.arduino.port
     )
     parser.add_argument(
         "--speed-factor",
@@ -44,23 +36,22 @@ def main() -> None:
         parser.error("--speed-factor must be a positive number")
     setup_logging("arduino-emulator", settings.log_level, settings.log_format)
 
-    stop = stop_requested()
-
     emulator = ArduinoEmulator(settings, link_path=args.link, speed_factor=args.speed_factor)
-    emulator.start()
-    log.info(
-        "Arduino emulator (speed x%g) on %s -> %s", emulator.speed_factor, emulator.link_path, emulator.device
-    )
-    try:
-        stop.wait()
-    finally:
-        emulator.stop()
-        log.info(
+    run_until_stopped(
+        emulator,
+        lambda: log.info(
+            "Arduino emulator (speed x%g) on %s -> %s",
+            emulator.speed_factor,
+            emulator.link_path,
+            emulator.device,
+        ),
+        lambda: log.info(
             "stopped: %d resets, %d lines sent, %d lost while no host had the port open",
             emulator.resets,
             emulator.lines_sent,
             emulator.lines_lost,
-        )
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -8,28 +8,20 @@ board. Everything else comes from stand.yaml and RCS_* variables.
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 
-from services.common.lifecycle import stop_requested
 from services.common.logs import setup_logging
 from services.common.settings import load_settings
+from services.emulators.cli import parser_with_link, run_until_stopped
 from services.emulators.stm32.emulator import Stm32Emulator
 
 log = logging.getLogger("rcs.emulators.stm32")
 
-DEFAULT_LINK = Path("run") / "stm32"
-
 
 def main() -> None:
     settings = load_settings()
-    parser = argparse.ArgumentParser(description="Emulate the STM32 acquisition board behind a pty")
-    parser.add_argument(
-        "--link",
-        type=Path,
-        default=Path(settings.stm32.port) if settings.stm32.port else DEFAULT_LINK,
-        help="symlink to create for the host to open (default: $RCS_STM32_PORT, else ./run/stm32)",
+    parser = parser_with_link(
+        "Emulate the STM32 acquisition board behind a pty", "stm32", settings.stm32.port
     )
     parser.add_argument(
         "--protocol",
@@ -48,27 +40,23 @@ def main() -> None:
         parser.error("--rate must be positive")
     setup_logging("stm32-emulator", settings.log_level, settings.log_format)
 
-    stop = stop_requested()
-
     emulator = Stm32Emulator(settings, link_path=args.link, protocol=args.protocol, rate_hz=args.rate)
-    emulator.start()
-    log.info(
-        "STM32 emulator (%s protocol, %g Hz) on %s -> %s",
-        args.protocol,
-        emulator.rate_hz,
-        emulator.link_path,
-        emulator.device,
-    )
-    try:
-        stop.wait()
-    finally:
-        emulator.stop()
-        log.info(
+    run_until_stopped(
+        emulator,
+        lambda: log.info(
+            "STM32 emulator (%s protocol, %g Hz) on %s -> %s",
+            args.protocol,
+            emulator.rate_hz,
+            emulator.link_path,
+            emulator.device,
+        ),
+        lambda: log.info(
             "stopped: %d samples, %d messages sent, %d dropped",
             emulator.samples_generated,
             emulator.frames_sent,
             emulator.frames_dropped,
-        )
+        ),
+    )
 
 
 if __name__ == "__main__":

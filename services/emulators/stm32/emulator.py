@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from services.common.settings import Settings
+from services.common.stand_physics import Plant, Sensors
 from services.emulators.device_thread import MAX_WAIT_S, DeviceThread
 from services.emulators.pty_port import PtyPort
 from services.emulators.stm32.firmware import (
@@ -30,7 +31,6 @@ from services.emulators.stm32.firmware import (
     Firmware,
     TextFirmware,
 )
-from services.emulators.stm32.physics import Plant, Sensors
 
 log = logging.getLogger("rcs.emulators.stm32")
 

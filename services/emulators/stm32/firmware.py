@@ -16,7 +16,8 @@ from cobs import cobs
 
 from services.common import stm32_wire as wire
 from services.common.settings import Settings
-from services.emulators.stm32.physics import Adc, DerivedChannels, FloatArray
+from services.common.stand_physics import Adc, DerivedChannels, FloatArray
+from services.common.valve_pattern import parse_pattern
 
 DEVICE_ID = "rcs-emulator stm32f767zi"
 FRAME_PERIOD_S = 0.002  # a binary SAMPLES frame carries ~2 ms of samples
@@ -242,7 +243,8 @@ class TextFirmware:
 
     def _command(self, line: bytes) -> bytes:
         digits = line[len(VALVES_COMMAND) :]
-        if len(digits) != self._n_valves or digits.strip(b"01"):
+        try:
+            self._valves = parse_pattern(digits.decode("latin-1"), self._n_valves)
+        except ValueError:
             return f"NACK: expected Valves: and {self._n_valves} digits 0/1\n".encode()
-        self._valves = sum(1 << i for i, d in enumerate(digits) if d == ord("1"))
         return b"ACK: Valves:" + digits + b"\n"
