@@ -333,7 +333,7 @@ class MotorMoves:
             self.resolve(request, True, f"already at {position:.2f}°", position)
             return None
         command = f"{request.motor_id}:{delta:.2f}"
-        timeout_s = abs(delta) / motor.speed_deg_s + motor.timeout_margin_s
+        timeout_s = motor.move_time_s(delta)
         self._in_flight = _InFlight(request, command, target, timeout_s, now + timeout_s)
         self._busy = True
         self._changed()

@@ -150,6 +150,10 @@ class MotorSettings(_Section):
     timeout_margin_s: float = Field(2.0, gt=0, description="added to the expected move time")
     motors: tuple[Motor, ...] = (Motor(id=1, name="MOTOR1"), Motor(id=2, name="MOTOR2"))
 
+    def move_time_s(self, angle_deg: float) -> float:
+        """The longest a relative move of `angle_deg` may take (at `speed_deg_s`, plus the margin)."""
+        return abs(angle_deg) / self.speed_deg_s + self.timeout_margin_s
+
 
 SystemState = Literal["idle", "armed", "running", "aborting"]
 

@@ -20,7 +20,6 @@ Everything here runs on the event loop thread (the bus calls its listeners there
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import logging
@@ -37,6 +36,7 @@ import numpy.typing as npt
 
 from services.common.minmax import block_minmax
 from services.common.telemetry import TelemetryBatch, encode_batch
+from services.gateway.jsonable import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +45,9 @@ Sender = Callable[[Frame], Awaitable[None]]
 Mode = Literal["off", "full", "display"]
 
 
-def _jsonable(value: Any) -> Any:
-    """JSON has no NaN/inf (→ null) and no bytes (→ {"$bytes": base64})."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
-    return value
-
-
 def encode_json(message: dict[str, Any]) -> str:
     """A control message as JSON text (NaN/inf become null, bytes base64)."""
-    return json.dumps(_jsonable(message), allow_nan=False, separators=(",", ":"))
+    return json.dumps(jsonable(message, tag_bytes=True), allow_nan=False, separators=(",", ":"))
 
 
 def encode_msgpack(message: dict[str, Any]) -> bytes:
@@ -226,11 +213,6 @@ class Hub:
     def unsubscribe(self, client: Client) -> None:
         client.mode = "off"
         client.display = None
-
-    def broadcast(self, frame: Frame) -> None:
-        """A stream frame for every client (e.g. the screen-rate `sensor_data`)."""
-        for client in self.clients:
-            client.push(frame)
 
     def broadcast_control(self, frame: Frame) -> None:
         """A control frame (a state change) for every client."""

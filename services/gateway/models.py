@@ -1,0 +1,167 @@
+"""The REST API's request and response models (and the error answers the routes declare)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.gateway.problems import Problem
+
+Number = float | None
+
+
+class Detail(BaseModel):
+    detail: str
+
+
+REFUSED: dict[int | str, dict[str, Any]] = {409: {"model": Detail, "description": "refused, with the reason"}}
+UNANSWERED: dict[int | str, dict[str, Any]] = {
+    503: {"model": Detail, "description": "the service (or the broker) did not answer"}
+}
+LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"model": Detail, "description": "beyond the token's command rate limit (never queued)"}
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Detail, "description": "no such item"}}
+BUSY: dict[int | str, dict[str, Any]] = {
+    503: {"model": Detail, "description": "gateway.heavy_reads reads already running (Retry-After)"}
+}
+
+
+class Hello(BaseModel):
+    message: str
+    stand: str
+
+
+class Status(BaseModel):
+    system_mode: str = Field(
+        description="actuation's state: idle, armed, running, aborting; unknown if unseen"
+    )
+    stm32_connected: bool
+    arduino_connected: bool
+    websocket_connections: int
+    simulation_active: bool = Field(description="the STM32 link is the emulator")
+    status: Literal["ok", "degraded"] = Field(description="degraded: `problems` is not empty")
+    broker_connected: bool
+    services: dict[str, Literal["online", "offline"]]
+    problems: list[Problem] = Field(description="what is wrong now, each with its component and reason")
+    lost_samples_total: int | None = Field(
+        description="device samples that never arrived (unplugged, dropped frames); null if unknown"
+    )
+
+
+class SensorData(BaseModel):
+    """The existing frontend's shape (see services/gateway/legacy.py for every mapping)."""
+
+    pressures: list[Number]
+    temperatures: list[Number]
+    thrust: Number
+    isp: Number
+    oxygen_consumption: Number
+    fuel_consumption: Number
+    total_impulse: Number
+    exhaust_velocity: Number
+    p_chamber: Number
+    debis: list[Number]
+    kutlesel_debi: Number
+    deltap2: Number
+    adiabatic_temperature: Number
+    errors: int
+    timestamp: str
+
+
+class Sensors(BaseModel):
+    t: float | None = Field(description="UNIX time of the newest sample; null before the first")
+    channels: dict[str, Number] = Field(description="newest value of every channel (NaN/inf: null)")
+    sensor_data: SensorData
+
+
+class ValvesIn(BaseModel):
+    model_config = ConfigDict(strict=True)  # true/false are no 0/1 (nor "1"): as on MQTT
+
+    valves: list[Annotated[int, Field(ge=0, le=1, json_schema_extra={"enum": [0, 1]})]] = Field(
+        min_length=1, max_length=16, description="one 0/1 per valve of config/stand.yaml (9), 1 = open"
+    )
+
+
+class ValvesOut(BaseModel):
+    success: bool
+    valves: list[int]
+    bits: str
+
+
+class StepMotorIn(BaseModel):
+    model_config = ConfigDict(strict=True)  # true is no motor 1 nor 1 degree
+
+    motor_id: int = Field(ge=1, le=2, description="a configured motor (1 or 2)")
+    angle: float = Field(allow_inf_nan=False, description="relative move in degrees")
+
+
+class StepMotorOut(BaseModel):
+    success: bool
+    motor_id: int
+    angle: float
+    position_deg: float | None
+    response: str
+
+
+class CommandOut(BaseModel):
+    success: bool
+    state: str | None = None
+    scenario: str | None = None
+    valves: list[int] | None = None
+    bits: str | None = None
+
+
+class SaveOut(BaseModel):
+    success: bool
+    file: str
+    path: str
+    size: int
+
+
+class BufferStatus(BaseModel):
+    session: str | None
+    channels: list[str]
+    capacity: int
+    size: int
+    fill: float
+    first_seq: int | None
+    last_seq: int | None
+    memory_bytes: int
+
+
+class History(BaseModel):
+    session: str | None
+    channels: list[str]
+    n: int
+    n_source: int
+    seq_first: int | None
+    seq_last: int | None
+    t: list[float] = Field(description="UNIX time of each bucket's first sample")
+    min: dict[str, list[Number]]
+    max: dict[str, list[Number]]
+
+
+class Events(BaseModel):
+    events: list[dict[str, Any]] = Field(description="newest first; bytes as base64, NaN/inf as null")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "failing"]
+    broker_connected: bool
+    problems: list[Problem]
+
+
+class ParquetFile(BaseModel):
+    name: str
+    size: float = Field(description="KB")
+    path: str
+
+
+class ParquetData(BaseModel):
+    columns: list[str]
+    rowCount: int = Field(description="rows in the whole file")  # noqa: N815 - the existing frontend's name
+    offset: int
+    reduced: bool = Field(description="min/max buckets (`points`) rather than the rows themselves")
+    data: dict[str, list[float | int | str | None]]

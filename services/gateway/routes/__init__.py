@@ -1,0 +1,1 @@
+"""The REST API's routes by topic; `services/gateway/app.py` assembles them."""

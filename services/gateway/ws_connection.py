@@ -1,0 +1,299 @@
+"""One `/ws` connection once authenticated: its messages read in order, each handled by the method
+its `type` names (`Connection.HANDLERS`), commands run as tasks and answered when the service did.
+
+Commands beyond the connection's or the token's rate limit are answered `error` and counted, never
+queued; `system_mode abort` is never limited and goes to actuation on the bus's abort connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from services.common import topics
+from services.gateway.auth import Identity
+from services.gateway.calls import CallFailedError, call_service, motor_timeout_s
+from services.gateway.hub import Client
+from services.gateway.ws_messages import BadMessageError, decode_message, encode_like, number, receive, send
+
+if TYPE_CHECKING:
+    from services.gateway.ws import WebSocketEndpoint
+
+POLICY_VIOLATION = 1008
+SYSTEM_MODES = {"arm": "arm", "disarm": "disarm", "abort": "abort"}
+SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
+
+Handler = Callable[["Connection", dict[str, Any], str | bytes], None]
+
+
+class Connection:
+    def __init__(self, endpoint: WebSocketEndpoint, websocket: WebSocket, identity: Identity) -> None:
+        self.endpoint = endpoint
+        self.websocket = websocket
+        self.identity = identity
+        peer = websocket.client
+        self.origin = f"gateway ws {peer.host}:{peer.port}" if peer else "gateway ws"
+        self.client = Client(
+            lambda frame: send(websocket, frame),
+            limit=endpoint.settings.gateway.client_queue_frames,
+            name=self.origin,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.bucket = endpoint.limits.connection_bucket()
+
+    def reply(self, message: dict[str, Any], like: str | bytes) -> None:
+        self.client.push_control(encode_like(message, like))
+
+    def error(self, text: str, like: str | bytes) -> None:
+        self.reply({"type": "error", "data": text}, like)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self) -> None:
+        """Until the client goes: its messages handled in order; a bad one answered `error`."""
+        endpoint = self.endpoint
+        endpoint.join(self.client)
+        sender = asyncio.create_task(self.client.run())
+        sender.add_done_callback(self._sender_done)
+        try:
+            while True:
+                raw = await receive(self.websocket)
+                if raw is None:
+                    break
+                try:
+                    self.handle(decode_message(raw), raw)
+                except BadMessageError as exc:
+                    endpoint.stats.bad_messages += 1
+                    endpoint.problems.warning(
+                        "bad-message", "answered a bad WebSocket message from %s: %s", self.origin, exc
+                    )
+                    self.error(str(exc), raw)
+                # Messages already buffered are received without suspending: yield, so that one
+                # client's flood never holds up other connections (an abort on another one).
+                await asyncio.sleep(0)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            endpoint.leave(self.client)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None or self.client.overflowed:
+            # the connection broke while sending, or the client let control messages pile up
+            if self.client.overflowed:
+                self.endpoint.stats.closed_slow += 1
+            self.spawn(self._close())
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code=POLICY_VIOLATION, reason="too slow")
+
+    # -- who may do what -------------------------------------------------------------------------
+
+    def require_operator(self, like: str | bytes) -> bool:
+        if self.endpoint.auth.allows(self.identity, "operator"):
+            return True
+        self.endpoint.stats.role_refused += 1
+        self.error("operator role required", like)
+        return False
+
+    def admit(self, like: str | bytes) -> bool:
+        """The command is within this connection's and this token's rate limits; else `error`."""
+        refused = self.endpoint.limits.admit(self.identity.name, self.bucket)
+        if refused is None:
+            return True
+        self.endpoint.stats.rate_limited += 1
+        self.endpoint.problems.warning(
+            f"limited:{self.origin}", "refused a WebSocket command from %s: %s", self.origin, refused
+        )
+        self.error(refused, like)
+        return False
+
+    def command_allowed(self, like: str | bytes) -> bool:
+        return self.require_operator(like) and self.admit(like)
+
+    @property
+    def audit(self) -> dict[str, str]:
+        """What a command carries into actuation's audit: `who` (the token's name) and `origin`."""
+        return {"who": self.identity.name, "origin": self.origin}
+
+    # -- messages --------------------------------------------------------------------------------
+
+    HANDLERS: ClassVar[dict[str, Handler]]  # message type -> method; filled in below the class
+
+    def handle(self, message: dict[str, Any], raw: str | bytes) -> None:
+        handler = self.HANDLERS.get(message["type"])
+        if handler is None:
+            raise BadMessageError("unknown message type (see docs/protocol.md, Gateway WebSocket)")
+        handler(self, message, raw)
+
+    def on_get_sensors(self, _message: dict[str, Any], _raw: str | bytes) -> None:
+        self.client.push_control(self.endpoint.sensor_data_frame())
+
+    def on_heartbeat(self, _message: dict[str, Any], raw: str | bytes) -> None:
+        if self.require_operator(raw):
+            self.endpoint.bus.heartbeat(self.identity.name)
+
+    def on_auth(self, message: dict[str, Any], raw: str | bytes) -> None:
+        token = message.get("token")
+        identity = self.endpoint.auth.identify(token if isinstance(token, str) else None)
+        if identity is None:
+            raise BadMessageError("invalid token")
+        self.identity = identity
+        self.reply({"type": "authenticated", "name": identity.name, "role": identity.role}, raw)
+
+    def on_valve_command(self, message: dict[str, Any], raw: str | bytes) -> None:
+        valves = message.get("valves")
+        if not isinstance(valves, list | str):
+            raise BadMessageError("'valves' must be a list of 0/1 (or a string of digits)")
+        if self.command_allowed(raw):
+            self.spawn(self.valve_command(valves, raw))
+
+    def on_step_motor_command(self, message: dict[str, Any], raw: str | bytes) -> None:
+        motor_id, angle = message.get("motor_id"), number(message, "angle")
+        if isinstance(motor_id, bool) or not isinstance(motor_id, int):
+            raise BadMessageError("'motor_id' must be an integer")
+        if self.command_allowed(raw):
+            self.spawn(self.step_motor_command(motor_id, angle, raw))
+
+    def on_system_mode(self, message: dict[str, Any], raw: str | bytes) -> None:
+        mode = message.get("mode")
+        if mode not in SYSTEM_MODES and mode not in SOURCE_MODES:
+            raise BadMessageError(f"'mode' must be one of {sorted({*SYSTEM_MODES, *SOURCE_MODES})}")
+        limited = mode in ("arm", "disarm")  # abort never; the source modes command nothing
+        if self.require_operator(raw) and (not limited or self.admit(raw)):
+            self.spawn(self.system_mode(str(mode), raw))
+
+    def on_subscribe(self, message: dict[str, Any], raw: str | bytes) -> None:
+        hub, mode = self.endpoint.hub, message.get("mode", "full")
+        wants = message.get("sensor_data")
+        if wants is not None and not isinstance(wants, bool):
+            raise BadMessageError("'sensor_data' must be true or false")
+        if mode == "full":
+            channels = self._channels(message)
+            hub.subscribe_full(self.client, channels)
+            answer: dict[str, Any] = {"mode": "full", "channels": channels, "max_hz": None}
+        elif mode == "display":
+            channels = self._channels(message)
+            max_hz = number(message, "max_hz") if "max_hz" in message else hub.display_max_hz
+            if max_hz <= 0:
+                raise BadMessageError("'max_hz' must be positive")
+            granted = hub.subscribe_display(self.client, channels, max_hz)
+            answer = {"mode": "display", "channels": channels, "max_hz": granted}
+        elif mode == "off":
+            hub.unsubscribe(self.client)
+            answer = {"mode": "off", "channels": None, "max_hz": None}
+        else:
+            raise BadMessageError("'mode' must be 'full', 'display' or 'off'")
+        if wants is not None:
+            self.client.wants_sensor_data = wants
+        self.reply({"type": "subscribed", **answer, "sensor_data": self.client.wants_sensor_data}, raw)
+
+    def _channels(self, message: dict[str, Any]) -> list[str] | None:
+        """A subscription's `channels`: names known to this stand, or None (absent) for all."""
+        channels = message.get("channels")
+        if channels is None:
+            return None
+        if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+            raise BadMessageError("'channels' must be a non-empty list of channel names")
+        known = self.endpoint.settings.channel_names
+        unknown = sum(1 for c in channels if c not in known)
+        if unknown:  # the names asked are not repeated: they may be anything
+            raise BadMessageError(f"{unknown} unknown channels; this stand has {', '.join(known)}")
+        return channels
+
+    # -- commands (tasks) ------------------------------------------------------------------------
+
+    async def _actuation(
+        self, command: str, body: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """actuation's result for `command`, audited as this connection's; raises CallFailedError."""
+        return await call_service(
+            self.endpoint.bus, "actuation", topics.actuation(command), {**body, **self.audit}, timeout=timeout
+        )
+
+    async def valve_command(self, valves: list[Any] | str, raw: str | bytes) -> None:
+        """Answered with the valves as the STM32 last acknowledged them, whatever the outcome: the
+        existing frontend shows `valves` as the stand's state (never the refused pattern)."""
+        try:
+            result = await self._actuation("valves", {"valves": valves})
+        except CallFailedError as exc:
+            acknowledged = (self.endpoint.bus.latest(topics.STATE_VALVES) or {}).get("valves")
+            self.reply(
+                {"type": "valve_response", "success": False, "valves": acknowledged, "reason": exc.reason},
+                raw,
+            )
+            return
+        self.reply({"type": "valve_response", "success": True, "valves": result.get("valves")}, raw)
+
+    async def step_motor_command(self, motor_id: int, angle: float, raw: str | bytes) -> None:
+        answer: dict[str, Any] = {"type": "step_motor_response", "motor_id": motor_id, "angle": angle}
+        try:
+            result = await self._actuation(
+                "motor",
+                {"motor_id": motor_id, "angle": angle},
+                timeout=motor_timeout_s(self.endpoint.settings, angle),
+            )
+        except CallFailedError as exc:
+            self.reply({**answer, "success": False, "response": exc.reason}, raw)
+            return
+        self.reply(
+            {
+                **answer,
+                "success": bool(result.get("ok", True)),
+                "response": result.get("response"),
+                "position_deg": result.get("position_deg"),
+            },
+            raw,
+        )
+
+    async def system_mode(self, mode: str, raw: str | bytes) -> None:
+        answer: dict[str, Any] = {"type": "system_mode_response", "mode": mode}
+        if mode in SOURCE_MODES:
+            self.reply({**answer, **self._source(mode)}, raw)
+            return
+        body: dict[str, Any] = {}
+        if mode == "abort":
+            body["reason"] = f"abort from {self.identity.name} ({self.origin})"
+        try:
+            result = await self._actuation(SYSTEM_MODES[mode], body)
+        except CallFailedError as exc:
+            self.reply({**answer, "success": False, "reason": exc.reason}, raw)
+            return
+        self.reply({**answer, "success": True, "state": result.get("state")}, raw)
+
+    def _source(self, mode: str) -> dict[str, Any]:
+        """The answer to a source mode: the data source is chosen at start, never switched here."""
+        meta = self.endpoint.bus.latest(topics.TELEMETRY_META) or {}
+        source = meta.get("source") or {}
+        kind = source.get("kind") if isinstance(source, dict) else None
+        if kind == SOURCE_MODES[mode]:
+            return {"success": True, "source": kind}
+        reason = (
+            f"the data source is {kind!r}; it is chosen when acquisition starts "
+            "(RCS_STM32_PORT: the STM32 or the emulator's link), not switched at run time"
+        )
+        return {"success": False, "source": kind, "reason": reason}
+
+
+Connection.HANDLERS = {
+    "get_sensors": Connection.on_get_sensors,
+    "subscribe": Connection.on_subscribe,
+    "heartbeat": Connection.on_heartbeat,
+    "auth": Connection.on_auth,
+    "valve_command": Connection.on_valve_command,
+    "step_motor_command": Connection.on_step_motor_command,
+    "system_mode": Connection.on_system_mode,
+}
