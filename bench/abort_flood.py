@@ -305,9 +305,11 @@ def run(n_flood: int, rounds: int) -> dict[str, Any]:
 
 
 def _health(port: int) -> bool:
+    """The gateway answers and is connected to the broker (its health is 503 here: no logger runs)."""
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
+        return answer.json().get("broker_connected") is True
+    except (httpx.HTTPError, ValueError):
         return False
 
 
