@@ -76,7 +76,9 @@ async def websocket_round(http_port: int, n: int) -> tuple[float, float, dict[st
     url = f"ws://127.0.0.1:{http_port}/ws?token={OPERATOR_TOKEN}"
     headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     async with (
-        connect(url, max_queue=None, ping_interval=None, compression=None) as ws,
+        # max_queue: the harness stops reading the flood's answers while it sends the abort, so its
+        # own parsing of thousands of answers on this event loop does not delay the abort request
+        connect(url, max_queue=64, ping_interval=None, compression=None) as ws,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", headers=headers, timeout=10) as http,
     ):
         await http.get("/api/health")  # the HTTP connection is open before the flood
@@ -305,9 +307,11 @@ def run(n_flood: int, rounds: int) -> dict[str, Any]:
 
 
 def _health(port: int) -> bool:
+    """The gateway answers and is connected to the broker (its health is 503 here: no logger runs)."""
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
+        return answer.json().get("broker_connected") is True
+    except (httpx.HTTPError, ValueError):
         return False
 
 

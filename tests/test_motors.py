@@ -19,7 +19,8 @@ import pytest
 from serial.tools.list_ports_common import ListPortInfo
 
 from services.actuation import motor_replies as replies
-from services.actuation.motors import MotorController, MotorsState, MoveResult
+from services.actuation.motor_moves import MotorsState, MoveResult
+from services.actuation.motors import MotorController
 from services.common.serial_ports import find_port
 from services.common.settings import Settings, load_settings
 from services.emulators.arduino import ArduinoEmulator

@@ -14,7 +14,8 @@ import msgpack
 import pytest
 
 from services.acquisition.text_protocol import TextAck
-from services.acquisition.valves import OWN_CMD_FIRST, ValveControl, parse_go_safe, parse_valves
+from services.acquisition.valve_wire import parse_go_safe, parse_valves
+from services.acquisition.valves import OWN_CMD_FIRST, ValveControl
 from services.common import topics
 from services.common.codec import WireFormatError
 from services.common.mqtt import Message

@@ -1,13 +1,12 @@
 """The valve output path: actuation's commands to the STM32, the device's answers back, and making
 the valves safe on acquisition's own authority.
 
-Commands (docs/protocol.md): `rcs/stm32/cmd/valves` `{cmd_no, mask, deadline, cause}` and
-`rcs/stm32/cmd/go_safe` `{cmd_no, deadline, reason}`, QoS 1, published only by actuation (the
-broker's ACL). Each is answered once on `rcs/stm32/valve_ack`
-`{cmd_no, ok, result, valves, text, ts}`: from the device's VALVE_ACK (binary protocol), from the next
-`ACK:`/`NACK:` line (text protocol), or at once when it is not executed (expired, bad mask, link down).
-A malformed or retained command is never executed and never answered (it has no trustworthy
-cmd_no); it is counted and logged. An empty payload (clearing a retained message) is ignored.
+Commands arrive on `rcs/stm32/cmd/valves` and `rcs/stm32/cmd/go_safe` (QoS 1, published only by
+actuation: the broker's ACL); each is answered once on `rcs/stm32/valve_ack` (valve_wire.py), from the
+device's answer (matched by device_valves.py) or at once when it is not executed (expired, bad mask,
+link down). A malformed or retained command is never executed and never answered (it has no
+trustworthy cmd_no); it is counted and logged. An empty payload (clearing a retained message) is
+ignored.
 
 Threads. Commands arrive on paho's network thread, which only validates them and hands them to one
 "valve-commands" thread over a blocking queue (woken at once: no polling delay). That thread writes
@@ -29,126 +28,40 @@ and the gateway are back, services/common/event_outbox.py).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
-import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
 
+from services.acquisition.device_valves import DeviceValves
 from services.acquisition.text_protocol import TextAck
+from services.acquisition.valve_wire import (
+    Result,
+    ValveCommand,
+    ack_payload,
+    binary_answer,
+    parse_go_safe,
+    parse_valves,
+    text_ack_mask,
+    text_answer,
+)
 from services.common import topics
 from services.common.audit import event_payload
-from services.common.codec import WireFormatError, pack, unpack_map
+from services.common.codec import WireFormatError, unpack_map
 from services.common.logs import Throttled
 from services.common.mqtt import Message
-from services.common.stm32_wire import HEARTBEAT_TIMEOUT_S, AckResult, ValveAckFrame
-from services.common.valve_pattern import parse_pattern
+from services.common.stm32_wire import ValveAckFrame
 
 log = logging.getLogger("rcs.acquisition.valves")
 
 OWN_CMD_FIRST, OWN_CMD_LAST = 0xFF00, 0xFFFF  # acquisition's own GO_SAFE commands
-PENDING_TIMEOUT_S = 2.0  # a command the device has not answered by then is forgotten
 JOIN_TIMEOUT_S = 2.0
-_TEXT_VALVES = re.compile(r"^Valves:\s*([01]+)\s*$")
 
-Result = Literal[
-    "applied",
-    "refused_no_heartbeat",
-    "refused_bad_mask",
-    "nack",
-    "not_connected",
-    "expired",
-    "go_safe_applied",
-]
 Publish = Callable[..., bool]  # MqttClient.publish
-
-
-@dataclass(frozen=True)
-class ValveCommand:
-    cmd_no: int
-    mask: int | None  # None: GO_SAFE
-    deadline: float  # UNIX s
-    cause: str  # `cause` of a valve command, `reason` of a go-safe
-    own: bool = False  # acquisition's own go-safe
-
-    @property
-    def go_safe(self) -> bool:
-        return self.mask is None
-
-    @property
-    def resulting_mask(self) -> int:
-        """The valves after the device applies this command."""
-        return 0 if self.mask is None else self.mask
-
-    def describe(self) -> str:
-        what = "GO_SAFE" if self.mask is None else f"valves {self.mask:#05x}"
-        return f"command {self.cmd_no} ({what}, {self.cause!r})"
-
-
-def _number(message: dict[str, Any], key: str) -> float:
-    value = message.get(key)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise WireFormatError(f"field {key!r} missing or not a finite number")
-    return float(value)
-
-
-def _integer(message: dict[str, Any], key: str, low: int, high: int | None = None) -> int:
-    value = message.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise WireFormatError(f"field {key!r} missing or not an integer")
-    if value < low or (high is not None and value > high):
-        raise WireFormatError(f"field {key!r} = {value} out of range")
-    return value
-
-
-def _text(message: dict[str, Any], key: str) -> str:
-    value = message.get(key)
-    if not isinstance(value, str):
-        raise WireFormatError(f"field {key!r} missing or not a string")
-    return value
-
-
-def parse_valves(payload: bytes) -> ValveCommand:
-    """`{cmd_no: 0..65535, mask: int >= 0, deadline: UNIX s, cause: str}`; WireFormatError otherwise.
-
-    A mask with bits beyond the configured valves parses: it is refused, with an answer."""
-    message = unpack_map(payload)
-    return ValveCommand(
-        cmd_no=_integer(message, "cmd_no", 0, 0xFFFF),
-        mask=_integer(message, "mask", 0),
-        deadline=_number(message, "deadline"),
-        cause=_text(message, "cause"),
-    )
-
-
-def parse_go_safe(payload: bytes) -> ValveCommand:
-    """`{cmd_no: 0..65535, deadline: UNIX s, reason: str}`; WireFormatError otherwise."""
-    message = unpack_map(payload)
-    return ValveCommand(
-        cmd_no=_integer(message, "cmd_no", 0, 0xFFFF),
-        mask=None,
-        deadline=_number(message, "deadline"),
-        cause=_text(message, "reason"),
-    )
-
-
-def text_ack_mask(ack: TextAck, n_valves: int) -> int | None:
-    """The mask an `ACK: Valves:<digits>` line reports (digit i = valve i), else None."""
-    match = _TEXT_VALVES.match(ack.text)
-    if not ack.ok or match is None or len(match.group(1)) != n_valves:
-        return None
-    return parse_pattern(match.group(1), n_valves)
-
-
-@dataclass(frozen=True)
-class _Pending:
-    command: ValveCommand
-    sent: float  # monotonic
 
 
 @dataclass
@@ -196,15 +109,14 @@ class ValveControl:
         self._set_valves = set_valves
         self._go_safe = go_safe
         self._lock = threading.Lock()
-        self._pending: deque[_Pending] = deque()  # written, unanswered, in write order
-        self._device_mask: int | None = None  # the device's latest report of its outputs
+        self._device = DeviceValves()  # the device's outputs and the commands it has not answered
         self._protocol: str | None = None  # of the connected link, None while down
         self._own_cmd_no = OWN_CMD_LAST  # the next one is OWN_CMD_FIRST
         self._make_safe_queued = False
         self._stopping = False
         self._jobs: queue.SimpleQueue[ValveCommand | _MakeSafe | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._stats = ValveStats()
+        self._stats = ValveStats()  # but acks, unanswered and unmatched: counted by self._device
         self._problems = Throttled(log)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -230,7 +142,10 @@ class ValveControl:
     @property
     def stats(self) -> ValveStats:
         with self._lock:
-            return ValveStats(**vars(self._stats))
+            device = self._device
+            return dataclasses.replace(
+                self._stats, acks=device.acks, unanswered=device.unanswered, unmatched=device.unmatched
+            )
 
     # --- MQTT (paho's network thread) -------------------------------------------------------
 
@@ -262,18 +177,15 @@ class ValveControl:
         """The link (re)connected with `protocol`, or went down (None): earlier commands will not be
         answered any more, and the device's outputs are unknown until it reports them."""
         with self._lock:
-            forgotten = len(self._pending)
-            self._pending.clear()
-            self._stats.unanswered += forgotten
+            forgotten = self._device.link_changed()
             self._protocol = protocol
-            self._device_mask = None
         if forgotten:
             log.warning("STM32 link %s: %d valve command(s) left unanswered", protocol or "down", forgotten)
 
     def on_device_valves(self, mask: int) -> None:
         """The outputs the device reports driving now (binary STATUS)."""
         with self._lock:
-            self._device_mask = mask
+            self._device.mask = mask
 
     def on_ack(self, ack: ValveAckFrame | TextAck) -> None:
         if isinstance(ack, ValveAckFrame):
@@ -282,12 +194,6 @@ class ValveControl:
             self._on_text_ack(ack)
 
     # --- making safe ---------------------------------------------------------------------------
-
-    def _may_be_open(self) -> bool:
-        """Call with the lock held."""
-        if self._pending:
-            return self._pending[-1].command.resulting_mask != 0
-        return self._device_mask is None or self._device_mask != 0
 
     def make_safe(self, reason: str) -> None:
         """Command GO_SAFE on acquisition's own authority if a valve may be open. Never blocks.
@@ -300,7 +206,7 @@ class ValveControl:
             self._make_safe_queued = True
         self._jobs.put(_MakeSafe(reason))
 
-    # --- the writer thread -------------------------------------------------------------------
+    # --- commands (paho's thread) and the writer thread ------------------------------------------
 
     def _on_command(self, message: Message, parse: Callable[[bytes], ValveCommand]) -> None:
         topic = message.topic
@@ -361,8 +267,8 @@ class ValveControl:
         with self._lock:
             self._make_safe_queued = False
             connected = self._protocol is not None
-            needed = connected and self._may_be_open()
-            valves_before = self._device_mask
+            needed = connected and self._device.may_be_open()
+            valves_before = self._device.mask
             if needed:
                 self._own_cmd_no = OWN_CMD_FIRST if self._own_cmd_no >= OWN_CMD_LAST else self._own_cmd_no + 1
             cmd_no = self._own_cmd_no
@@ -383,8 +289,7 @@ class ValveControl:
         if not command.own and self._expired(command):
             return False
         with self._lock:  # registered before the write: the answer may arrive before write() returns
-            entry = _Pending(command, time.monotonic())
-            self._pending.append(entry)
+            entry = self._device.writing(command)
         if command.mask is None:
             sent = self._go_safe(command.cmd_no)
         else:
@@ -394,8 +299,7 @@ class ValveControl:
                 self._stats.written += 1
             else:
                 self._stats.not_connected += 1
-                if entry in self._pending:
-                    self._pending.remove(entry)
+                self._device.not_written(entry)
         if sent:
             log.info("sent %s", command.describe())
         else:
@@ -408,87 +312,24 @@ class ValveControl:
     # --- answers -------------------------------------------------------------------------------
 
     def _answer(self, cmd_no: int, result: Result, text: str, valves: int | None = None) -> None:
-        ok = result in ("applied", "go_safe_applied")
-        ack = {
-            "cmd_no": cmd_no,
-            "ok": ok,
-            "result": result,
-            "valves": valves,
-            "text": text,
-            "ts": time.time(),
-        }
-        self._publish(topics.STM32_VALVE_ACK, pack(ack), qos=1)
+        self._publish(topics.STM32_VALVE_ACK, ack_payload(cmd_no, result, text, valves), qos=1)
 
     def _on_binary_ack(self, ack: ValveAckFrame) -> None:
         with self._lock:
-            self._device_mask = ack.valves
-            entry = next((p for p in self._pending if p.command.cmd_no == ack.cmd_no), None)
-            if entry is not None:
-                self._pending.remove(entry)
-            command = None if entry is None else entry.command
-            self._forget_stale()
-            self._stats.acks += 1
-        go_safe = command is not None and command.go_safe
-        if ack.result == AckResult.APPLIED:
-            result: Result = "go_safe_applied" if go_safe else "applied"
-            text = f"{'GO_SAFE applied' if go_safe else 'applied'}: valves {ack.valves:#05x}"
-        elif ack.result == AckResult.REFUSED_NO_HEARTBEAT:
-            result = "refused_no_heartbeat"
-            text = (
-                f"refused by the STM32: no heartbeat within {HEARTBEAT_TIMEOUT_S * 1000:.0f} ms, "
-                f"valves stay closed ({ack.valves:#05x})"
-            )
-        else:
-            result = "refused_bad_mask"
-            text = f"refused by the STM32: bits beyond its valves; valves unchanged ({ack.valves:#05x})"
-        if command is None:
-            text += " (answer to a command this service no longer waited for)"
+            command = self._device.binary_answer(ack)
+        result, text = binary_answer(ack, command)
         self._answer(ack.cmd_no, result, text, ack.valves)
 
     def _on_text_ack(self, ack: TextAck) -> None:
         mask = text_ack_mask(ack, self._n_valves)
         with self._lock:
-            if mask is not None:
-                self._device_mask = mask
-            self._forget_stale()
-            if mask is not None:  # the oldest command that asked for this pattern; skipped ones got no answer
-                command = self._take_first(lambda c: c.resulting_mask == mask)
-            else:  # NACK (or an ACK without a pattern): FIFO
-                command = self._take_first(lambda c: True)
-            if command is None:
-                self._stats.unmatched += 1
-            else:
-                self._stats.acks += 1
-        prefix = "ACK" if ack.ok else "NACK"
+            command = self._device.text_answer(mask)
         if command is None:
+            prefix = "ACK" if ack.ok else "NACK"
             self._problems.warning("unmatched", "STM32 answer matching no command: %s: %s", prefix, ack.text)
             return
-        if ack.ok:
-            result: Result = "go_safe_applied" if command.go_safe else "applied"
-        else:
-            result = "nack"
-        self._answer(command.cmd_no, result, f"{prefix}: {ack.text}", mask)
-
-    def _take_first(self, match: Callable[[ValveCommand], bool]) -> ValveCommand | None:
-        """Remove the oldest pending command `match` accepts and every older one (the device answers
-        in order: those got no answer). Call with the lock held."""
-        for index, entry in enumerate(self._pending):
-            if match(entry.command):
-                skipped = [self._pending.popleft().command for _ in range(index)]
-                self._pending.popleft()
-                if skipped:
-                    self._stats.unanswered += len(skipped)
-                    log.warning("no answer from the STM32 to %s", ", ".join(c.describe() for c in skipped))
-                return entry.command
-        return None
-
-    def _forget_stale(self) -> None:
-        """Drop commands unanswered for PENDING_TIMEOUT_S. Call with the lock held."""
-        now = time.monotonic()
-        while self._pending and now - self._pending[0].sent > PENDING_TIMEOUT_S:
-            command = self._pending.popleft().command
-            self._stats.unanswered += 1
-            log.warning("no answer from the STM32 to %s within %.0f s", command.describe(), PENDING_TIMEOUT_S)
+        result, text = text_answer(ack, command)
+        self._answer(command.cmd_no, result, text, mask)
 
     def _count(self, key: str) -> None:
         with self._lock:

@@ -27,6 +27,10 @@ class AckTimeoutError(Exception):
     pass
 
 
+class ValveWriteRefusedError(Exception):
+    pass
+
+
 class PendingWrites:
     def __init__(self) -> None:
         self._pending: dict[int, PendingWrite] = {}

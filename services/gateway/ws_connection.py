@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 POLICY_VIOLATION = 1008
 SYSTEM_MODES = {"arm": "arm", "disarm": "disarm", "abort": "abort", "hold": "hold", "resume": "resume"}
 SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
+# After a command refused by the rate limits, this connection's next message waits this long: a
+# flooding client is still answered, message by message, but slowly enough that the event loop stays
+# free for everyone else (an abort on another connection); its surplus waits in its own TCP buffer.
+OVER_LIMIT_PAUSE_S = 0.001
 
 Handler = Callable[["Connection", dict[str, Any], str | bytes], None]
 
@@ -45,6 +49,7 @@ class Connection:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self.bucket = endpoint.limits.connection_bucket()
+        self.over_limit = False  # the last command was refused by the rate limits
 
     def reply(self, message: dict[str, Any], like: str | bytes) -> None:
         self.client.push_control(encode_like(message, like))
@@ -78,7 +83,8 @@ class Connection:
                     self.error(str(exc), raw)
                 # Messages already buffered are received without suspending: yield, so that one
                 # client's flood never holds up other connections (an abort on another one).
-                await asyncio.sleep(0)
+                await asyncio.sleep(OVER_LIMIT_PAUSE_S if self.over_limit else 0)
+                self.over_limit = False
         except WebSocketDisconnect:
             pass
         finally:
@@ -114,6 +120,7 @@ class Connection:
         refused = self.endpoint.limits.admit(self.identity.name, self.bucket)
         if refused is None:
             return True
+        self.over_limit = True
         self.endpoint.stats.rate_limited += 1
         self.endpoint.problems.warning(
             f"limited:{self.origin}", "refused a WebSocket command from %s: %s", self.origin, refused

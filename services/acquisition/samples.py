@@ -1,0 +1,57 @@
+"""The sample path on the serial link's thread: a device block -> numbered, calibrated rows with the
+derived channels -> the ring buffer.
+
+Binary blocks carry the device's counter and clock (numbered by SampleNumbering.device_block,
+calibrated from raw counts, derived channels computed); text blocks carry engineering values and are
+numbered on the host, their rate measured. A block that does not fit the configured channels is
+dropped, counted and logged (throttled).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from services.acquisition.binary_protocol import RawBlock
+from services.acquisition.calibration import Calibration
+from services.acquisition.numbering import SampleNumbering
+from services.acquisition.rate import RateEstimator
+from services.acquisition.ring_buffer import RingBuffer
+from services.acquisition.text_protocol import EngineeringBlock
+from services.common.derived import Derivation
+from services.common.logs import Throttled
+from services.common.settings import Settings
+
+log = logging.getLogger("rcs.acquisition")
+
+
+class SamplePath:
+    def __init__(self, settings: Settings, ring: RingBuffer) -> None:
+        self.ring = ring
+        self.numbering = SampleNumbering()
+        self.calibration = Calibration(settings)
+        self.derivation = Derivation(settings)
+        self.rate = RateEstimator(settings.acquisition.rate_hz)
+        self.block_errors = 0
+        self._problems = Throttled(log)
+
+    def append(self, block: RawBlock | EngineeringBlock) -> bool:
+        """Put `block`'s samples in the ring; False if it was dropped."""
+        try:
+            if isinstance(block, RawBlock):
+                n = len(block.raw)
+                numbered = self.numbering.device_block(
+                    block.counter, block.t_us, n, block.rate_hz, time.time()
+                )
+                rows = self.derivation.compute(numbered.t, self.calibration.apply(block.raw))
+                self.ring.append(numbered.first_seq, numbered.t, rows)
+                self.rate.set_nominal(block.rate_hz)
+            else:
+                n = len(block.t)
+                self.ring.append(self.numbering.host_block(n), block.t, block.values)
+                self.rate.count(n, time.monotonic())
+        except ValueError as exc:  # a block that does not fit the configured channels
+            self.block_errors += 1
+            self._problems.warning("block", "dropped a sample block: %s", exc)
+            return False
+        return True
