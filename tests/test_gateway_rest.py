@@ -589,6 +589,7 @@ def test_hold_resume_and_alarms(gateway: Gateway) -> None:
             unknown = client.post("/api/alarms/999/ack")
             assert unknown.status_code == 409 and unknown.json()["detail"].startswith("no alarm 999")
             assert client.post("/api/alarms/0/ack").status_code == 422
+            assert client.post(f"/api/alarms/{10**30}/ack").status_code == 422
             wait_until(lambda: client.get("/api/status").json()["system_mode"] == "idle", TIMEOUT, "the end")
     finally:
         stop.set()

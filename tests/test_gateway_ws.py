@@ -256,6 +256,7 @@ def test_hold_resume_and_alarms_over_the_websocket(gateway: Gateway) -> None:
             ack = await ask(operator, {"type": "alarm_ack", "id": 999}, "alarm_ack_response")
             assert (ack["id"], ack["success"]) == (999, False) and ack["reason"].startswith("no alarm 999")
             assert "data" in await ask(operator, {"type": "alarm_ack", "id": True}, "error")
+            assert "data" in await ask(operator, {"type": "alarm_ack", "id": 10**30}, "error")
 
     run(scenario())
 

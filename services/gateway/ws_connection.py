@@ -185,7 +185,7 @@ class Connection:
 
     def on_alarm_ack(self, message: dict[str, Any], raw: str | bytes) -> None:
         alarm_id = message.get("id")
-        if isinstance(alarm_id, bool) or not isinstance(alarm_id, int):
+        if isinstance(alarm_id, bool) or not isinstance(alarm_id, int) or not 1 <= alarm_id < 2**31:
             raise BadMessageError("'id' must be an alarm's integer id")
         if self.command_allowed(raw):
             self.spawn(self.alarm_ack(alarm_id, raw))

@@ -44,7 +44,10 @@ async def alarms(_: Viewer, gateway: GatewayDep) -> Alarms:
 
 @router.post("/api/alarms/{alarm_id}/ack", responses=ANSWERS)
 async def acknowledge(
-    alarm_id: Annotated[int, Path(ge=1)], identity: Operator, request: Request, gateway: GatewayDep
+    alarm_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    identity: Operator,
+    request: Request,
+    gateway: GatewayDep,
 ) -> AckOut:
     """Acknowledge an alarm (audited with your account); refused naming why."""
     await gateway.command("actuation", topics.actuation("ack"), identity, request, {"id": alarm_id})
