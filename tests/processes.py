@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from services.common.settings import PROJECT_ROOT, MqttSettings
 from tests.conftest import wait_until
@@ -21,7 +23,12 @@ _TEST_DEFAULTS = {"RCS_ACTUATION_ACK_TIMEOUT_MS": "2000"}
 
 
 class ServiceProcess:
-    """`python -m <module>` logged in as `mqtt`'s user; its output goes to `<tmp>/<name>.log`."""
+    """`python -m <module>` logged in as `mqtt`'s user; its output goes to `<tmp>/<name>.log`.
+
+    As a context manager it is stopped on leaving the block, which then asserts a clean exit (code 0,
+    with the end of its log as the message) unless the test already ended it itself (`stop()` to check
+    another code, `kill()`) or the block failed (that failure is the one to report).
+    """
 
     def __init__(self, module: str, name: str, mqtt: MqttSettings, tmp: Path, **env: str) -> None:
         child = {k: v for k, v in os.environ.items() if k not in _LOGIN}
@@ -34,17 +41,35 @@ class ServiceProcess:
             child["RCS_MQTT_USERNAME"] = mqtt.username
         if mqtt.password is not None:
             child["RCS_MQTT_PASSWORD"] = mqtt.password.get_secret_value()
+        self.name = name
+        self.ended_by_test = False
         self.log = tmp / f"{name}.log"
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", module], env=child, stdout=self._log_file, stderr=subprocess.STDOUT
         )
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.ended_by_test:
+            return
+        code = self.stop()
+        if exc_type is None:
+            assert code == 0, f"{self.name} exited with code {code}:\n{self.tail()}"
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
     def stop(self) -> int:
         """SIGTERM, as make run and compose stop it; the exit code (0 = clean)."""
+        self.ended_by_test = True
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -54,6 +79,13 @@ class ServiceProcess:
             code = self.process.wait()
         self._log_file.close()
         return code
+
+    def kill(self) -> None:
+        """SIGKILL: no clean exit to expect."""
+        self.ended_by_test = True
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self._log_file.close()
 
 
 class Acquisition(ServiceProcess):
@@ -100,13 +132,6 @@ class Logger(ServiceProcess):
             RCS_LOGGER_METRICS_PORT="0",
             **env,
         )
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
 
 
 @dataclass

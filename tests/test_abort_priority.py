@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,19 +69,6 @@ def stand(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     settings = base.model_copy(update={"gateway": base.gateway.model_copy(update=limits)})
     stm32 = Stm32Emulator(settings, link_path=tmp / "stm32")
     arduino = ArduinoEmulator(settings, link_path=tmp / "arduino", speed_factor=4.0)
-    stm32.start()
-    arduino.start()
-    writes = DeviceWrites(stm32)
-    acquisition = Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp)
-    actuation = Actuation(
-        broker.settings("actuation"), tmp / "arduino", tmp, RCS_ACTUATION_COMMAND_QUEUE=str(COMMAND_QUEUE)
-    )
-    operator = MqttClient(broker.settings("operator"), "operator", client_id="rcs-test-flooder")
-    seen = Observer()
-    for topic in (topics.STATE_SYSTEM, topics.STATE_MOTORS, topics.EVENTS):
-        operator.subscribe(topic, seen.on_message, qos=1)
-    operator.start()
-    served = Served(settings)
     index = {name: i for i, name in enumerate(settings.valve_names)}
 
     def mask(bits: str) -> int:
@@ -88,19 +76,34 @@ def stand(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             1 << index[name] for name, bit in zip(settings.valve_names, bits, strict=True) if bit == "1"
         )
 
-    try:
+    with ExitStack() as stack:
+        stm32.start()
+        stack.callback(stm32.stop)
+        arduino.start()
+        stack.callback(arduino.stop)
+        writes = DeviceWrites(stm32)
+        stack.enter_context(Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp))
+        stack.enter_context(
+            Actuation(
+                broker.settings("actuation"),
+                tmp / "arduino",
+                tmp,
+                RCS_ACTUATION_COMMAND_QUEUE=str(COMMAND_QUEUE),
+            )
+        )
+        operator = MqttClient(broker.settings("operator"), "operator", client_id="rcs-test-flooder")
+        seen = Observer()
+        for topic in (topics.STATE_SYSTEM, topics.STATE_MOTORS, topics.EVENTS):
+            operator.subscribe(topic, seen.on_message, qos=1)
+        stack.callback(operator.stop)
+        operator.start()
+        served = Served(settings)
+        stack.callback(served.stop)
         assert operator.wait_connected(10)
         wait_until(lambda: seen.state(topics.STATE_SYSTEM).get("state") == "idle", TIMEOUT, "actuation")
         wait_until(lambda: seen.state(topics.STATE_MOTORS).get("connected") is True, TIMEOUT, "motors")
         wait_until(lambda: served.bus.latest_sample() is not None, TIMEOUT, "telemetry at the gateway")
         yield Stand(settings, stm32, writes, operator, seen, served, mask)
-    finally:
-        served.stop()
-        operator.stop()
-        codes = {"actuation": actuation.stop(), "acquisition": acquisition.stop()}
-        arduino.stop()
-        stm32.stop()
-        assert codes == {"actuation": 0, "acquisition": 0}, {n: (tmp / f"{n}.log").read_text() for n in codes}
 
 
 def outcome(future: Future[dict[str, Any]]) -> str:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -137,16 +138,17 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     (data_dir / "notes.txt").write_text("not a recording")
     stm32 = Stm32Emulator(settings, link_path=tmp / "stm32")
     arduino = ArduinoEmulator(settings, link_path=tmp / "arduino", speed_factor=4.0)
-    stm32.start()
-    arduino.start()
-    services = {
-        "acquisition": Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp),
-        "actuation": Actuation(broker.settings("actuation"), tmp / "arduino", tmp),
-        "logger": Logger(broker.settings("logger"), tmp, data_dir),
-    }
-    served = Served(settings)
-    bus = served.bus
-    try:
+    with ExitStack() as stack:
+        stm32.start()
+        stack.callback(stm32.stop)
+        arduino.start()
+        stack.callback(arduino.stop)
+        stack.enter_context(Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp))
+        stack.enter_context(Actuation(broker.settings("actuation"), tmp / "arduino", tmp))
+        stack.enter_context(Logger(broker.settings("logger"), tmp, data_dir))
+        served = Served(settings)
+        stack.callback(served.stop)
+        bus = served.bus
         wait_until(
             lambda: (bus.latest(topics.STATE_SYSTEM) or {}).get("state") == "idle", TIMEOUT, "actuation"
         )
@@ -160,12 +162,6 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield Gateway(
             f"http://127.0.0.1:{served.port}", bus, settings, data_dir, synthetic.name, tokens, stm32
         )
-    finally:
-        served.stop()
-        codes = {name: process.stop() for name, process in services.items()}
-        arduino.stop()
-        stm32.stop()
-        assert codes == dict.fromkeys(services, 0), {n: (tmp / f"{n}.log").read_text() for n in codes}
 
 
 @pytest.fixture(scope="module")

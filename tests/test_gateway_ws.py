@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,40 +80,41 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     )
     stm32 = Stm32Emulator(settings, link_path=tmp / "stm32")
     arduino = ArduinoEmulator(settings, link_path=tmp / "arduino", speed_factor=4.0)
-    stm32.start()
-    arduino.start()
-    acquisition = Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp)
-    actuation = Actuation(broker.settings("actuation"), tmp / "arduino", tmp)
-    bus = Bus(settings)
+    with ExitStack() as stack:
+        stm32.start()
+        stack.callback(stm32.stop)
+        arduino.start()
+        stack.callback(arduino.stop)
+        stack.enter_context(Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp))
+        stack.enter_context(Actuation(broker.settings("actuation"), tmp / "arduino", tmp))
+        bus = Bus(settings)
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await bus.start()
-        yield
-        await bus.stop()
+        @asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            await bus.start()
+            yield
+            await bus.stop()
 
-    app = FastAPI(lifespan=lifespan)
-    endpoint = WebSocketEndpoint(bus, Auth(settings), settings, CommandLimits(settings.gateway))
-    endpoint.attach(app)
-    port = free_port()
-    server = Server(server_config(app, settings, host="127.0.0.1", port=port, ws_ping_interval=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, TIMEOUT, "uvicorn")
-        wait_until(
-            lambda: (bus.latest("rcs/state/system") or {}).get("state") == "idle", TIMEOUT, "actuation"
-        )
-        wait_until(lambda: (bus.latest("rcs/state/motors") or {}).get("connected") is True, TIMEOUT, "motors")
-        wait_until(lambda: bus.latest_sample() is not None, TIMEOUT, "telemetry")
-        yield Gateway(f"ws://127.0.0.1:{port}/ws", endpoint.hub, bus, settings, endpoint.stats, stm32)
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        codes = {"actuation": actuation.stop(), "acquisition": acquisition.stop()}
-        arduino.stop()
-        stm32.stop()
-        assert codes == {"actuation": 0, "acquisition": 0}, {n: (tmp / f"{n}.log").read_text() for n in codes}
+        app = FastAPI(lifespan=lifespan)
+        endpoint = WebSocketEndpoint(bus, Auth(settings), settings, CommandLimits(settings.gateway))
+        endpoint.attach(app)
+        port = free_port()
+        server = Server(server_config(app, settings, host="127.0.0.1", port=port, ws_ping_interval=None))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: server.started, TIMEOUT, "uvicorn")
+            wait_until(
+                lambda: (bus.latest("rcs/state/system") or {}).get("state") == "idle", TIMEOUT, "actuation"
+            )
+            wait_until(
+                lambda: (bus.latest("rcs/state/motors") or {}).get("connected") is True, TIMEOUT, "motors"
+            )
+            wait_until(lambda: bus.latest_sample() is not None, TIMEOUT, "telemetry")
+            yield Gateway(f"ws://127.0.0.1:{port}/ws", endpoint.hub, bus, settings, endpoint.stats, stm32)
+        finally:
+            server.should_exit = True
+            thread.join(15)
 
 
 def run(coroutine: Any) -> Any:

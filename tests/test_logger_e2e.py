@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,22 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
-    emulator.start()
-    logger = Logger(broker.settings("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S)
-    acquisition = Acquisition(broker.settings("acquisition"), tmp_path / "stm32", tmp_path)
     operator = MqttClient(broker.settings("operator"), "operator")
     intruder = MqttClient(broker.settings("acquisition"), "acquisition-garbage")
     rpc = RpcClient(operator)
     logger_log = tmp_path / "logger.log"
-    try:
+    with ExitStack() as stack:
+        emulator.start()
+        stack.callback(emulator.stop)
+        logger = stack.enter_context(
+            Logger(broker.settings("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S)
+        )
+        acquisition = stack.enter_context(
+            Acquisition(broker.settings("acquisition"), tmp_path / "stm32", tmp_path)
+        )
+        stack.callback(operator.stop)
+        stack.callback(intruder.stop)
+        stack.callback(rpc.close)
         operator.start()
         intruder.start()
         assert operator.wait_connected(10) and intruder.wait_connected(10)
@@ -101,7 +110,9 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
 
         logger.kill()  # up to ~1 s of flushed-but-unconverted data and the in-memory tail are gone
         _samples_while_down(emulator, 1.5, "samples the killed logger never heard")
-        logger = Logger(broker.settings("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S)
+        logger = stack.enter_context(
+            Logger(broker.settings("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S)
+        )
         wait_until(lambda: _call(rpc, topics.LOGGER_STATUS, {}) is not None, TIMEOUT, "the logger to restart")
         # malformed payloads on the telemetry topic: counted, never a crash or a stall
         for garbage in (b"", b"\xc1", b"not msgpack at all", b"\x81\xa1v\x02"):
@@ -125,13 +136,6 @@ def test_every_sample_exactly_once_through_sigkill_broker_restart_and_garbage(
         assert len(np.unique(seqs)) == len(seqs), "a sample was written twice"
         np.testing.assert_array_equal(seqs[seqs <= target], _acquired_seqs(rpc, session, target))
         assert logger.alive() and acquisition.alive()
-    finally:
-        rpc.close()
-        intruder.stop()
-        operator.stop()
-        codes = {"logger": logger.stop(), "acquisition": acquisition.stop()}
-        emulator.stop()
-        assert codes == {"logger": 0, "acquisition": 0}, logger_log.read_text()[-5000:]
 
 
 def test_save_now_rotates_and_names_the_file(
@@ -140,12 +144,15 @@ def test_save_now_rotates_and_names_the_file(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
-    emulator.start()
-    logger = Logger(mqtt_as("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S)
-    acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
     operator = MqttClient(mqtt_as("operator"), "operator")
     rpc = RpcClient(operator)
-    try:
+    with ExitStack() as stack:
+        emulator.start()
+        stack.callback(emulator.stop)
+        stack.enter_context(Logger(mqtt_as("logger"), tmp_path, data_dir, RCS_LOGGER_ROTATE_S=ROTATE_S))
+        stack.enter_context(Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path))
+        stack.callback(operator.stop)
+        stack.callback(rpc.close)
         operator.start()
         assert operator.wait_connected(10)
 
@@ -161,12 +168,6 @@ def test_save_now_rotates_and_names_the_file(
         for name in (first, second):
             assert name.startswith("sensor_log_") and name.endswith(".parquet")
             assert pq.ParquetFile(data_dir / name).metadata.num_rows > 0
-    finally:
-        rpc.close()
-        operator.stop()
-        codes = (logger.stop(), acquisition.stop())
-        emulator.stop()
-        assert codes == (0, 0), (tmp_path / "logger.log").read_text()[-5000:]
 
 
 def test_events_are_recorded_with_their_publishers_login_and_forgeries_counted(
@@ -176,10 +177,12 @@ def test_events_are_recorded_with_their_publishers_login_and_forgeries_counted(
     actuation's is recorded as operator's, marked forged and counted."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
     operator = MqttClient(mqtt_as("operator"), "operator", announce=False)
     rpc = RpcClient(operator)
-    try:
+    with ExitStack() as stack:
+        stack.enter_context(Logger(mqtt_as("logger"), tmp_path, data_dir))
+        stack.callback(operator.stop)
+        stack.callback(rpc.close)
         operator.start()
         assert operator.wait_connected(10)
         wait_until(lambda: _call(rpc, topics.LOGGER_STATUS, {}) is not None, TIMEOUT, "the logger to serve")
@@ -207,11 +210,6 @@ def test_events_are_recorded_with_their_publishers_login_and_forgeries_counted(
         assert (second["publisher"], second["kind"], "forged" in second) == ("operator", "note", False)
         status = rpc.call(topics.LOGGER_STATUS, {}, timeout=10)
         assert status["stats"]["forged_events_total"] == 1
-    finally:
-        rpc.close()
-        operator.stop()
-        code = logger.stop()
-        assert code == 0, logger.tail()
 
 
 def test_check_reports_a_recording_that_ends_before_acquisitions_ring_buffer(
@@ -222,12 +220,15 @@ def test_check_reports_a_recording_that_ends_before_acquisitions_ring_buffer(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
-    emulator.start()
-    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
-    acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
     operator = MqttClient(mqtt_as("operator"), "operator")
     rpc = RpcClient(operator)
-    try:
+    with ExitStack() as stack:
+        emulator.start()
+        stack.callback(emulator.stop)
+        logger = stack.enter_context(Logger(mqtt_as("logger"), tmp_path, data_dir))
+        stack.enter_context(Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path))
+        stack.callback(operator.stop)
+        stack.callback(rpc.close)
         operator.start()
         assert operator.wait_connected(10)
 
@@ -263,13 +264,6 @@ def test_check_reports_a_recording_that_ends_before_acquisitions_ring_buffer(
         output = " ".join(result.output.split())
         assert "ends before acquisition's ring buffer" in output and f"stop at seq {last}," in output, output
         assert "continuous" not in output, output
-    finally:
-        rpc.close()
-        operator.stop()
-        logger.stop()
-        code = acquisition.stop()
-        emulator.stop()
-        assert code == 0
 
 
 def test_a_stop_names_the_samples_still_to_fetch_from_the_ring(
@@ -283,10 +277,12 @@ def test_a_stop_names_the_samples_still_to_fetch_from_the_ring(
     earlier = SegmentWriter(data_dir, channels, settings.logger)
     earlier.append("S", 0, np.arange(1000, dtype=np.float64), np.zeros((1000, 2), np.float32))
     assert earlier.rotate() is not None
-    logger = Logger(mqtt_as("logger"), tmp_path, data_dir)
     publisher = MqttClient(mqtt_as("acquisition"), "acquisition-test")
     rpc = RpcClient(publisher)
-    try:
+    with ExitStack() as stack:
+        logger = stack.enter_context(Logger(mqtt_as("logger"), tmp_path, data_dir))
+        stack.callback(publisher.stop)
+        stack.callback(rpc.close)
         publisher.start()
         assert publisher.wait_connected(10)
         wait_until(lambda: _call(rpc, topics.LOGGER_STATUS, {}) is not None, TIMEOUT, "the logger")
@@ -297,11 +293,6 @@ def test_a_stop_names_the_samples_still_to_fetch_from_the_ring(
             TIMEOUT,
             "the repair of 1000..4999 to be queued",
         )
-    finally:
-        rpc.close()
-        publisher.stop()
-        code = logger.stop()
-    assert code == 0, logger.tail()
     said = [line for line in logger.tail().splitlines() if "NOT yet fetched" in line]
     assert said, f"the logger stopped without naming what it had still to fetch:\n{logger.tail()}"
     assert "CRITICAL" in said[0] and "4000 samples of session S" in said[0] and "seq 1000..4999." in said[0]
@@ -315,13 +306,17 @@ def test_a_logger_behind_its_threshold_says_so_in_its_status(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     emulator = Stm32Emulator(settings, link_path=tmp_path / "stm32")
-    emulator.start()
-    logger = Logger(mqtt_as("logger"), tmp_path, data_dir, RCS_LOGGER_BEHIND_AFTER_S="0.001")
-    acquisition = Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path)
     operator = MqttClient(mqtt_as("operator"), "operator")
     statuses: list[dict[str, Any]] = []
     operator.subscribe(topics.status("logger"), lambda m: statuses.append(unpack_map(m.payload)), qos=1)
-    try:
+    with ExitStack() as stack:
+        emulator.start()
+        stack.callback(emulator.stop)
+        logger = stack.enter_context(
+            Logger(mqtt_as("logger"), tmp_path, data_dir, RCS_LOGGER_BEHIND_AFTER_S="0.001")
+        )
+        stack.enter_context(Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path))
+        stack.callback(operator.stop)
         operator.start()
         assert operator.wait_connected(10)
         wait_until(lambda: any(s.get("behind_s") for s in statuses), TIMEOUT, "the status to say behind")
@@ -331,9 +326,4 @@ def test_a_logger_behind_its_threshold_says_so_in_its_status(
         # what the gateway makes of that status (/api/health, /api/status, the dashboard)
         (problem,) = logger_problems(behind)
         assert problem.component == "logger" and problem.reason.startswith("logger behind: recording")
-    finally:
-        operator.stop()
-        codes = (logger.stop(), acquisition.stop())
-        emulator.stop()
-        assert codes == (0, 0), (tmp_path / "logger.log").read_text()[-5000:]
     assert "recording is behind" in (tmp_path / "logger.log").read_text()

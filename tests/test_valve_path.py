@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -137,7 +138,7 @@ StandFactory = Callable[..., Stand]
 def stand(settings: Settings, broker: Broker, tmp_path: Path) -> Iterator[StandFactory]:
     """`stand("binary" | "text", broker=...)`: emulator + rcs-acquisition + clients, ready for commands."""
     started: list[Stand] = []
-    clients: list[MqttClient] = []
+    stack = ExitStack()
 
     def make(protocol: Literal["binary", "text"], *, on: Broker = broker) -> Stand:
         link = tmp_path / f"stm32-{len(started)}"
@@ -147,14 +148,15 @@ def stand(settings: Settings, broker: Broker, tmp_path: Path) -> Iterator[StandF
         observer.subscribe(topics.EVENTS, events, qos=1)
         observer.subscribe(topics.STATE_STM32, stm32_state, qos=1)
         actuation = MqttClient(on.settings("actuation"), "test-actuation")  # not rcs/status/actuation
-        clients.extend((observer, actuation))
         for client in (observer, actuation):
+            stack.callback(client.stop)
             client.start()
             assert client.wait_connected(TIMEOUT)
         emulator = Stm32Emulator(settings, protocol=protocol, link_path=link)
         tap = DeviceTap(emulator)
         emulator.start()
-        acquisition = Acquisition(on.settings("acquisition"), link, tmp_path)
+        stack.callback(emulator.stop)
+        acquisition = stack.enter_context(Acquisition(on.settings("acquisition"), link, tmp_path))
         stand = Stand(emulator, tap, acquisition, actuation, acks, events, stm32_state)
         started.append(stand)
         stm32_state.wait_for(
@@ -167,14 +169,12 @@ def stand(settings: Settings, broker: Broker, tmp_path: Path) -> Iterator[StandF
             )
         return stand
 
-    yield make
-    for stand in started:
-        code = stand.acquisition.stop()
-        stand.emulator.stop()
-        print(f"--- acquisition log ---\n{stand.log()}")  # shown by pytest when the test failed
-        assert code == 0, stand.log()
-    for client in clients:
-        client.stop()
+    try:
+        with stack:
+            yield make
+    finally:
+        for stand in started:
+            print(f"--- acquisition log ---\n{stand.log()}")  # shown by pytest when the test failed
 
 
 def test_a_command_from_actuation_reaches_the_device_and_is_acknowledged(stand: StandFactory) -> None:
@@ -309,13 +309,15 @@ def test_acquisition_closes_the_valves_when_it_loses_the_broker_and_the_event_re
 ) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    logger = Logger(restartable_broker.settings("logger"), tmp_path, data_dir)
-    gateway = Served(gateway_settings(restartable_broker, data_dir))
-    probe = MqttClient(restartable_broker.settings("operator"), "test-probe")
-    statuses = Inbox()
-    probe.subscribe(topics.status("+"), statuses, qos=1)
-    probe.start()
-    try:
+    with ExitStack() as stack:
+        logger = stack.enter_context(Logger(restartable_broker.settings("logger"), tmp_path, data_dir))
+        gateway = Served(gateway_settings(restartable_broker, data_dir))
+        stack.callback(gateway.stop)
+        probe = MqttClient(restartable_broker.settings("operator"), "test-probe")
+        statuses = Inbox()
+        probe.subscribe(topics.status("+"), statuses, qos=1)
+        stack.callback(probe.stop)
+        probe.start()
         s = stand("binary", on=restartable_broker)
         statuses.wait_for(lambda m: m["service"] == "logger" and m["state"] == "online", "the logger")
         statuses.wait_for(lambda m: m["service"] == "gateway" and m["state"] == "online", "the gateway")
@@ -335,7 +337,7 @@ def test_acquisition_closes_the_valves_when_it_loses_the_broker_and_the_event_re
             lambda m: m["service"] == "acquisition" and m["state"] == "online" and m["ts"] > went_safe,
             "acquisition to reconnect",
         )
-        logger = Logger(restartable_broker.settings("logger"), tmp_path, data_dir)
+        logger = stack.enter_context(Logger(restartable_broker.settings("logger"), tmp_path, data_dir))
 
         def go_safe_logged() -> list[dict[str, Any]]:
             return [
@@ -356,11 +358,6 @@ def test_acquisition_closes_the_valves_when_it_loses_the_broker_and_the_event_re
             shown = client.get("/api/events", headers=headers).json()["events"]
         assert [e for e in shown if e.get("kind") == "go_safe"] == [event], shown
         assert "acquisition lost the MQTT broker" in s.log()
-    finally:
-        probe.stop()
-        gateway.stop()
-        code = logger.stop()
-        assert code == 0, f"logger exit code {code}:\n{logger.tail()[-3000:]}"
 
 
 def test_a_burst_of_commands_is_executed_in_order_and_each_answered_once(stand: StandFactory) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from services.common import topics
 from services.common.codec import pack
+from services.common.logs import Throttled
 
 RELAYS = frozenset({"gateway"})  # logins trusted to say `who` and `origin` for the people they serve
 AUDIT_KEYS = ("who", "origin", "login", "claimed_who")
@@ -78,3 +79,17 @@ def attribute_event(topic: str, event: dict[str, Any]) -> tuple[dict[str, Any], 
     forged = event.get("service") != login
     attributed = {k: v for k, v in event.items() if k != "forged"} | {"publisher": login}
     return (attributed | {"forged": True} if forged else attributed), forged
+
+
+def received_event(topic: str, event: dict[str, Any], problems: Throttled) -> tuple[dict[str, Any], bool]:
+    """`attribute_event` for a receiver (the logger, the gateway): a forged event is also logged, once
+    per publishing login and interval; the caller counts it."""
+    attributed, forged = attribute_event(topic, event)
+    if forged:
+        problems.warning(
+            f"forged-event:{attributed['publisher']}",
+            "forged event: login %s published it as service %r",
+            attributed["publisher"],
+            event.get("service"),
+        )
+    return attributed, forged

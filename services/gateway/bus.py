@@ -191,15 +191,9 @@ class Bus:
             return
         self.stats.messages += 1
         if topics.is_event(message.topic):
-            decoded, forged = audit.attribute_event(message.topic, decoded)
+            decoded, forged = audit.received_event(message.topic, decoded, self._throttled)
             if forged:
                 self.stats.forged_events += 1
-                self._throttled.warning(
-                    f"forged:{message.topic}",
-                    "forged event on %s: service %r",
-                    message.topic,
-                    decoded.get("service"),
-                )
         with self._lock:
             if topics.is_event(message.topic):
                 self._events.append(decoded)

@@ -83,15 +83,9 @@ class Logger:
         event = self._decode(unpack_map, message.payload, "malformed-event", "event")
         if event is None:
             return
-        attributed, forged = audit.attribute_event(message.topic, event)
+        attributed, forged = audit.received_event(message.topic, event, self._problems)
         if forged:
             self.stats.forged_events_total += 1
-            self._problems.warning(
-                f"forged-event:{attributed['publisher']}",
-                "recorded a forged event: login %s published it as service %r",
-                attributed["publisher"],
-                event.get("service"),
-            )
         self.recorder.take_event(attributed)
 
     def _publish_event(self, kind: str, **fields: Any) -> None:
