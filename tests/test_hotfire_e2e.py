@@ -24,7 +24,7 @@ from tests.test_actuation_e2e import Stand, armed_console, running_stand
 from tests.test_ctl import _ctl
 
 TIMEOUT = 30.0
-SHORTER_WAITS_MS = {0: 1000, 5: 1500, 8: 800, 10: 400}  # countdown, burn, purge, vent (step index)
+SHORTER_WAITS_MS = {0: 3000, 5: 1500, 8: 800, 10: 400}  # countdown, burn, purge, vent (step index)
 
 
 @pytest.fixture
@@ -57,20 +57,21 @@ def test_the_hotfire_ignites_burns_shuts_down_and_ends_idle_with_everything_clos
 ) -> None:
     stand = hotfire_stand
     assert stand.call("sequence", name="hotfire")["started"] is True
-    in_phase(stand, "countdown")
-    # manual commands are refused while it runs, hold and resume work
-    with pytest.raises(RpcError, match="procedure hotfire is running: hold or abort first"):
-        stand.call("valve", name="RELIEF1", open=True)
-    with pytest.raises(RpcError, match="procedure hotfire is running: hold or abort first"):
-        stand.call("motor", motor_id=1, angle=10)
+    # hold and resume (in the countdown: before T-0)
     assert stand.call("hold", reason="pad check")["held"] is True
     wait_until(lambda: progress(stand).get("held") is not None, TIMEOUT, "the hold to be published")
     assert "pad check" in progress(stand)["held"] and progress(stand)["phase"] == "countdown"
     assert stand.call("resume")["resumed"] is True
     wait_until(lambda: progress(stand).get("held") is None, TIMEOUT, "the resume to be published")
+    # manual commands are refused while it runs
+    with pytest.raises(RpcError, match="procedure hotfire is running: hold or abort first"):
+        stand.call("valve", name="RELIEF1", open=True)
+    with pytest.raises(RpcError, match="procedure hotfire is running: hold or abort first"):
+        stand.call("motor", motor_id=1, angle=10)
 
     in_phase(stand, "mainstage")  # the chamber pressure rose: it lit
-    assert stand.mask("000000001") & stand.writes.seen()[-1] == 0, "igniter off in the main stage"
+    burn = stand.mask("010010110")  # both propellants flowing, the igniter off
+    wait_until(lambda: burn in stand.writes.seen(), TIMEOUT, "the main stage's valves at the device")
     with pytest.raises(RpcError, match="past T-0"):
         stand.call("hold", reason="too late")
     wait_until(lambda: stand.system_state() == "idle", TIMEOUT, "the procedure to end")
@@ -78,7 +79,6 @@ def test_the_hotfire_ignites_burns_shuts_down_and_ends_idle_with_everything_clos
     assert system["reason"] == "procedure hotfire finished" and system["armed"] is False
     assert stand.stm32.valves == 0, "every valve closed"
     seen = stand.writes.seen()
-    assert stand.mask("000000110") | stand.mask("010010000") in seen, "the burn reached the device"
     assert stand.mask("001100110") in seen, "the purge ran"
     assert not [e for e in stand.seen.events_of("state") if e["new"] == "aborting"]
 
