@@ -64,7 +64,13 @@ def broker() -> Iterator[Broker]:
 # Retained messages a service leaves behind (its status, the states it owns), by the user who owns them.
 RETAINED_BY_OWNER = {
     "acquisition": ("rcs/status/acquisition", "rcs/state/stm32", "rcs/telemetry/sensors/meta"),
-    "actuation": ("rcs/status/actuation", "rcs/state/valves", "rcs/state/system", "rcs/state/motors"),
+    "actuation": (
+        "rcs/status/actuation",
+        "rcs/state/valves",
+        "rcs/state/system",
+        "rcs/state/motors",
+        "rcs/state/alarms",
+    ),
     "logger": ("rcs/status/logger",),
     "gateway": ("rcs/status/gateway",),
     "operator": ("rcs/status/operator",),

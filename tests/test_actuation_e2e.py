@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,8 +127,11 @@ class Stand:
         return str(self.seen.state(topics.STATE_SYSTEM).get("state"))
 
 
-@pytest.fixture
-def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path) -> Iterator[Stand]:
+@contextmanager
+def running_stand(
+    settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path, **actuation_env: str
+) -> Iterator[Stand]:
+    """The emulators, acquisition and actuation (with `actuation_env`), and an operator watching."""
     stm32 = Stm32Emulator(settings, link_path=tmp_path / "stm32")
     arduino = ArduinoEmulator(settings, link_path=tmp_path / "arduino", speed_factor=4.0)
     valve_index = {name: i for i, name in enumerate(settings.valve_names)}
@@ -145,7 +148,7 @@ def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: 
         stack.callback(arduino.stop)
         writes = DeviceWrites(stm32)
         stack.enter_context(Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path))
-        stack.enter_context(Actuation(mqtt_as("actuation"), tmp_path / "arduino", tmp_path))
+        stack.enter_context(Actuation(mqtt_as("actuation"), tmp_path / "arduino", tmp_path, **actuation_env))
         operator = MqttClient(mqtt_as("operator"), "operator")
         seen = Observer()
         watched = (
@@ -153,6 +156,7 @@ def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: 
             topics.STATE_VALVES,
             topics.STATE_MOTORS,
             topics.STATE_STM32,
+            topics.STATE_ALARMS,
             topics.EVENTS,
         )
         for topic in watched:
@@ -174,6 +178,12 @@ def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: 
             "acquisition's STM32 link",
         )
         yield Stand(stm32, arduino, writes, operator, rpc, seen, mask)
+
+
+@pytest.fixture
+def stand(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path) -> Iterator[Stand]:
+    with running_stand(settings, mqtt_as, tmp_path) as running:
+        yield running
 
 
 def test_valve_command_reaches_the_device_and_the_acknowledged_state_is_published(stand: Stand) -> None:

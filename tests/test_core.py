@@ -1,7 +1,9 @@
 """The command authority's decisions: every refusal, the shipped sequences, abort, and its invariants.
 
-The stateful test drives StandCore with random commands, time, and a device that acknowledges, loses
-or refuses writes (in order, like the serial link), and checks the safety invariants after every step.
+The stateful test drives StandCore with random commands (manual, sequences and the hot-fire procedure,
+hold, resume, abort, channel values, motor outcomes, alarms and their acknowledgement), time, and a
+device that acknowledges, loses or refuses writes (in order, like the serial link), and checks the
+safety invariants after every step.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from services.actuation.alarms import AlarmBook, AlarmState
 from services.actuation.core import StandCore, SystemState, ValveWrite, Verdict
 from services.actuation.interlocks import Interlocks
 from services.actuation.valve_map import ValveMap
-from services.common.settings import Settings, load_settings
+from services.common.settings import Redline, Settings, load_settings
 
 STAND = load_settings()
 VALVES = ValveMap(STAND)
 INTERLOCKS = Interlocks(STAND, VALVES)
 DANGER = VALVES.mask_of(["isolation", "igniter"])
 ABORT = STAND.sequences[STAND.abort_sequence_name]
-ABORT_MASKS = [VALVES.parse(step.valves) for step in ABORT.steps]
+ABORT_MASKS = [VALVES.parse(str(step.valves)) for step in ABORT.steps]
 ABORT_DURATION = sum(step.wait_ms for step in ABORT.steps) / 1000
 IDLE, ARMED, RUNNING, ABORTING = (
     SystemState.IDLE,
@@ -142,7 +145,7 @@ def test_sequence_refusals() -> None:
     assert core.start_sequence("nope", "op", 0.0) == Verdict(
         False,
         "unknown sequence 'nope' (sequences: o2feed, fuelfeed, o2cleaning, fuelcleaning, preburning, "
-        "burningstart, burning)",
+        "burningstart, burning, hotfire)",
     )
     assert core.start_sequence("emergency", "op", 0.0) == Verdict(
         False, "emergency is the abort sequence: use abort"
@@ -167,7 +170,7 @@ def test_sequences_that_open_isolation_valves_or_the_igniter_need_arming(name: s
     started = core.start_sequence(name, "op", 10.0)
     steps = STAND.sequences[name].steps
     assert started.accepted and started.transitions[0].new is RUNNING
-    assert started.writes[0] == ValveWrite(mask(steps[0].valves), f"sequence {name} step 1/{len(steps)}")
+    assert started.writes[0] == ValveWrite(mask(str(steps[0].valves)), f"sequence {name} step 1/{len(steps)}")
 
 
 @pytest.mark.parametrize("name", [*ARMED_ONLY, *CLEANINGS])
@@ -180,7 +183,7 @@ def test_shipped_sequences_write_their_steps_on_time_and_return(name: str) -> No
         expected_times = [100.0 + sum(step.wait_ms for step in steps[:i]) / 1000 for i in range(len(steps))]
         assert [t for t, _ in written] == pytest.approx(expected_times)
         assert [write for _, write in written] == [
-            ValveWrite(mask(step.valves), f"sequence {name} step {i}/{len(steps)}")
+            ValveWrite(mask(str(step.valves)), f"sequence {name} step {i}/{len(steps)}")
             for i, step in enumerate(steps, start=1)
         ]
         assert core.state is (ARMED if armed else IDLE) and core.sequence is None and core.next_due() is None
@@ -213,7 +216,7 @@ def test_cancel_stops_where_it_is() -> None:
     verdict = core.cancel("bob")
     assert verdict.accepted and verdict.writes == ()
     assert [(t.old, t.new) for t in verdict.transitions] == [(RUNNING, ARMED)]
-    assert core.reason == "sequence burning cancelled by bob after step 1/2"
+    assert core.reason == "sequence burning cancelled by bob after step 1/3"
     assert core.commanded == mask("010010101") and core.next_due() is None and core.tick(5.0).writes == ()
     idle = StandCore(STAND)
     idle.start_sequence("fuelcleaning", "op", 0.0)
@@ -224,9 +227,9 @@ def test_cancel_stops_where_it_is() -> None:
 def test_the_abort_sequence_closes_isolation_igniter_and_run_valves_first_then_vents_then_purges() -> None:
     core = armed_core()
     core.start_sequence("burning", "op", 0.0)
-    run(core, 0.6)
-    assert core.acknowledged == mask("010010111")
-    verdict = core.abort("chamber over-pressure", "redline", 1.0)
+    run(core, 1.6)
+    assert core.acknowledged == mask("010010110")  # the burn, igniter off
+    verdict = core.abort("chamber over-pressure", "redline", 2.0)
     assert verdict.accepted and verdict.reason == "aborting: chamber over-pressure"
     assert [(t.old, t.new, t.reason) for t in verdict.transitions] == [
         (ARMED, ABORTING, "abort by redline: chamber over-pressure")
@@ -235,8 +238,8 @@ def test_the_abort_sequence_closes_isolation_igniter_and_run_valves_first_then_v
     assert first == ValveWrite(0, "abort emergency step 1/7")
     burning = VALVES.mask_of(["GOX1", "FUEL1", "IGNITION", "GOX2", "FUEL2"])
     assert first.mask & burning == 0 and core.commanded == 0  # all five shut by the first write
-    written = [(1.0, first), *run(core, 100.0)]
-    assert [(round(t - 1.0, 6), VALVES.format(w.mask)) for t, w in written] == [
+    written = [(2.0, first), *run(core, 100.0)]
+    assert [(round(t - 2.0, 6), VALVES.format(w.mask)) for t, w in written] == [
         (0.0, "000000000"),  # isolation valves, igniter and run valves closed at once
         (0.1, "100001000"),  # vent through both reliefs
         (1.6, "000000000"),
@@ -361,7 +364,18 @@ MASKS = st.one_of(
     ),
     st.integers(-1, 1 << VALVES.count),
 )
-NAMES = st.sampled_from([*STAND.sequences, "nope"])
+UNACKNOWLEDGED = (AlarmState.ACTIVE_UNACKNOWLEDGED, AlarmState.CLEARED_UNACKNOWLEDGED)
+NAMES = st.sampled_from([*STAND.sequences, "hotfire", "hotfire", "nope"])
+# Channel values around the hot fire's conditions (go/no-go, feed, ignition), met or not.
+VALUES = st.fixed_dictionaries(
+    {
+        "P1": st.sampled_from([5.0, 40.0]),
+        "P3": st.sampled_from([5.0, 28.0]),
+        "P5": st.sampled_from([0.5, 12.0, 30.0]),
+        "P7": st.sampled_from([20.0, 45.0]),
+        "P8": st.sampled_from([10.0, 30.0]),
+    }
+)
 
 
 class StandMachine(RuleBasedStateMachine):
@@ -374,6 +388,8 @@ class StandMachine(RuleBasedStateMachine):
         self.queue: list[int] = []  # written, not yet processed by the device
         self.outputs = 0  # the device's valves
         self.abort_end: float | None = None
+        self.moves: list[int] = []  # motor moves started, not yet reported done
+        self.alarms = AlarmBook()
 
     # the service's view ---------------------------------------------------------------------------
 
@@ -404,6 +420,7 @@ class StandMachine(RuleBasedStateMachine):
             if state is ABORTING:
                 self.abort_end = self.now + ABORT_DURATION
         assert state is self.core.state
+        self.moves.extend(request.token for request in verdict.moves)
         for write in verdict.writes:
             if write.cause.startswith("abort"):
                 assert write.mask & DANGER == 0, write
@@ -428,7 +445,14 @@ class StandMachine(RuleBasedStateMachine):
 
     @rule(mask=MASKS)
     def set_valves(self, mask: int) -> None:
-        self.command(lambda: self.core.set_valves(mask, "op"))
+        progress = self.core.sequence
+        verdict = self.command(lambda: self.core.set_valves(mask, "op"))
+        if progress is not None and progress.held is None:
+            assert not verdict.accepted, "a manual command while a sequence runs"
+        if progress is not None and progress.procedure and self.core.state is RUNNING:
+            assert verdict.reason in ("", f"procedure {progress.name} is running: hold or abort first") or (
+                progress.held is not None
+            )
 
     @rule(name=NAMES)
     def start_sequence(self, name: str) -> None:
@@ -510,7 +534,82 @@ class StandMachine(RuleBasedStateMachine):
             if aborting and any(t.new is IDLE for t in verdict.transitions):
                 assert self.abort_end is not None
                 assert self.now <= max(self.abort_end, start) + 1.0 + 1e-6
-        assert self.core.state in (IDLE, ARMED) and self.core.sequence is None
+        held = self.core.sequence is not None and self.core.sequence.held is not None
+        assert held or (self.core.state in (IDLE, ARMED) and self.core.sequence is None)
+
+    # procedures: holds, channel values, motor moves ------------------------------------------------
+
+    @rule()
+    def hold(self) -> None:
+        self.command(lambda: self.core.hold("test", "op", self.now))
+
+    @rule()
+    def resume(self) -> None:
+        self.command(lambda: self.core.resume("op", self.now))
+
+    @rule(values=VALUES)
+    def telemetry(self, values: dict[str, float]) -> None:
+        self.command(lambda: self.core.on_values(values, self.now), is_tick=True)
+
+    @rule(ignites=st.booleans())
+    def plant_follows_the_valves(self, ignites: bool) -> None:
+        """Values as the stand gives them for the device's valves: lines fill, the chamber lights (or not)."""
+        opened = set(VALVES.open_names(self.outputs))
+        chamber = (12.0 if ignites else 3.0) if {"GOX2", "FUEL2"} <= opened else 0.3
+        values = {"P7": 45.0, "P8": 30.0, "P5": chamber}
+        values |= {"P1": 40.0 if "GOX1" in opened else 0.0, "P3": 28.0 if "FUEL1" in opened else 0.0}
+        self.command(lambda: self.core.on_values(values, self.now), is_tick=True)
+
+    @rule()
+    def arm_and_start_the_hotfire(self) -> None:
+        self.arm_if_idle()
+        self.plant_follows_the_valves(ignites=True)
+        self.command(lambda: self.core.start_sequence("hotfire", "op", self.now))
+
+    def arm_if_idle(self) -> None:
+        if self.core.state is IDLE:
+            self.command(lambda: self.core.arm("op"))
+
+    @precondition(lambda self: self.core.sequence is not None and self.core.sequence.name == "hotfire")
+    @rule(ignites=st.sampled_from([True, True, True, False]), steps=st.integers(1, 10))
+    def the_hotfire_goes_on(self, ignites: bool, steps: int) -> None:
+        """The device answers, the stand responds, and time passes to the procedure's next deadline."""
+        for _ in range(steps):
+            self.device_acknowledges_everything()
+            self.plant_follows_the_valves(ignites)
+            due = self.core.next_due()
+            if due is not None:
+                self.now = max(self.now, due)
+                self.command(lambda: self.core.tick(self.now), is_tick=True)
+
+    @precondition(lambda self: self.moves)
+    @rule(ok=st.booleans())
+    def motor_done(self, ok: bool) -> None:
+        token = self.moves.pop(0)
+        self.command(lambda: self.core.on_motor_done(token, ok, "test", self.now), is_tick=True)
+
+    # alarms (they never command anything: the core's invariants hold whatever they do) --------------
+
+    @rule(limit=st.sampled_from(STAND.warning_limits), raised=st.booleans())
+    def alarm(self, limit: Redline, raised: bool) -> None:
+        if raised:
+            self.alarms.raise_limit("warning", limit, 20.0, self.now)
+        else:
+            self.alarms.clear_limit("warning", limit, self.now)
+
+    @rule(alarm_id=st.integers(1, 8))
+    def acknowledge(self, alarm_id: int) -> None:
+        before = {a.id: a.state for a in self.alarms.alarms}
+        refusal = self.alarms.acknowledge(alarm_id, "op", self.now)
+        assert (refusal is None) == (before.get(alarm_id) in UNACKNOWLEDGED)
+
+    @invariant()
+    def alarms_are_consistent(self) -> None:
+        keys = [a.key for a in self.alarms.alarms]
+        assert len(keys) == len(set(keys)), "one alarm per limit"
+        for alarm in self.alarms.alarms:
+            assert (alarm.acknowledged_by is not None) == (alarm.state is AlarmState.ACTIVE_ACKNOWLEDGED)
+            assert (alarm.cleared_ts is not None) == (alarm.state is AlarmState.CLEARED_UNACKNOWLEDGED)
 
     # invariants -----------------------------------------------------------------------------------
 

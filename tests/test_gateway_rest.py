@@ -559,6 +559,42 @@ def test_parquet_data_only_serves_recordings_of_the_data_dir(gateway: Gateway, n
     assert response.status_code == 404, response.text
 
 
+def test_hold_resume_and_alarms(gateway: Gateway) -> None:
+    stop = threading.Event()
+
+    def heartbeats() -> None:  # what an open operator WebSocket does: a running sequence needs them
+        while not stop.wait(0.2):
+            gateway.bus.heartbeat("operator")
+
+    beating = threading.Thread(target=heartbeats, daemon=True)
+    gateway.bus.heartbeat("operator")
+    beating.start()
+    try:
+        with gateway.client() as client:
+            nothing = client.post("/api/hold")
+            assert nothing.status_code == 409 and nothing.json()["detail"] == "no sequence is running"
+            assert client.post("/api/scenario/o2cleaning").status_code == 200
+            held = client.post("/api/hold", json={"reason": "pad check"})
+            assert held.status_code == 200, held.text
+            assert held.json()["scenario"] == "o2cleaning"
+            assert client.post("/api/hold").json()["detail"].startswith("sequence o2cleaning is already held")
+            assert client.post("/api/resume").json()["success"] is True
+            assert client.post("/api/resume").status_code == 409  # not held
+            alarms = client.get("/api/alarms")
+            assert alarms.status_code == 200 and isinstance(alarms.json()["alarms"], list)
+            unknown = client.post("/api/alarms/999/ack")
+            assert unknown.status_code == 409 and unknown.json()["detail"].startswith("no alarm 999")
+            assert client.post("/api/alarms/0/ack").status_code == 422
+            assert client.post(f"/api/alarms/{10**30}/ack").status_code == 422
+            wait_until(lambda: client.get("/api/status").json()["system_mode"] == "idle", TIMEOUT, "the end")
+    finally:
+        stop.set()
+        beating.join()
+    with gateway.client(VIEWER) as viewer:
+        assert viewer.get("/api/alarms").status_code == 200
+        assert viewer.post("/api/hold").status_code == 403
+
+
 def test_scenarios_and_abort(gateway: Gateway) -> None:
     with gateway.client() as client:
         assert client.post("/api/scenario/nope").status_code == 404

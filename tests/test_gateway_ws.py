@@ -245,6 +245,23 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
     run(scenario())
 
 
+def test_hold_resume_and_alarms_over_the_websocket(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with open_ws(gateway) as operator:
+            alarms = (await next_of(operator, "alarms"))[0]["data"]  # the retained state, on connect
+            assert isinstance(alarms["alarms"], list) and isinstance(alarms["ts"], float)
+            hold = await ask(operator, {"type": "system_mode", "mode": "hold"}, "system_mode_response")
+            assert (hold["success"], hold["reason"]) == (False, "no sequence is running")
+            resume = await ask(operator, {"type": "system_mode", "mode": "resume"}, "system_mode_response")
+            assert (resume["success"], resume["reason"]) == (False, "no sequence is held")
+            ack = await ask(operator, {"type": "alarm_ack", "id": 999}, "alarm_ack_response")
+            assert (ack["id"], ack["success"]) == (999, False) and ack["reason"].startswith("no alarm 999")
+            assert "data" in await ask(operator, {"type": "alarm_ack", "id": True}, "error")
+            assert "data" in await ask(operator, {"type": "alarm_ack", "id": 10**30}, "error")
+
+    run(scenario())
+
+
 def test_full_subscription_is_contiguous_and_display_is_reduced(gateway: Gateway) -> None:
     async def scenario() -> None:
         async with (

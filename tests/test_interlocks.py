@@ -147,7 +147,7 @@ def test_shipped_sequences_pass_and_the_abort_sequence_is_never_refused() -> Non
     interlocks.validate_sequences()
     interlocks.validate_guards()
     for step in STAND.sequences[STAND.abort_sequence_name].steps:
-        assert interlocks.check(VALVES.parse(step.valves), armed=False) is None
+        assert interlocks.check(VALVES.parse(str(step.valves)), armed=False) is None
 
 
 def test_a_sequence_that_forgot_requires_armed_is_refused_by_name() -> None:
@@ -160,7 +160,7 @@ def test_a_sequence_that_forgot_requires_armed_is_refused_by_name() -> None:
     assert (
         "sequence 'o2feed' may run unarmed, but step 1/2 (010000000) would be refused by interlock" in message
     )
-    assert "sequence 'burning' may run unarmed, but step 1/2 (010010101)" in message
+    assert "sequence 'burning' may run unarmed, but step 1/3 (010010101)" in message
     assert "(set requires_armed: true)" in message
     assert "fuelfeed" not in message and "cleaning" not in message
 

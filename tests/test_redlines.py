@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from services.actuation.core import SystemState
 from services.actuation.redlines import RedlineMonitor, Trip, samples_needed
+from services.actuation.valve_map import ValveMap
 from services.common.settings import Settings, load_settings
 from services.common.telemetry import TelemetryBatch
 
@@ -176,3 +177,14 @@ def test_batches_find_the_same_trips_as_a_sample_by_sample_reference(
         trip = lines.check(p5(values[start:stop], seq=start), ARMED)
         inside = [(i, worst) for i, worst in expected if start <= i < stop]
         assert (trip.seq, trip.value) == inside[0] if trip else not inside
+
+
+def test_a_chamber_red_line_applies_whenever_a_run_valve_may_be_open_and_in_its_phases() -> None:
+    gox2 = ValveMap(STAND).mask_of(["GOX2"])
+    lines = RedlineMonitor(STAND)
+    assert lines.check(p5([30.0] * 200), IDLE) is None
+    trip = lines.check(p5([30.0] * 200, seq=200), IDLE, open_mask=gox2)
+    assert trip is not None and trip.channel == "P5"
+    phased = monitor({"channel": "P5", "above": 25.0, "states": [], "phases": ["mainstage"]})
+    assert phased.check(p5([30.0] * 200), IDLE, phase="countdown") is None
+    assert phased.check(p5([30.0] * 200, seq=200), IDLE, phase="mainstage") is not None

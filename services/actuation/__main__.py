@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 from services.actuation.authority import DEADMAN_PERIOD_S, ActuationStats, Authority
@@ -38,7 +39,7 @@ from services.common.logs import DropMalformed, Throttled
 from services.common.metrics import counters
 from services.common.mqtt import Message, MqttClient
 from services.common.rpc import RpcServer
-from services.common.settings import Settings
+from services.common.settings import Settings, config_file
 
 SERVICE = "actuation"
 PRIORITY_CONNECT_WAIT_S = 5.0
@@ -58,6 +59,9 @@ class Actuation:
             settings.mqtt, SERVICE, client_id=f"{self.mqtt.client_id}-priority", announce=False
         )
         self.publisher = StatePublisher(self.mqtt, SERVICE, self.valve_map)
+        self.motors = MotorController(
+            settings, on_state=self.publisher.motors, on_event=self.publisher.motor_event
+        )
         self.authority = Authority(
             settings,
             valve_map=self.valve_map,
@@ -66,11 +70,10 @@ class Actuation:
             stats=self.stats,
             problems=self._problems,
             decode=self._decode,
+            motors=self.motors,
+            post=self._post_control,
         )
         self.control = ControlThread(self.authority.on_wake, max_sleep_s=DEADMAN_PERIOD_S)
-        self.motors = MotorController(
-            settings, on_state=self.publisher.motors, on_event=self.publisher.motor_event
-        )
         bound = settings.actuation.command_queue
         self.command_server = RpcServer(self.mqtt, workers=4, max_queued=bound)
         self.motor_server = RpcServer(self.mqtt, workers=2, max_queued=bound)  # slow moves apart
@@ -122,6 +125,10 @@ class Actuation:
         self.control.stop()
         self.mqtt.stop()
         self.priority_mqtt.stop()
+
+    def _post_control(self, job: Callable[[], None]) -> None:
+        """A job for the control thread (bound late: the control thread is made after the authority)."""
+        self.control.post(job)
 
     # --- MQTT callbacks (paho's thread: post, don't decide) ----------------------------------
 
@@ -179,8 +186,16 @@ class Actuation:
         }
 
 
+def build(settings: Settings) -> Actuation:
+    """The service; a configuration its safety checks refuse stops it with their lines, no traceback."""
+    try:
+        return Actuation(settings)
+    except ValueError as exc:  # StandCore: sequences the interlocks refuse, unguarded valves
+        raise SystemExit(f"{SERVICE}: refusing to start, {config_file()}: {exc}") from None
+
+
 def main() -> None:
-    run_service(SERVICE, Actuation, lambda settings: settings.actuation.metrics_port)
+    run_service(SERVICE, build, lambda settings: settings.actuation.metrics_port)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ the STM32's acknowledgement; only control-thread jobs may call it. It carries ou
 verdicts (logs and publishes each transition, sends each valve write to acquisition on the priority
 connection, republishes the system state), and turns what arrives — acknowledgements, the device's
 own reports, telemetry, the clock — into core decisions, aborting on a red-line, a deadman trip or
-a lost broker.
+a lost broker. A sequence step's motor move is started here and its outcome comes back as a job;
+each telemetry batch's means go to the core (sequence conditions), its limits to the alarms.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from services.actuation.core import StandCore, SystemState, ValveWrite, Verdict
+from services.actuation.alarms import AlarmBook
+from services.actuation.core import MotorRequest, StandCore, SystemState, ValveWrite, Verdict
 from services.actuation.deadman import Deadman
+from services.actuation.motor_moves import MoveResult
+from services.actuation.motors import MotorController
 from services.actuation.pending import AckTimeoutError, PendingWrite, PendingWrites, ValveWriteRefusedError
+from services.actuation.progress import alarms_state_entry, batch_values
 from services.actuation.publish import StatePublisher
-from services.actuation.redlines import RedlineMonitor
+from services.actuation.redlines import RedlineMonitor, Trip
 from services.actuation.valve_map import ValveMap
 from services.common import topics
 from services.common.codec import pack, publish_properties
@@ -58,10 +64,18 @@ class Authority:
         stats: ActuationStats,
         problems: Throttled,
         decode: DropMalformed,
+        motors: MotorController,
+        post: Callable[[Callable[[], None]], None],
     ) -> None:
-        """`valve_link`: the connection valve writes go out on (the priority one)."""
+        """`valve_link`: the connection valve writes go out on (the priority one); `post`: puts a job
+        on the control thread (a sequence's motor move reports there)."""
         self.core = StandCore(settings)
         self.redlines = RedlineMonitor(settings)
+        self.warnings = RedlineMonitor(settings, settings.warning_limits)
+        self.alarms = AlarmBook()
+        self._motors = motors
+        self._post = post
+        self._published_progress: object = None
         self.deadman = Deadman(settings)
         self.pending = PendingWrites()
         self._settings = settings
@@ -106,9 +120,33 @@ class Authority:
                 "state", old=str(transition.old), new=str(transition.new), reason=transition.reason
             )
         sent = [self._send(write) for write in verdict.writes]
-        if verdict.transitions or verdict.writes:
+        for request in verdict.moves:
+            self._start_move(request)
+        if verdict.transitions or verdict.writes or self.core.sequence != self._published_progress:
+            self._published_progress = self.core.sequence
             self._publisher.system(self.core)
         return sent
+
+    def _start_move(self, request: MotorRequest) -> None:
+        """A sequence step's motor move; its outcome goes back to the core on the control thread."""
+        move = request.move
+        motor_id = next(m.id for m in self._settings.motors.motors if m.name == move.motor)
+        if move.target_deg is not None:
+            future = self._motors.move(motor_id, absolute_deg=move.target_deg)
+        else:
+            future = self._motors.move(motor_id, relative_deg=move.by_deg)
+
+        def done(outcome: Future[MoveResult]) -> None:
+            result = outcome.result() if outcome.exception() is None else None
+            ok = result is not None and result.ok
+            why = result.response if result is not None else str(outcome.exception())
+
+            def report() -> None:
+                self.apply(self.core.on_motor_done(request.token, ok, why, time.monotonic()))
+
+            self._post(report)
+
+        future.add_done_callback(done)
 
     def _send(self, write: ValveWrite) -> PendingWrite:
         pending = self.pending.add(write, time.monotonic() + self._ack_timeout_s)
@@ -168,7 +206,8 @@ class Authority:
             return
         now = time.monotonic()
         self.deadman.telemetry(now)
-        trip = self.redlines.check(batch, self.core.state)
+        core = self.core
+        trip = self.redlines.check(batch, core.state, phase=core.phase, open_mask=core.possibly_open)
         if self.redlines.missing_channels:
             self._problems.warning(
                 "redline-channels",
@@ -183,6 +222,27 @@ class Authority:
                 "redline",
                 now,
             )
+        values = batch_values(batch)  # after the abort: nothing here may delay or prevent it
+        self.apply(core.on_values(values, now))
+        self._follow_alarms(trip, self.warnings.check(batch, core.state), values)
+
+    def _follow_alarms(self, trip: Trip | None, warning: Trip | None, values: dict[str, float]) -> None:
+        before = {alarm.id: alarm.state for alarm in self.alarms.alarms}
+        changed = self.alarms.follow("redline", self.redlines, trip, values, time.time())
+        changed |= self.alarms.follow("warning", self.warnings, warning, values, time.time())
+        if changed:
+            for alarm in self.alarms.alarms:
+                if before.get(alarm.id) is not alarm.state:
+                    self._publisher.event("alarm", alarm=alarms_state_entry(alarm))
+            self._publisher.alarms(self.alarms)
+
+    def acknowledge(self, alarm_id: int, who: str) -> Verdict:
+        """An operator acknowledges an alarm."""
+        refusal = self.alarms.acknowledge(alarm_id, who, time.time())
+        if refusal is not None:
+            return Verdict(False, refusal)
+        self._publisher.alarms(self.alarms)
+        return Verdict(True, f"alarm {alarm_id} acknowledged by {who}")
 
     def broker_lost(self, who: str) -> None:
         """Valve writes cannot reach the STM32 without the broker; acquisition sees this service's

@@ -19,7 +19,7 @@ from typing import Any
 
 from services.actuation.authority import ActuationStats, Authority
 from services.actuation.control import ControlThread
-from services.actuation.core import SystemState, Verdict
+from services.actuation.core import Verdict
 from services.actuation.motors import MotorController
 from services.actuation.pending import AckTimeoutError, PendingWrite, ValveWriteRefusedError
 from services.actuation.publish import StatePublisher
@@ -69,6 +69,10 @@ class Commands:
             "cancel": self.cancel,
             "arm": self.arm,
             "disarm": self.disarm,
+            "hold": self.hold,
+            "resume": self.resume,
+            "alarms": self.alarms,
+            "ack": self.ack,
         }
 
     # --- the handlers ------------------------------------------------------------------------
@@ -124,6 +128,34 @@ class Commands:
         sent = self._decide("disarm", body, lambda who, _now: self._core.disarm(who))
         return self._finish("disarm", body, sent, state=str(self._core.state))
 
+    def hold(self, body: dict[str, Any]) -> dict[str, Any]:
+        reason = body.get("reason")
+        why = audit.clipped(reason) if isinstance(reason, str) and reason else "operator hold"
+        sent = self._decide("hold", body, lambda who, now: self._core.hold(why, who, now))
+        return self._finish("hold", body, sent, held=True, sequence=self._sequence_name())
+
+    def resume(self, body: dict[str, Any]) -> dict[str, Any]:
+        sent = self._decide("resume", body, self._core.resume)
+        return self._finish("resume", body, sent, resumed=True, sequence=self._sequence_name())
+
+    def alarms(self, _body: dict[str, Any]) -> dict[str, Any]:
+        """The alarms as last published (a read: not audited)."""
+        state: dict[str, Any] = self._control.call(lambda: self._publisher.alarms_state).result(
+            timeout=DECISION_TIMEOUT_S
+        )
+        return state
+
+    def ack(self, body: dict[str, Any]) -> dict[str, Any]:
+        alarm_id = body.get("id")
+        if not isinstance(alarm_id, int) or isinstance(alarm_id, bool):
+            raise RpcError("'id' must be an alarm's integer id")
+        sent = self._decide("ack", body, lambda who, _now: self._authority.acknowledge(alarm_id, who))
+        return self._finish("ack", body, sent, acknowledged=alarm_id)
+
+    def _sequence_name(self) -> str | None:
+        sequence = self._core.sequence
+        return sequence.name if sequence is not None else None
+
     def abort(self, body: dict[str, Any]) -> dict[str, Any]:
         reason = body.get("reason")
         why = audit.clipped(reason) if isinstance(reason, str) and reason else "operator abort"
@@ -148,8 +180,18 @@ class Commands:
         value = angle if angle is not None else target
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise RpcError("the angle must be a number of degrees")
-        if self._core.state == SystemState.ABORTING:
-            raise RpcError("aborting: only abort is accepted")
+        refusal = self._control.call(self._core.manual_refusal).result(timeout=DECISION_TIMEOUT_S)
+        if refusal is not None:  # aborting, or a sequence runs (not held)
+            self._stats.refused_total += 1
+            self._publisher.event(
+                "command",
+                command="motor",
+                **audit.requester(body).fields(),
+                args=command_args(body),
+                accepted=False,
+                reason=refusal,
+            )
+            raise RpcError(refusal)
         if angle is not None:
             future = self._motors.move(motor_id, relative_deg=float(value))
         else:

@@ -10,16 +10,25 @@ order they arrive, and `on_write_failed` for a write not acknowledged in time or
 *unconfirmed* until the device acknowledges it or a later write; the valves it opens count as possibly
 open (`possibly_open`) until then, so the stand never goes idle on the strength of a write the device
 may not have applied, nor while an earlier one that opened a valve may still be on its way.
+
+Sequences (procedures) run step by step (`procedure.py`, docs/safety.md §4): a step's requirements are
+checked when it starts, then its hold, its valves, its motor move (the service reports the outcome with
+`on_motor_done`), then its wait: a fixed time, or a condition on the latest channel values
+(`on_values`) with a timeout. A hold stops the sequence until `resume`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Literal
 
 from services.actuation.interlocks import Interlocks
+from services.actuation.procedure import Program, ProgramStep, compile_program, describe, unmet
 from services.actuation.valve_map import ValveMap
-from services.common.settings import Settings
+from services.common.settings import MotorMove, Settings
 
 
 class SystemState(StrEnum):
@@ -43,16 +52,25 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class MotorRequest:
+    """A sequence step's motor move: the service moves it and reports with `on_motor_done(token, …)`."""
+
+    token: int
+    move: MotorMove
+
+
+@dataclass(frozen=True)
 class Verdict:
     accepted: bool
     reason: str = ""  # why refused (a person reads it), or a short note when accepted
     writes: tuple[ValveWrite, ...] = ()  # to send to the STM32, in order, now (even when refused)
     transitions: tuple[Transition, ...] = ()
+    moves: tuple[MotorRequest, ...] = ()  # motor moves to start now
 
 
 @dataclass(frozen=True)
 class SequenceProgress:
-    """A sequence in progress: `step` of its `steps` steps written so far."""
+    """A sequence in progress: `step` of its `steps` steps started so far."""
 
     name: str
     step: int
@@ -60,12 +78,14 @@ class SequenceProgress:
     abort: bool
     started: float
     armed: bool  # started while armed: interlocks see the stand as armed, and it ends in ARMED
+    procedure: bool = False
+    phase: str | None = None
+    held: str | None = None  # why it is held (until an operator resumes), or None
+    t0: float | None = None  # when T-0 was (monotonic), once it has been
+    waiting_for: str = ""  # what the current step waits for, for people
 
 
-@dataclass(frozen=True)
-class _Program:
-    masks: tuple[int, ...]
-    waits_s: tuple[float, ...]
+_Stage = Literal["start", "motor", "wait"]
 
 
 _ABORTING_ONLY = "aborting: only abort is accepted"
@@ -90,10 +110,7 @@ class StandCore:
         self._abort_name = settings.abort_sequence_name
         self._sequences = settings.sequences
         self._programs = {
-            name: _Program(
-                masks=tuple(self._valves.parse(step.valves) for step in sequence.steps),
-                waits_s=tuple(step.wait_ms / 1000 for step in sequence.steps),
-            )
+            name: compile_program(name, sequence, self._valves)
             for name, sequence in settings.sequences.items()
         }
         self._state = SystemState.IDLE
@@ -102,8 +119,14 @@ class StandCore:
         self._unconfirmed: list[int] = []  # writes in order, not yet acknowledged (or superseded)
         self._sequence: SequenceProgress | None = None
         self._due: float | None = None
-        self._confirming = False  # the abort sequence has ended; waiting for the device
+        self._confirming = False  # the abort sequence (a procedure) has ended; waiting for the device
         self._reason = "started"
+        self._stage: _Stage = "start"  # of the current step: starting, waiting for its motor, waiting
+        self._gate_passed = False  # the current step's `hold` was resumed
+        self._remaining: float | None = None  # of the current wait, frozen while held
+        self._values: dict[str, float] = {}
+        self._motor_token = 0
+        self._wait_deadline = 0.0  # of a `wait_until`
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -138,6 +161,29 @@ class StandCore:
     @property
     def sequence(self) -> SequenceProgress | None:
         return self._sequence
+
+    @property
+    def phase(self) -> str | None:
+        """The running sequence's phase (None when none runs or it names none)."""
+        return self._sequence.phase if self._sequence is not None else None
+
+    def timing(self, now: float) -> tuple[float | None, float | None]:
+        """(T-time in s, negative before T-0 and estimated from the fixed waits; time to the next step
+        in s, or to the current wait's timeout), each None when unknown."""
+        sequence = self._sequence
+        if sequence is None:
+            return None, None
+        left = self._remaining if sequence.held is not None else None
+        if left is None and self._stage == "wait":
+            left = max(0.0, self._wait_deadline - now)
+        if sequence.t0 is not None:
+            return now - sequence.t0, left
+        t0_index = self._programs[sequence.name].t0_index
+        if t0_index is None or sequence.step > t0_index:
+            return None, left
+        current = self._programs[sequence.name].steps[sequence.step - 1] if sequence.step else None
+        own = left if current is not None and current.wait_until is None and left is not None else 0.0
+        return -(own + self._programs[sequence.name].planned_s(sequence.step, t0_index)), left
 
     @property
     def reason(self) -> str:
@@ -175,8 +221,8 @@ class StandCore:
         return Verdict(True, "disarmed", transitions=(transition,))
 
     def set_valves(self, mask: int, who: str) -> Verdict:
-        """A manual valve pattern."""
-        busy = self._busy()
+        """A manual valve pattern (also while a sequence is held)."""
+        busy = self.manual_refusal()
         if busy is not None:
             return _refused(busy)
         try:
@@ -205,23 +251,63 @@ class StandCore:
         transitions = [self._transition(SystemState.RUNNING, f"sequence {name} started by {who}")]
         self._begin(name, now, armed=armed)
         writes: list[ValveWrite] = []
-        self._run_due(now, writes, transitions)
+        moves: list[MotorRequest] = []
+        self._run_due(now, writes, transitions, moves)
         if any(t.new is SystemState.ABORTING for t in transitions):
             return Verdict(False, self._reason, tuple(writes), tuple(transitions))
-        return Verdict(True, f"sequence {name} started", tuple(writes), tuple(transitions))
+        return Verdict(True, f"sequence {name} started", tuple(writes), tuple(transitions), tuple(moves))
 
     def cancel(self, who: str) -> Verdict:
-        """Stop the running sequence where it is (its valves stay as they are)."""
+        """Stop the running sequence where it is (its valves stay as they are); never after T-0."""
         if self._state is SystemState.ABORTING:
             return _refused(_ABORTING_ONLY)
         sequence = self._sequence
         if self._state is not SystemState.RUNNING or sequence is None:
             return _refused("no sequence is running")
-        self._sequence, self._due = None, None
+        if sequence.t0 is not None:
+            return _refused(f"{_kind(sequence)} {sequence.name} is past T-0: abort to stop it")
+        self._stop_sequence()
         back = SystemState.ARMED if sequence.armed else SystemState.IDLE
         reason = f"sequence {sequence.name} cancelled by {who} after step {sequence.step}/{sequence.steps}"
         transition = self._transition(back, reason)
         return Verdict(True, f"sequence {sequence.name} cancelled", transitions=(transition,))
+
+    def hold(self, reason: str, who: str, now: float) -> Verdict:
+        """Stop the running sequence before its next step until `resume` (not after T-0)."""
+        if self._state is SystemState.ABORTING:
+            return _refused(_ABORTING_ONLY)
+        sequence = self._sequence
+        if self._state is not SystemState.RUNNING or sequence is None:
+            return _refused("no sequence is running")
+        if sequence.held is not None:
+            return _refused(f"{_kind(sequence)} {sequence.name} is already held: {sequence.held}")
+        if sequence.t0 is not None:
+            return _refused(f"{_kind(sequence)} {sequence.name} is past T-0: no hold, abort to stop it")
+        if self._confirming:
+            return _refused(f"{_kind(sequence)} {sequence.name} has ended: waiting for the device")
+        self._hold(sequence, f"hold by {who}: {reason}", now)
+        return Verdict(True, f"{_kind(sequence)} {sequence.name} held")
+
+    def resume(self, who: str, now: float) -> Verdict:
+        """Go on with a held sequence: its step where it stopped (a wait: the time that was left)."""
+        if self._state is SystemState.ABORTING:
+            return _refused(_ABORTING_ONLY)
+        sequence = self._sequence
+        if sequence is None or sequence.held is None:
+            return _refused("no sequence is held")
+        self._sequence = replace(sequence, held=None)
+        if self._stage == "wait":
+            self._wait_deadline = now + (self._remaining or 0.0)
+        if self._stage != "motor":
+            self._due = now
+        self._remaining = None
+        writes: list[ValveWrite] = []
+        transitions: list[Transition] = []
+        moves: list[MotorRequest] = []
+        self._run_due(now, writes, transitions, moves)
+        aborted = any(t.new is SystemState.ABORTING for t in transitions)
+        note = self._reason if aborted else f"{_kind(sequence)} {sequence.name} resumed by {who}"
+        return Verdict(not aborted, note, tuple(writes), tuple(transitions), tuple(moves))
 
     def abort(self, reason: str, who: str, now: float) -> Verdict:
         """Always accepted: start the abort sequence now, whatever runs. Changes nothing while aborting."""
@@ -229,15 +315,39 @@ class StandCore:
             return Verdict(True, f"already aborting ({self._reason})")
         transitions = [self._enter_abort(f"abort by {who}: {reason}", now)]
         writes: list[ValveWrite] = []
-        self._run_due(now, writes, transitions)
+        self._run_due(now, writes, transitions, [])
         return Verdict(True, f"aborting: {reason}", tuple(writes), tuple(transitions))
 
     def tick(self, now: float) -> Verdict:
-        """Write the sequence steps that are due and end a finished sequence."""
+        """Run the sequence steps that are due and end a finished sequence."""
         writes: list[ValveWrite] = []
         transitions: list[Transition] = []
-        self._run_due(now, writes, transitions)
-        return Verdict(True, "", tuple(writes), tuple(transitions))
+        moves: list[MotorRequest] = []
+        self._run_due(now, writes, transitions, moves)
+        return Verdict(True, "", tuple(writes), tuple(transitions), tuple(moves))
+
+    def on_values(self, values: Mapping[str, float], now: float) -> Verdict:
+        """The latest value of each channel (a telemetry batch's mean): a step waiting on one may go on."""
+        self._values.update(values)
+        if self._stage == "wait" and self._sequence is not None and self._due is not None:
+            self._due = min(self._due, now)  # judge the wait now
+        return self.tick(now)
+
+    def on_motor_done(self, token: int, ok: bool, reason: str, now: float) -> Verdict:
+        """The outcome of a step's motor move (`MotorRequest.token`): its wait starts, or it aborts."""
+        sequence = self._sequence
+        if sequence is None or self._stage != "motor" or token != self._motor_token:
+            return _refused("no motor move is awaited")
+        if not ok:
+            return self.abort(
+                f"sequence {sequence.name} step {sequence.step}: motor move failed: {reason}",
+                "actuation",
+                now,
+            )
+        self._start_wait(self._programs[sequence.name].steps[sequence.step - 1], now)
+        if sequence.held is not None:  # held meanwhile: the wait starts at resume (nothing due till then)
+            self._remaining, self._due = max(0.0, self._wait_deadline - now), None
+        return self.tick(now)
 
     # --- the device's answers ---------------------------------------------------------------------
 
@@ -247,7 +357,7 @@ class StandCore:
         if mask in self._unconfirmed:  # acknowledgements come in order: the earlier writes are done
             del self._unconfirmed[: self._unconfirmed.index(mask) + 1]
         if self._confirming and self._sequence is not None and not self.possibly_open & self._danger:
-            self._due = self._sequence.started  # end the abort at the next tick
+            self._due = self._sequence.started  # end the abort (procedure) at the next tick
 
     def on_write_failed(self, reason: str, now: float) -> Verdict:
         """A write was not acknowledged in time, or refused: aborts while armed or running."""
@@ -257,11 +367,20 @@ class StandCore:
 
     # --- internals --------------------------------------------------------------------------------
 
+    def manual_refusal(self) -> str | None:
+        """Why a manual valve or motor command is refused right now (a held sequence allows them)."""
+        sequence = self._sequence
+        if self._state is SystemState.RUNNING and sequence is not None and sequence.held is not None:
+            return None
+        return self._busy()
+
     def _busy(self) -> str | None:
         """Why a command other than abort is refused right now, if it is."""
         if self._state is SystemState.ABORTING:
             return _ABORTING_ONLY
         if self._state is SystemState.RUNNING and self._sequence is not None:
+            if self._sequence.procedure:
+                return f"procedure {self._sequence.name} is running: hold or abort first"
             return f"sequence {self._sequence.name} is running: cancel or abort first"
         return None
 
@@ -277,48 +396,172 @@ class StandCore:
         return ValveWrite(mask, cause)
 
     def _begin(self, name: str, now: float, *, armed: bool) -> None:
-        steps = len(self._programs[name].masks)
-        self._sequence = SequenceProgress(name, 0, steps, name == self._abort_name, now, armed)
+        program = self._programs[name]
+        self._sequence = SequenceProgress(
+            name, 0, len(program.steps), program.abort, now, armed, procedure=program.procedure
+        )
         self._due = now
         self._confirming = False
+        self._stage, self._gate_passed, self._remaining = "start", False, None
+
+    def _stop_sequence(self) -> None:
+        self._sequence, self._due, self._confirming = None, None, False
+        self._stage, self._gate_passed, self._remaining = "start", False, None
 
     def _enter_abort(self, reason: str, now: float) -> Transition:
         transition = self._transition(SystemState.ABORTING, reason)
         self._begin(self._abort_name, now, armed=False)
         return transition
 
-    def _run_due(self, now: float, writes: list[ValveWrite], transitions: list[Transition]) -> None:
+    def _hold(self, sequence: SequenceProgress, reason: str, now: float) -> None:
+        """Stop before anything more of the current step; a wait keeps what was left of it."""
+        if self._stage == "wait" and self._remaining is None:
+            self._remaining = max(0.0, self._wait_deadline - now)
+        self._sequence = replace(sequence, held=reason)
+        if self._stage != "motor":  # a motor move's deadline still counts while held
+            self._due = None
+
+    def _run_due(
+        self,
+        now: float,
+        writes: list[ValveWrite],
+        transitions: list[Transition],
+        moves: list[MotorRequest],
+    ) -> None:
         while self._sequence is not None and self._due is not None and self._due <= now:
-            self._step(self._sequence, now, writes, transitions)
+            sequence = self._sequence
+            if self._stage == "motor":
+                number = f"{sequence.step}/{sequence.steps}"
+                why = f"sequence {sequence.name} step {number}: motor move not done in time"
+                transitions.append(self._enter_abort(why, now))
+                return
+            if sequence.held is not None:
+                return
+            if self._stage == "wait" and not self._wait_over(sequence, now, transitions):
+                return
+            if self._stage == "start":
+                self._step(sequence, now, writes, transitions, moves)
+
+    def _wait_over(self, sequence: SequenceProgress, now: float, transitions: list[Transition]) -> bool:
+        """Whether the current step's wait is over (then the next step starts); handles its timeout."""
+        until = self._programs[sequence.name].steps[sequence.step - 1].wait_until
+        if until is None:
+            over = self._wait_deadline <= now
+        else:
+            over = until.met(self._values.get(until.channel, math.nan))
+        if over:
+            self._stage, self._due = "start", now
+            return True
+        if self._wait_deadline > now:  # judged again at the next values, or at the timeout
+            self._due = self._wait_deadline
+            return False
+        assert until is not None
+        where = f"sequence {sequence.name} step {sequence.step}/{sequence.steps}"
+        why = f"{where}: {describe(until, self._values)} not reached within {until.timeout_ms} ms"
+        if until.on_timeout == "abort":
+            transitions.append(self._enter_abort(why, now))
+        else:
+            self._hold(sequence, why, now)
+            self._remaining = until.timeout_ms / 1000  # resumed: a fresh timeout
+        return False
+
+    def _start_wait(self, step: ProgramStep, now: float) -> None:
+        self._stage = "wait"
+        if step.wait_until is not None:
+            self._wait_deadline, self._due = now + step.wait_until.timeout_ms / 1000, now  # may be met now
+        else:
+            self._wait_deadline = self._due = now + step.wait_s
+        if self._sequence is not None:
+            self._sequence = replace(self._sequence, waiting_for=str(step.wait_until or ""))
 
     def _step(
-        self, sequence: SequenceProgress, now: float, writes: list[ValveWrite], transitions: list[Transition]
+        self,
+        sequence: SequenceProgress,
+        now: float,
+        writes: list[ValveWrite],
+        transitions: list[Transition],
+        moves: list[MotorRequest],
     ) -> None:
-        """Write the next step of `sequence`, or end it once its last step's wait has passed."""
+        """Start the next step of `sequence`, or end it once its last step's wait has passed."""
         program = self._programs[sequence.name]
-        if sequence.step < sequence.steps:
-            mask, number = program.masks[sequence.step], f"{sequence.step + 1}/{sequence.steps}"
+        if sequence.step >= sequence.steps:
+            self._end(sequence, program, now, writes, transitions)
+            return
+        step, number = program.steps[sequence.step], f"{sequence.step + 1}/{sequence.steps}"
+        where = f"sequence {sequence.name} step {number}"
+        missing = unmet(step.require, self._values)
+        if missing is not None:
+            why = f"{where}: requirement {describe(missing, self._values)} not met"
+            on_fail = next(r.on_fail for r in step.require if r is missing)
+            if on_fail == "abort":
+                transitions.append(self._enter_abort(why, now))
+            else:
+                self._hold(sequence, why, now)
+            return
+        if step.hold is not None and not self._gate_passed:
+            self._gate_passed = True
+            self._hold(sequence, f"{where}: {step.hold}", now)
+            return
+        if step.change is not None:
+            mask = step.change.apply(self._commanded)
             if not sequence.abort:
                 refusal = self._interlocks.check(mask, armed=sequence.armed)
                 if refusal is not None:
-                    why = f"sequence {sequence.name} step {number} {refusal}"
-                    transitions.append(self._enter_abort(why, now))
+                    transitions.append(self._enter_abort(f"{where} {refusal}", now))
                     return
             kind = "abort" if sequence.abort else "sequence"
-            self._sequence = replace(sequence, step=sequence.step + 1)
             writes.append(self._write(mask, f"{kind} {sequence.name} step {number}"))
-            self._due = now + program.waits_s[sequence.step]
+        self._gate_passed = False
+        self._sequence = replace(
+            sequence,
+            step=sequence.step + 1,
+            phase=step.phase,
+            t0=now if step.t0 else sequence.t0,
+            waiting_for="",
+        )
+        if step.motor is not None:
+            self._motor_token += 1
+            moves.append(MotorRequest(self._motor_token, step.motor))
+            self._stage, self._due = "motor", now + step.motor.timeout_ms / 1000
+            self._sequence = replace(self._sequence, waiting_for=f"motor {step.motor.motor}")
             return
-        if sequence.abort and self.possibly_open & self._danger:
+        self._start_wait(step, now)
+
+    def _end(
+        self,
+        sequence: SequenceProgress,
+        program: Program,
+        now: float,
+        writes: list[ValveWrite],
+        transitions: list[Transition],
+    ) -> None:
+        """End a sequence; an abort sequence or a procedure only once the device confirms isolation valves
+        and igniter closed (its last pattern written again every second until then)."""
+        ends_idle = sequence.abort or program.procedure
+        left_open = self._commanded & self._danger
+        if ends_idle and not left_open and self.possibly_open & self._danger:
             if self._confirming:
                 names = ", ".join(self._valves.open_names(self.possibly_open & self._danger))
+                kind = "abort" if sequence.abort else "procedure"
                 cause = (
-                    f"abort {sequence.name} ended: last step again until the device confirms {names} closed"
+                    f"{kind} {sequence.name} ended: last step again until the device confirms {names} closed"
                 )
-                writes.append(self._write(program.masks[-1], cause))
+                writes.append(self._write(self._commanded, cause))
             self._due, self._confirming = now + _CONFIRM_RETRY_S, True
+            self._sequence = replace(sequence, waiting_for="the device to confirm the valves closed")
             return
-        self._sequence, self._due, self._confirming = None, None, False
-        back = SystemState.ARMED if sequence.armed else SystemState.IDLE
-        kind = "abort sequence" if sequence.abort else "sequence"
-        transitions.append(self._transition(back, f"{kind} {sequence.name} finished"))
+        self._stop_sequence()
+        kind = "abort sequence" if sequence.abort else "procedure" if program.procedure else "sequence"
+        reason = f"{kind} {sequence.name} finished"
+        if ends_idle and not left_open:
+            back = SystemState.IDLE
+        else:
+            back = SystemState.ARMED if sequence.armed else SystemState.IDLE
+            if ends_idle:  # a procedure started with valves open that it never closed: stays armed
+                names = ", ".join(self._valves.open_names(left_open))
+                reason = f"{reason} with {names} open: stays armed"
+        transitions.append(self._transition(back, reason))
+
+
+def _kind(sequence: SequenceProgress) -> str:
+    return "procedure" if sequence.procedure else "sequence"

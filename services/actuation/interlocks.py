@@ -43,18 +43,25 @@ class Interlocks:
     def validate_sequences(self) -> None:
         """Raise ValueError naming every sequence step the interlocks would refuse when it runs.
 
-        A sequence without `requires_armed` may run unarmed, so its steps are checked as unarmed. A
+        Steps that open or close valves by name are checked as if the sequence started all closed (at
+        run time every step is checked again). A sequence without `requires_armed` may run unarmed,
+        so its steps are checked as unarmed. A
         sequence with it, and the abort sequence (exempt from `requires_armed` rules), are checked as
         armed: only rules that hold in every state can refuse them.
         """
         problems = []
         for name, sequence in self._settings.sequences.items():
             armed = sequence.abort or sequence.requires_armed
-            for i, step in enumerate(sequence.steps, start=1):
-                refusal = self.check(self._valves.parse(step.valves), armed=armed)
+            after_steps = sequence.patterns(self._valves.names)
+            for i, after in enumerate(after_steps, start=1):
+                if after is None:
+                    continue
+                mask = self._valves.mask_of(after)
+                refusal = self.check(mask, armed=armed)
                 if refusal is None:
                     continue
-                where = f"step {i}/{len(sequence.steps)} ({step.valves}) would be {refusal}"
+                pattern = self._valves.format(mask)
+                where = f"step {i}/{len(sequence.steps)} ({pattern}) would be {refusal}"
                 if armed:
                     problems.append(f"sequence {name!r} {where}")
                 else:

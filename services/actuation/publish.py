@@ -1,5 +1,6 @@
 """Everything actuation publishes: its events on `rcs/events/actuation` and its retained state
-topics (`rcs/state/system`, `rcs/state/valves`, `rcs/state/motors`); formats in docs/protocol.md.
+topics (`rcs/state/system`, `rcs/state/valves`, `rcs/state/motors`, `rcs/state/alarms`); formats in
+docs/protocol.md.
 
 `StatePublisher` only formats and publishes: what to publish, and when, is decided by its callers
 (the control thread for the system and valve state, the motor controller's thread for the motors).
@@ -11,8 +12,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from services.actuation.alarms import AlarmBook
 from services.actuation.core import StandCore
 from services.actuation.motor_moves import MotorsState
+from services.actuation.progress import alarms_state, sequence_state
 from services.actuation.valve_map import ValveMap
 from services.common import audit, topics
 from services.common.codec import pack
@@ -25,6 +28,7 @@ class StatePublisher:
         self._service = service
         self._valve_map = valve_map
         self.valves_state: dict[str, Any] | None = None  # as last published on rcs/state/valves
+        self.alarms_state: dict[str, Any] = {"alarms": [], "ts": time.time()}  # ... on rcs/state/alarms
 
     def event(self, kind: str, **fields: Any) -> None:
         self._mqtt.publish(
@@ -36,11 +40,7 @@ class StatePublisher:
         self.event(str(event.get("kind", "motor")), **{k: v for k, v in event.items() if k != "kind"})
 
     def system(self, core: StandCore) -> None:
-        sequence = None
-        if core.sequence is not None:  # `started` is monotonic inside; clients get UNIX time
-            sequence = asdict(core.sequence) | {
-                "started": time.time() - (time.monotonic() - core.sequence.started)
-            }
+        sequence = sequence_state(core, time.monotonic(), time.time())
         state = {
             "state": str(core.state),
             "armed": core.armed,
@@ -50,6 +50,10 @@ class StatePublisher:
             "ts": time.time(),
         }
         self._mqtt.publish(topics.STATE_SYSTEM, pack(state), qos=1, retain=True)
+
+    def alarms(self, book: AlarmBook) -> None:
+        self.alarms_state = alarms_state(book, time.time())
+        self._mqtt.publish(topics.STATE_ALARMS, pack(self.alarms_state), qos=1, retain=True)
 
     def valves(self, mask: int, cause: str) -> None:
         self.valves_state = {
@@ -75,6 +79,7 @@ class StatePublisher:
         """After (re)connecting to the broker: the retained state again (the valves as last published,
         not re-stamped)."""
         self.system(core)
+        self._mqtt.publish(topics.STATE_ALARMS, pack(self.alarms_state), qos=1, retain=True)
         if self.valves_state is not None:
             self._mqtt.publish(topics.STATE_VALVES, pack(self.valves_state), qos=1, retain=True)
         self.motors(motors)

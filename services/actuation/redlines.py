@@ -1,4 +1,8 @@
-"""Red-lines: a channel beyond its limit for long enough, in a state where the limit applies, trips.
+"""Red-lines: a channel beyond its limit for long enough, while the limit applies, trips.
+
+A limit applies while the system state is one of its `states`, or the running sequence is in one of its
+`phases`, or any of its `while_open` valves may be open (the mask the caller passes: commanded,
+acknowledged or on its way). The same monitor watches the channels' warning limits (alarms, no abort).
 
 Each batch is evaluated with numpy, rule by rule. A run of violating samples carries over to the next
 batch only when that batch continues it exactly (same session, `seq` = the previous batch's
@@ -16,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.actuation.core import SystemState
+from services.actuation.valve_map import ValveMap
 from services.common.settings import Redline, Settings
 from services.common.telemetry import TelemetryBatch
 
@@ -48,8 +53,11 @@ def samples_needed(persistence_ms: float, rate_hz: float) -> int:
 
 
 class RedlineMonitor:
-    def __init__(self, settings: Settings) -> None:
-        self._rules = settings.redlines
+    def __init__(self, settings: Settings, rules: tuple[Redline, ...] | None = None) -> None:
+        """`rules`: the limits to watch (default: the red-lines)."""
+        self._rules = settings.redlines if rules is None else rules
+        valves = ValveMap(settings)
+        self._while_open = tuple(valves.mask_of(rule.while_open) for rule in self._rules)
         self._runs = [_NO_RUN] * len(self._rules)
         self._session: str | None = None
         self._next_seq = 0
@@ -64,7 +72,17 @@ class RedlineMonitor:
         self._runs = [_NO_RUN] * len(self._rules)
         self._session = None
 
-    def check(self, batch: TelemetryBatch, state: SystemState) -> Trip | None:
+    @property
+    def rules(self) -> tuple[Redline, ...]:
+        return self._rules
+
+    def beyond(self) -> tuple[int, ...]:
+        """Indexes of the rules whose limit is exceeded, long enough, at the end of the last batch."""
+        return tuple(i for i, run in enumerate(self._runs) if run.tripped)
+
+    def check(
+        self, batch: TelemetryBatch, state: SystemState, *, phase: str | None = None, open_mask: int = 0
+    ) -> Trip | None:
         """The earliest trip in `batch` (by sample; ties: configuration order), or None."""
         if batch.session != self._session or batch.seq != self._next_seq:
             self._runs = [_NO_RUN] * len(self._rules)
@@ -75,7 +93,7 @@ class RedlineMonitor:
             if rule.channel not in batch.channels:
                 missing.append(rule.channel)
                 self._runs[i] = _NO_RUN
-            elif state.value not in rule.states:
+            elif not (state.value in rule.states or phase in rule.phases or open_mask & self._while_open[i]):
                 self._runs[i] = _NO_RUN
             else:
                 values = batch.data[:, batch.channels.index(rule.channel)].astype(np.float64)

@@ -63,9 +63,11 @@ def valve_schedule(settings: Settings, seconds: float) -> tuple[list[float], lis
     times, masks = [0.0], [0]
 
     def run(sequence: StandSequence, at: float) -> None:
-        for step in sequence.steps:
-            times.append(at)
-            masks.append(parse_pattern(step.valves, len(settings.valves)))
+        names = settings.valve_names
+        for step, after in zip(sequence.steps, sequence.patterns(names), strict=True):
+            if after is not None:
+                times.append(at)
+                masks.append(parse_pattern([int(name in after) for name in names], len(names)))
             at += step.wait_ms / 1000
 
     for name, fraction in PROFILE:

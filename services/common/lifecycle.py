@@ -10,9 +10,11 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Protocol
 
+from pydantic import ValidationError
+
 from services.common.logs import setup_logging
 from services.common.metrics import register_stats, start_metrics_server
-from services.common.settings import Settings, load_settings
+from services.common.settings import Settings, describe_problems, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,12 @@ def run_service(
     name: str, build: Callable[[Settings], Service], metrics_port: Callable[[Settings], int]
 ) -> None:
     """A service process's life: settings, logging, metrics, start, wait for a stop signal, stop."""
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValidationError as exc:  # one line per problem, naming the file, the key and the problem
+        raise SystemExit(
+            f"{name}: refusing to start, invalid configuration:\n{describe_problems(exc)}"
+        ) from None
     setup_logging(name, settings.log_level, settings.log_format)
     service = build(settings)
     register_stats(name, service.metrics)

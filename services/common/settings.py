@@ -8,11 +8,20 @@ Nested keys map to environment variables by their first underscore: `RCS_MQTT_HO
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -87,6 +96,9 @@ class Channel(_Section):
     calibration: tuple[float, ...] | None = Field(
         None, description="polynomial on raw ADC counts, ascending powers; absent = derived on the host"
     )
+    warn_above: float | None = Field(None, description="an alarm (no abort) beyond this")
+    warn_below: float | None = None
+    warn_persistence_ms: float = Field(50.0, ge=0, description="...for at least this long")
 
     @property
     def measured(self) -> bool:
@@ -158,16 +170,113 @@ class MotorSettings(_Section):
 SystemState = Literal["idle", "armed", "running", "aborting"]
 
 
+OnFailure = Literal["abort", "hold"]
+
+
+class Condition(_Section):
+    """A channel above or below a value, judged on the mean of each telemetry batch (10 ms)."""
+
+    channel: str
+    above: float | None = None
+    below: float | None = None
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Condition:
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"condition on {self.channel}: give exactly one of 'above' or 'below'")
+        return self
+
+    def __str__(self) -> str:
+        return (
+            f"{self.channel} above {self.above:g}"
+            if self.above is not None
+            else f"{self.channel} below {self.below:g}"
+        )
+
+    def met(self, value: float) -> bool:
+        return value > self.above if self.above is not None else value < self.below  # type: ignore[operator]
+
+
+class Requirement(Condition):
+    """Must hold when its step starts; else the sequence holds or aborts (`on_fail`)."""
+
+    on_fail: OnFailure = "abort"
+
+
+class WaitUntil(Condition):
+    """The step ends once the condition holds; if it has not within `timeout_ms`, `on_timeout`."""
+
+    timeout_ms: int = Field(gt=0)
+    on_timeout: OnFailure = "abort"
+
+
+class MotorMove(_Section):
+    """Move a motor (by name) to `target_deg` or by `by_deg`, and wait until it has (or abort)."""
+
+    motor: str
+    target_deg: float | None = Field(None, allow_inf_nan=False)
+    by_deg: float | None = Field(None, allow_inf_nan=False)
+    timeout_ms: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _one_move(self) -> MotorMove:
+        if (self.target_deg is None) == (self.by_deg is None):
+            raise ValueError(f"motor move of {self.motor}: give exactly one of 'target_deg' or 'by_deg'")
+        return self
+
+
 class Step(_Section):
-    valves: str = Field(pattern=r"^[01]+$", description="pattern in valve order, '1' = open")
+    """One step: [require] -> [hold] -> valves -> [motor] -> wait (docs/safety.md §4)."""
+
+    valves: str | None = Field(
+        None, pattern=r"^[01]+$", description="whole pattern in valve order, '1' = open"
+    )
+    open: tuple[str, ...] = Field((), description="valves opened, the others as they are")
+    close: tuple[str, ...] = Field((), description="valves closed, the others as they are")
     wait_ms: int = Field(0, ge=0, description="delay before the next step")
+    wait_until: WaitUntil | None = None
+    require: tuple[Requirement, ...] = ()
+    hold: str | None = Field(None, min_length=1, description="stop here until an operator resumes")
+    motor: MotorMove | None = None
+    phase: str | None = Field(None, description="from this step on (until another names one)")
+    t0: bool = Field(False, description="T-0 is when this step starts")
+
+    @property
+    def sets_valves(self) -> bool:
+        return self.valves is not None or bool(self.open) or bool(self.close)
+
+    def after(self, before: frozenset[str], valve_names: tuple[str, ...]) -> frozenset[str]:
+        """The open valves after this step, from `before` (names)."""
+        if self.valves is not None:
+            return frozenset(n for n, bit in zip(valve_names, self.valves, strict=False) if bit == "1")
+        return (before - set(self.close)) | set(self.open)
 
 
 class Sequence(_Section):
     description: str = ""
     requires_armed: bool = False
     abort: bool = False
+    procedure: bool = Field(
+        False,
+        description="ends idle with isolation valves and igniter confirmed closed; manual commands refused",
+    )
     steps: tuple[Step, ...] = Field(min_length=1)
+
+    def patterns(self, valve_names: tuple[str, ...]) -> tuple[frozenset[str] | None, ...]:
+        """The open valves after each step that sets valves (None for the others), from all closed."""
+        current: frozenset[str] = frozenset()
+        out: list[frozenset[str] | None] = []
+        for step in self.steps:
+            if step.sets_valves:
+                current = step.after(current, valve_names)
+                out.append(current)
+            else:
+                out.append(None)
+        return tuple(out)
+
+    @property
+    def t0_index(self) -> int | None:
+        return next((i for i, step in enumerate(self.steps) if step.t0), None)
 
 
 class Interlock(_Section):
@@ -189,7 +298,11 @@ class Redline(_Section):
     above: float | None = None
     below: float | None = None
     persistence_ms: float = Field(10.0, ge=0)
-    states: tuple[SystemState, ...] = ("armed", "running")
+    states: tuple[SystemState, ...] = Field(("armed", "running"), description="active in these states...")
+    phases: tuple[str, ...] = Field((), description="...or while a sequence is in one of these phases...")
+    while_open: tuple[str, ...] = Field(
+        (), description="...or while any of these valves (names/roles) may be open"
+    )
 
     @model_validator(mode="after")
     def _one_limit(self) -> Redline:
@@ -300,6 +413,16 @@ class Settings(BaseSettings):
     sequences: dict[str, Sequence] = {}
     interlocks: tuple[Interlock, ...] = ()
     redlines: tuple[Redline, ...] = ()
+    phases: tuple[str, ...] = (
+        "countdown",
+        "feed",
+        "ignition",
+        "mainstage",
+        "shutdown",
+        "purge",
+        "vent",
+        "safing",
+    )
     emulator: EmulatorSettings = EmulatorSettings()
 
     @classmethod
@@ -311,7 +434,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_file = Path(os.environ.get("RCS_CONFIG", DEFAULT_CONFIG))
+        yaml_file = config_file()
         if not yaml_file.is_file():
             raise FileNotFoundError(f"stand configuration not found: {yaml_file} (set RCS_CONFIG)")
         return (
@@ -367,24 +490,110 @@ class Settings(BaseSettings):
         for line in self.redlines:
             if line.channel not in self.channel_names:
                 raise ValueError(f"red-line refers to unknown channel {line.channel!r}")
-        for name, sequence in self.sequences.items():
-            for step in sequence.steps:
-                if len(step.valves) != len(self.valves):
-                    raise ValueError(
-                        f"sequence {name!r}: step {step.valves!r} has {len(step.valves)} digits, "
-                        f"expected {len(self.valves)} (one per valve)"
-                    )
+        for line in self.redlines:
+            unknown = [p for p in line.phases if p not in self.phases]
+            if unknown:
+                raise ValueError(
+                    f"red-line on {line.channel} names unknown phases {unknown} (phases: {self.phases})"
+                )
+            unknown = [v for v in line.while_open if v not in names and v not in roles]
+            if unknown:
+                raise ValueError(
+                    f"red-line on {line.channel}: while_open names unknown valves or roles {unknown}"
+                )
+        problems = [
+            p for name, sequence in self.sequences.items() for p in self._sequence_problems(name, sequence)
+        ]
+        if problems:
+            raise ValueError("\n".join(f"{config_file()}: {p}" for p in problems))
         aborts = [name for name, sequence in self.sequences.items() if sequence.abort]
         if len(aborts) != 1:
             raise ValueError(f"exactly one sequence must be the abort sequence (abort: true), found {aborts}")
-        kept_closed = self.valves_with_roles("isolation", "igniter")
-        for step in self.sequences[aborts[0]].steps:
-            if any(step.valves[i] == "1" for i in kept_closed):
+        danger = {self.valves[i].name for i in self.valves_with_roles("isolation", "igniter")}
+        for after in self.sequences[aborts[0]].patterns(self.valve_names):
+            if after is not None and after & danger:
                 raise ValueError(
                     f"abort sequence {aborts[0]!r} must close every isolation valve and the igniter from its "
-                    f"first step on and never open them (step {step.valves})"
+                    f"first step on and never open them (step opens {', '.join(sorted(after & danger))})"
                 )
         return self
+
+    def _sequence_problems(self, name: str, sequence: Sequence) -> list[str]:
+        """Every problem of one sequence, one line each: `sequences.<name> step i/n: <problem>`."""
+        problems: list[str] = []
+        n = len(sequence.steps)
+        channels, motors = set(self.channel_names), {m.name for m in self.motors.motors}
+        t0 = [i for i, step in enumerate(sequence.steps) if step.t0]
+        if len(t0) > 1:
+            problems.append(f"sequences.{name}: t0 is set on {len(t0)} steps, at most one may be T-0")
+        for i, step in enumerate(sequence.steps):
+            where = f"sequences.{name} step {i + 1}/{n}"
+            for problem in self._step_problems(step, channels, motors):
+                problems.append(f"{where}: {problem}")
+            past_t0 = bool(t0) and i >= t0[0]
+            holds = [c for c in step.require if c.on_fail == "hold"]
+            if past_t0 and (step.hold or holds or (step.wait_until and step.wait_until.on_timeout == "hold")):
+                problems.append(
+                    f"{where}: no hold at or after T-0 (the engine may be burning): abort instead"
+                )
+            if sequence.abort and (step.hold or step.require or step.wait_until or step.motor):
+                problems.append(
+                    f"{where}: the abort sequence only sets valves and waits (nothing may stop it)"
+                )
+        if sequence.procedure:
+            if not sequence.requires_armed:
+                problems.append(f"sequences.{name}: a procedure must set requires_armed: true")
+            danger = {self.valves[i].name for i in self.valves_with_roles("isolation", "igniter")}
+            last = next(
+                (p for p in reversed(sequence.patterns(self.valve_names)) if p is not None), frozenset()
+            )
+            if last & danger:
+                problems.append(
+                    f"sequences.{name}: a procedure must end with every isolation valve and the igniter "
+                    f"closed (its last valves leave {', '.join(sorted(last & danger))} open)"
+                )
+        return problems
+
+    def _step_problems(self, step: Step, channels: set[str], motors: set[str]) -> list[str]:
+        problems: list[str] = []
+        if step.valves is not None and (step.open or step.close):
+            problems.append("give either a whole pattern 'valves' or 'open'/'close', not both")
+        if step.valves is not None and len(step.valves) != len(self.valves):
+            problems.append(
+                f"pattern {step.valves!r} has {len(step.valves)} digits, expected {len(self.valves)} "
+                f"(one per valve: {', '.join(self.valve_names)})"
+            )
+        unknown = [v for v in (*step.open, *step.close) if v not in self.valve_names]
+        if unknown:
+            problems.append(f"unknown valves {unknown} (valves: {', '.join(self.valve_names)})")
+        both = sorted(set(step.open) & set(step.close))
+        if both:
+            problems.append(f"opens and closes {both} in the same step")
+        if step.wait_ms and step.wait_until is not None:
+            problems.append("give either 'wait_ms' or 'wait_until', not both")
+        conditions: list[Condition] = [*step.require, *([step.wait_until] if step.wait_until else [])]
+        for condition in conditions:
+            if condition.channel not in channels:
+                problems.append(f"condition on unknown channel {condition.channel!r}")
+        if step.phase is not None and step.phase not in self.phases:
+            problems.append(f"unknown phase {step.phase!r} (phases: {', '.join(self.phases)})")
+        if step.motor is not None:
+            if step.motor.motor not in motors:
+                problems.append(f"unknown motor {step.motor.motor!r} (motors: {', '.join(sorted(motors))})")
+            if step.motor.target_deg is not None and abs(step.motor.target_deg) > self.motors.limit_deg:
+                problems.append(f"motor target {step.motor.target_deg} beyond +-{self.motors.limit_deg} deg")
+        return problems
+
+    @cached_property
+    def warning_limits(self) -> tuple[Redline, ...]:
+        """The channels' warning limits as limits that apply in every state (alarms, no abort)."""
+        every: tuple[SystemState, ...] = ("idle", "armed", "running", "aborting")
+        return tuple(
+            Redline(channel=c.name, persistence_ms=c.warn_persistence_ms, states=every, **{side: value})
+            for c in self.channels
+            for side, value in (("above", c.warn_above), ("below", c.warn_below))
+            if value is not None
+        )
 
     def valves_with_roles(self, *roles: str) -> tuple[int, ...]:
         """Indexes (= bit positions) of the valves with any of these roles."""
@@ -408,6 +617,26 @@ class Settings(BaseSettings):
         return tuple(v.name for v in self.valves)
 
 
+def config_file() -> Path:
+    """The stand's YAML file: RCS_CONFIG, else config/stand.yaml."""
+    return Path(os.environ.get("RCS_CONFIG", DEFAULT_CONFIG))
+
+
 def load_settings() -> Settings:
     """Read stand.yaml and the environment; raises pydantic.ValidationError with every problem."""
     return Settings()
+
+
+def describe_problems(error: ValidationError) -> str:
+    """A configuration error as one line per problem: `<file>: <where>: <problem>`."""
+    lines: list[str] = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        where = re.sub(r"\.steps\.(\d+)", lambda m: f" step {int(m.group(1)) + 1}", where)
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        for line in message.splitlines():
+            if line.startswith(f"{config_file()}: "):
+                lines.append(line)
+            else:
+                lines.append(f"{config_file()}: {where}: {line}" if where else f"{config_file()}: {line}")
+    return "\n".join(lines)

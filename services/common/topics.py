@@ -8,6 +8,7 @@ STATE_STM32 = "rcs/state/stm32"
 STATE_VALVES = "rcs/state/valves"
 STATE_MOTORS = "rcs/state/motors"
 STATE_SYSTEM = "rcs/state/system"
+STATE_ALARMS = "rcs/state/alarms"
 
 # actuation -> acquisition (the broker's ACL lets only actuation publish here)
 STM32_VALVES = "rcs/stm32/cmd/valves"
@@ -26,7 +27,8 @@ LOGGER_STATUS = "rcs/rpc/logger/status"
 
 
 def actuation(command: str) -> str:
-    """Request topic of an actuation command: valves, valve, motor, sequence, cancel, arm, disarm, abort."""
+    """Request topic of an actuation command: valves, valve, motor, sequence, cancel, hold, resume, arm,
+    disarm, abort, alarms, ack."""
     return f"rcs/rpc/actuation/{command}"
 
 

@@ -124,6 +124,30 @@ def cancel(who: Who = DEFAULT_WHO) -> None:
     _call("cancel", {}, who)
 
 
+@app.command("hold-sequence")
+def hold_sequence(reason: str = "operator hold", who: Who = DEFAULT_WHO) -> None:
+    """Hold the running sequence (procedure) before its next step, until `resume` (not after T-0)."""
+    _call("hold", {"reason": reason}, who)
+
+
+@app.command()
+def resume(who: Who = DEFAULT_WHO) -> None:
+    """Go on with a held sequence where it stopped."""
+    _call("resume", {}, who)
+
+
+@app.command()
+def alarms(who: Who = DEFAULT_WHO) -> None:
+    """List the alarms (active, or cleared and not yet acknowledged)."""
+    _call("alarms", {}, who)
+
+
+@app.command()
+def ack(alarm_id: int, who: Who = DEFAULT_WHO) -> None:
+    """Acknowledge alarm ALARM_ID (see `rcs-ctl alarms`)."""
+    _call("ack", {"id": alarm_id}, who)
+
+
 @app.command()
 def motor(
     motor_id: int,

@@ -113,6 +113,38 @@ class CommandOut(BaseModel):
     bits: str | None = None
 
 
+class HoldIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("operator hold", min_length=1, max_length=200)
+
+
+class Alarm(BaseModel):
+    """One alarm of `rcs/state/alarms` (docs/protocol.md)."""
+
+    id: int
+    key: str
+    kind: Literal["warning", "redline"]
+    channel: str
+    direction: Literal["above", "below"]
+    limit: float
+    value: float | None
+    state: Literal["active-unacknowledged", "active-acknowledged", "cleared-unacknowledged"]
+    raised_ts: float
+    cleared_ts: float | None = None
+    acknowledged_by: str | None = None
+    acknowledged_ts: float | None = None
+
+
+class Alarms(BaseModel):
+    alarms: list[Alarm]
+    ts: float | None = Field(description="when actuation published them; null before it has")
+
+
+class AckOut(BaseModel):
+    success: bool
+    acknowledged: int
+
+
 class SaveOut(BaseModel):
     success: bool
     file: str

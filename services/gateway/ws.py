@@ -48,6 +48,7 @@ PUSHED_STATES = {
     topics.STATE_SYSTEM: "system_state",
     topics.STATE_MOTORS: "motor_state",
     topics.STATE_STM32: "stm32_state",
+    topics.STATE_ALARMS: "alarms",
 }
 
 

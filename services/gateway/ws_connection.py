@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from services.gateway.ws import WebSocketEndpoint
 
 POLICY_VIOLATION = 1008
-SYSTEM_MODES = {"arm": "arm", "disarm": "disarm", "abort": "abort"}
+SYSTEM_MODES = {"arm": "arm", "disarm": "disarm", "abort": "abort", "hold": "hold", "resume": "resume"}
 SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
 # After a command refused by the rate limits, this connection's next message waits this long: a
 # flooding client is still answered, message by message, but slowly enough that the event loop stays
@@ -179,9 +179,25 @@ class Connection:
         mode = message.get("mode")
         if mode not in SYSTEM_MODES and mode not in SOURCE_MODES:
             raise BadMessageError(f"'mode' must be one of {sorted({*SYSTEM_MODES, *SOURCE_MODES})}")
-        limited = mode in ("arm", "disarm")  # abort never; the source modes command nothing
+        limited = mode in ("arm", "disarm", "hold", "resume")  # abort never; source modes command nothing
         if self.require_operator(raw) and (not limited or self.admit(raw)):
             self.spawn(self.system_mode(str(mode), raw))
+
+    def on_alarm_ack(self, message: dict[str, Any], raw: str | bytes) -> None:
+        alarm_id = message.get("id")
+        if isinstance(alarm_id, bool) or not isinstance(alarm_id, int) or not 1 <= alarm_id < 2**31:
+            raise BadMessageError("'id' must be an alarm's integer id")
+        if self.command_allowed(raw):
+            self.spawn(self.alarm_ack(alarm_id, raw))
+
+    async def alarm_ack(self, alarm_id: int, raw: str | bytes) -> None:
+        answer: dict[str, Any] = {"type": "alarm_ack_response", "id": alarm_id}
+        try:
+            await self._actuation("ack", {"id": alarm_id})
+        except CallFailedError as exc:
+            self.reply({**answer, "success": False, "reason": exc.reason}, raw)
+            return
+        self.reply({**answer, "success": True}, raw)
 
     def on_subscribe(self, message: dict[str, Any], raw: str | bytes) -> None:
         hub, mode = self.endpoint.hub, message.get("mode", "full")
@@ -274,6 +290,8 @@ class Connection:
         body: dict[str, Any] = {}
         if mode == "abort":
             body["reason"] = f"abort from {self.identity.name} ({self.origin})"
+        elif mode == "hold":
+            body["reason"] = f"hold from {self.identity.name} ({self.origin})"
         try:
             result = await self._actuation(SYSTEM_MODES[mode], body)
         except CallFailedError as exc:
@@ -303,4 +321,5 @@ Connection.HANDLERS = {
     "valve_command": Connection.on_valve_command,
     "step_motor_command": Connection.on_step_motor_command,
     "system_mode": Connection.on_system_mode,
+    "alarm_ack": Connection.on_alarm_ack,
 }
