@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -15,6 +17,9 @@ from services.common.settings import DERIVED_CHANNELS, Channel, Settings, load_s
 # The measured channels the derived-channel inputs require, interleaved with the derived channels so
 # that the measured (column) order differs from the settings order.
 MEASURED = ("P1", "P2", "P3", "P4", "T1", "THRUST")
+# The hot fire's conditions name channels these settings leave out: its steps become one, all closed
+# (settings sources are merged key by key, so the stand's other sequences stay as they are).
+SEQUENCES: dict[str, Any] = {"hotfire": {"steps": [{"valves": "000000000"}]}}
 
 
 def settings_with(polynomials: list[tuple[float, ...]]) -> Settings:
@@ -22,7 +27,7 @@ def settings_with(polynomials: list[tuple[float, ...]]) -> Settings:
     measured = [Channel(name=n, unit="u", calibration=p) for n, p in zip(MEASURED, polynomials, strict=True)]
     derived = [Channel(name=n, unit="u") for n in DERIVED_CHANNELS]
     channels = [c for pair in zip(measured, derived, strict=False) for c in pair] + measured[len(derived) :]
-    return Settings(channels=tuple(channels), redlines=())
+    return Settings(channels=tuple(channels), redlines=(), sequences=SEQUENCES)
 
 
 def reference(raw: npt.NDArray[np.uint16], polynomials: list[tuple[float, ...]]) -> npt.NDArray[np.float64]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,12 +14,21 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from services.common.derived import Derivation
-from services.common.settings import Channel, DerivedSettings, GasOrifice, LiquidOrifice, Settings
+from services.common.settings import (
+    Channel,
+    DerivedSettings,
+    GasOrifice,
+    LiquidOrifice,
+    Settings,
+)
 
 # Settings order deliberately mixes derived and measured channels; the measured order is this minus
 # the derived ones: P1, P2, T1, THRUST, P3, P4, X.
 ORDER = ("D1", "P1", "ISP", "P2", "T1", "THRUST", "VELOCITY", "P3", "IMPULSE", "P4", "D2", "X")
 MEASURED = ("P1", "P2", "T1", "THRUST", "P3", "P4", "X")
+# The hot fire's conditions name channels these settings leave out: its steps become one, all closed
+# (settings sources are merged key by key, so the stand's other sequences stay as they are).
+SEQUENCES: dict[str, Any] = {"hotfire": {"steps": [{"valves": "000000000"}]}}
 DERIVED = DerivedSettings(
     g0=9.80665,
     min_flow_kg_s=0.001,
@@ -41,7 +51,7 @@ def stand() -> Settings:
     channels = tuple(
         Channel(name=name, unit="u", calibration=(0.0, 1.0) if name in MEASURED else None) for name in ORDER
     )
-    return Settings(channels=channels, derived=DERIVED, redlines=())
+    return Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES)
 
 
 def measured_rows(**columns: list[float]) -> npt.NDArray[np.float64]:
@@ -175,4 +185,4 @@ def test_rejects_mismatched_shapes(stand: Settings) -> None:
 def test_rejects_an_unknown_uncalibrated_channel(stand: Settings) -> None:
     channels = (*stand.channels, Channel(name="MYSTERY", unit="u"))
     with pytest.raises(ValueError, match="MYSTERY"):
-        Derivation(Settings(channels=channels, derived=DERIVED, redlines=()))
+        Derivation(Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES))
