@@ -24,11 +24,9 @@ from services.common.mqtt import MqttClient
 from services.common.rpc import RpcClient, RpcError
 from services.common.settings import MqttSettings, Settings
 from services.devstack.broker import Broker
-from services.emulators.arduino import ArduinoEmulator
 from services.emulators.stm32 import Stm32Emulator
 from tests.conftest import wait_until
-from tests.processes import Acquisition, Actuation
-from tests.test_actuation_e2e import RELIEFS, DeviceWrites, Observer
+from tests.test_actuation_e2e import RELIEFS, DeviceWrites, Observer, running_stand
 from tests.test_gateway_rest import OPERATOR, Served, gateway_settings
 
 TIMEOUT = 20.0
@@ -67,43 +65,16 @@ def stand(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "token_command_burst": TOKEN_BURST,
     }
     settings = base.model_copy(update={"gateway": base.gateway.model_copy(update=limits)})
-    stm32 = Stm32Emulator(settings, link_path=tmp / "stm32")
-    arduino = ArduinoEmulator(settings, link_path=tmp / "arduino", speed_factor=4.0)
-    index = {name: i for i, name in enumerate(settings.valve_names)}
-
-    def mask(bits: str) -> int:
-        return sum(
-            1 << index[name] for name, bit in zip(settings.valve_names, bits, strict=True) if bit == "1"
-        )
-
     with ExitStack() as stack:
-        stm32.start()
-        stack.callback(stm32.stop)
-        arduino.start()
-        stack.callback(arduino.stop)
-        writes = DeviceWrites(stm32)
-        stack.enter_context(Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp))
-        stack.enter_context(
-            Actuation(
-                broker.settings("actuation"),
-                tmp / "arduino",
-                tmp,
-                RCS_ACTUATION_COMMAND_QUEUE=str(COMMAND_QUEUE),
-            )
+        devices = stack.enter_context(
+            running_stand(settings, broker.settings, tmp, RCS_ACTUATION_COMMAND_QUEUE=str(COMMAND_QUEUE))
         )
-        operator = MqttClient(broker.settings("operator"), "operator", client_id="rcs-test-flooder")
-        seen = Observer()
-        for topic in (topics.STATE_SYSTEM, topics.STATE_MOTORS, topics.EVENTS):
-            operator.subscribe(topic, seen.on_message, qos=1)
-        stack.callback(operator.stop)
-        operator.start()
         served = Served(settings)
         stack.callback(served.stop)
-        assert operator.wait_connected(10)
-        wait_until(lambda: seen.state(topics.STATE_SYSTEM).get("state") == "idle", TIMEOUT, "actuation")
-        wait_until(lambda: seen.state(topics.STATE_MOTORS).get("connected") is True, TIMEOUT, "motors")
         wait_until(lambda: served.bus.latest_sample() is not None, TIMEOUT, "telemetry at the gateway")
-        yield Stand(settings, stm32, writes, operator, seen, served, mask)
+        yield Stand(
+            settings, devices.stm32, devices.writes, devices.operator, devices.seen, served, devices.mask
+        )
 
 
 def outcome(future: Future[dict[str, Any]]) -> str:
