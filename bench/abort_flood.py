@@ -39,17 +39,13 @@ import math
 import multiprocessing
 import os
 import platform
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 from actuation import BrokerWatch, DeviceTap, stats_ms, write_short_config
-from measure import RESULTS, service, wait_until
+from measure import RESULTS, bench_workdir, service, wait_until
 from websockets.asyncio.client import connect
 
 from services.common import topics
@@ -158,12 +154,8 @@ def flood_and_abort(
 
 
 def run(n_flood: int, rounds: int) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="rcs-bench-abort-flood-"))
-    config = write_short_config(workdir)
-    previous_config = os.environ.get("RCS_CONFIG")
-    os.environ["RCS_CONFIG"] = str(config)
-    ok = False
-    try:
+    with bench_workdir("rcs-bench-abort-flood-", write_short_config) as work:
+        workdir, config = work.path, work.config
         with contextlib.ExitStack() as stack:
             settings = load_settings()
             broker = Broker(port=free_port())
@@ -289,21 +281,8 @@ def run(n_flood: int, rounds: int) -> dict[str, Any]:
             result["machine"] = (
                 f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
             )
-        unclean = [f"{c.name} exited with {c.exit_code}" for c in children if c.exit_code != 0]
-        if unclean:
-            print(f"{'; '.join(unclean)}: service logs kept in {workdir}", file=sys.stderr)
-        ok = not unclean
+        work.check_exits(children)
         return result
-    except BaseException:
-        print(f"benchmark failed; service logs kept in {workdir}", file=sys.stderr)
-        raise
-    finally:
-        if previous_config is None:
-            os.environ.pop("RCS_CONFIG", None)
-        else:
-            os.environ["RCS_CONFIG"] = previous_config
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _health(port: int) -> bool:

@@ -63,9 +63,6 @@ import json
 import os
 import platform
 import random
-import shutil
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -76,7 +73,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import yaml
-from measure import RESULTS, Child, cpu_seconds, service, wait_until
+from measure import RESULTS, Child, bench_workdir, cpu_seconds, service, wait_until
 from paho.mqtt.properties import Properties
 
 from services.actuation.redlines import samples_needed
@@ -509,12 +506,8 @@ def analyse_aborts(
 
 def run(n_commands: int, n_aborts: int) -> dict[str, Any]:
     rng = random.Random()
-    workdir = Path(tempfile.mkdtemp(prefix="rcs-bench-actuation-"))
-    config = write_short_config(workdir)
-    previous_config = os.environ.get("RCS_CONFIG")
-    os.environ["RCS_CONFIG"] = str(config)  # this process's settings; the children get it too
-    ok = False
-    try:
+    with bench_workdir("rcs-bench-actuation-", write_short_config) as work:
+        workdir, config = work.path, work.config
         with contextlib.ExitStack() as stack:
             settings = load_settings()
             broker = Broker(port=free_port())
@@ -602,21 +595,8 @@ def run(n_commands: int, n_aborts: int) -> dict[str, Any]:
             result["machine"] = (
                 f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
             )
-        unclean = [f"{s.name} exited with {s.exit_code}" for s in services if s.exit_code != 0]
-        if unclean:
-            print(f"{'; '.join(unclean)}: service logs kept in {workdir}", file=sys.stderr)
-        ok = not unclean
+        work.check_exits(services)
         return result
-    except BaseException:
-        print(f"benchmark failed; service logs kept in {workdir}", file=sys.stderr)
-        raise
-    finally:
-        if previous_config is None:
-            os.environ.pop("RCS_CONFIG", None)
-        else:
-            os.environ["RCS_CONFIG"] = previous_config
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:

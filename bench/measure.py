@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.devstack.broker import Broker, free_port
@@ -107,3 +110,43 @@ def acquiring_stand(stack: contextlib.ExitStack, workdir: Path) -> tuple[Broker,
     )
     stack.callback(acquisition.stop)
     return broker, emulator, acquisition
+
+
+@dataclass
+class Workdir:
+    """A benchmark's temporary folder: its config and its services' logs."""
+
+    path: Path
+    config: Path
+    keep: bool = False  # keep the folder after the run, for its logs
+
+    def check_exits(self, children: Iterable[Child]) -> None:
+        """Say which services did not stop cleanly, and keep their logs."""
+        unclean = [f"{c.name} exited with {c.exit_code}" for c in children if c.exit_code != 0]
+        if unclean:
+            print(f"{'; '.join(unclean)}: service logs kept in {self.path}", file=sys.stderr)
+            self.keep = True
+
+
+@contextlib.contextmanager
+def bench_workdir(prefix: str, write_config: Callable[[Path], Path]) -> Iterator[Workdir]:
+    """A temporary folder with the config `write_config` writes in it, named by RCS_CONFIG (for this
+    process and its children) while the block runs; removed afterwards unless the run failed or a
+    service exited uncleanly, so their logs stay to read."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    work = Workdir(path, write_config(path))
+    previous_config = os.environ.get("RCS_CONFIG")
+    os.environ["RCS_CONFIG"] = str(work.config)
+    try:
+        yield work
+    except BaseException:
+        print(f"benchmark failed; service logs kept in {path}", file=sys.stderr)
+        work.keep = True
+        raise
+    finally:
+        if previous_config is None:
+            os.environ.pop("RCS_CONFIG", None)
+        else:
+            os.environ["RCS_CONFIG"] = previous_config
+        if not work.keep:
+            shutil.rmtree(path, ignore_errors=True)
