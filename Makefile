@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench bootstrap mosquitto-present gcc-present arm-tools-present firmware-check clean deploy-check install-service
+.PHONY: run test lint bench bootstrap mosquitto-present chromium-present gcc-present arm-tools-present firmware-check clean deploy-check install-service
 
-bootstrap: $(STAMP) mosquitto-present
+bootstrap: $(STAMP) mosquitto-present chromium-present
 
 $(STAMP): pyproject.toml
 	@python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null \
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 mosquitto-present:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] \
 		|| { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto; }
+
+# The console's browser tests drive Debian's Chromium through Playwright's Python package.
+chromium-present:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] \
+		|| { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 # The firmware core's host build (firmware/: unit tests, firmware in the loop) needs a C compiler.
 gcc-present:
