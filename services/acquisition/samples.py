@@ -56,8 +56,8 @@ class SamplePath:
             else:
                 n = len(block.t)
                 first_seq = self.numbering.host_block(n)
-                offsets = self.offsets.for_block(first_seq).astype(np.float32)
-                self.ring.append(first_seq, block.t, block.values - offsets)
+                offsets = self.offsets.for_block(first_seq)
+                self.ring.append(first_seq, block.t, np.subtract(block.values, offsets, dtype=np.float32))
                 self.rate.count(n, time.monotonic())
         except ValueError as exc:  # a block that does not fit the configured channels
             self.block_errors += 1

@@ -160,7 +160,9 @@ class TareBook:
             raise RpcError(f"'channels': unknown channels {unknown[:5]}")
         derived = [c for c in value if c not in self._measured]
         if derived:
-            raise RpcError(f"'channels': {derived} are derived on the host: tare the channels they derive from")
+            raise RpcError(
+                f"'channels': {derived} are derived on the host: tare the channels they derive from"
+            )
         return list(dict.fromkeys(value))
 
     def _means(self, channels: list[str], seconds: float) -> tuple[list[float], int]:

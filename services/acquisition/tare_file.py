@@ -46,7 +46,7 @@ def load(path: Path, measured: frozenset[str]) -> dict[str, TareEntry]:
     except ValueError as exc:
         raise TareFileError(f"{path}: not JSON: {exc}") from None
     if not isinstance(document, dict) or document.get("v") != VERSION:
-        raise TareFileError(f"{path}: expected a map with \"v\": {VERSION}")
+        raise TareFileError(f'{path}: expected a map with "v": {VERSION}')
     channels = document.get("channels")
     if not isinstance(channels, dict):
         raise TareFileError(f"{path}: 'channels' must be a map of channel name to tare")

@@ -580,7 +580,9 @@ class Settings(BaseSettings):
     def _checklist_consistent(self) -> Settings:
         problems = [p for i, item in enumerate(self.checklist) for p in self._check_problems(i, item)]
         ids = [item.id for item in self.checklist]
-        problems += [f"checklist: id {i!r} is used {ids.count(i)} times" for i in sorted(set(ids)) if ids.count(i) > 1]
+        problems += [
+            f"checklist: id {i!r} is used {ids.count(i)} times" for i in sorted(set(ids)) if ids.count(i) > 1
+        ]
         if problems:
             raise ValueError("\n".join(f"{config_file()}: {p}" for p in problems))
         return self
