@@ -668,7 +668,7 @@ def test_tare_and_checklist_over_rest(gateway: Gateway) -> None:
         assert tared.status_code == 200, tared.text
         answer = tared.json()
         assert answer["success"] is True and answer["channels"] == ["THRUST"] and answer["samples"] > 0
-        assert answer["tare"]["THRUST"]["by"] == "alice" and answer["tare"]["THRUST"]["unit"] == "N"
+        assert answer["tare"]["THRUST"]["by"] == "operator" and answer["tare"]["THRUST"]["unit"] == "N"
         wait_until(
             lambda: "THRUST" in ((gateway.bus.latest(topics.TELEMETRY_META) or {}).get("tare") or {}),
             TIMEOUT,

@@ -1,4 +1,4 @@
-"""Before the test: the go/no-go checklist and the tare (docs/safety.md §3.1 and §3.2).
+"""Before the test: the go/no-go checklist and the tare (docs/safety.md §2.1 and §2.2).
 
 `refusal` gates arming and the start of a procedure (commands.py): every failing item is named.
 `checklist` answers `rcs/rpc/actuation/checklist` (a read, not audited). `tare` answers
