@@ -121,7 +121,7 @@ def test_the_tare_request_zeroes_from_the_ring_and_persists(stand: Settings) -> 
         ({"login": "actuation", "channels": ["P7"], "seconds": 0}, "'seconds' must be within"),
         ({"login": "actuation", "channels": ["P7"], "seconds": float("nan")}, "'seconds' must be a number"),
         ({"login": "actuation", "channels": ["P7"], "clear": 1}, "'clear' must be true or false"),
-        ({"login": "actuation", "channels": ["P7"]}, "no samples in the last 1 s"),
+        ({"login": "actuation", "channels": ["P7"]}, "no samples held: is the STM32 connected"),
     ],
 )
 def test_bad_tare_requests_are_refused(stand: Settings, request_: dict[str, object], problem: str) -> None:

@@ -32,7 +32,7 @@ log = logging.getLogger("rcs.acquisition")
 
 MIN_SECONDS = 0.1
 MAX_SECONDS = 30.0
-FRESH_S = 1.0  # the newest sample must be this recent: a tare of an old window would be a wrong zero
+FRESH_S = 2.0  # the newest sample must be this recent: a tare of an old window would be a wrong zero
 _HISTORY = 256  # offset versions remembered (each tare is one)
 TARER = "actuation"  # the only login whose tare requests are served (mosquitto/acl says the same)
 
@@ -169,8 +169,11 @@ class TareBook:
         """Each channel's mean untared value over the newest `seconds` of the ring buffer."""
         samples = self._ring.last_seconds(seconds, self._ring.capacity)
         n = len(samples.t)
-        if n == 0 or time.time() - float(samples.t[-1]) > FRESH_S:
-            raise RpcError(f"no samples in the last {FRESH_S:g} s: is the STM32 connected?")
+        if n == 0:
+            raise RpcError("no samples held: is the STM32 connected?")
+        age = time.time() - float(samples.t[-1])
+        if age > FRESH_S:
+            raise RpcError(f"the newest sample is {age:.1f} s old: is the STM32 connected?")
         held = float(samples.t[-1] - samples.t[0])
         if held < seconds / 2:
             raise RpcError(f"only {held:.2f} s of samples held, {seconds:g} s asked: try again later")
