@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
@@ -19,7 +20,7 @@ def item(**fields: object) -> ChecklistItem:
     return ITEM.validate_python({"id": "x", **fields})
 
 
-def judge(fields: dict[str, object], **snapshot: object) -> tuple[bool, str]:
+def judge(fields: Mapping[str, object], **snapshot: object) -> tuple[bool, str]:
     (state,) = evaluate([item(**fields)], Snapshot(now=NOW, **snapshot))  # type: ignore[arg-type]
     return state.ok, state.reason
 
@@ -173,7 +174,7 @@ def test_a_bad_checklist_is_one_line_naming_the_file_and_the_item(
 ) -> None:
     monkeypatch.setenv("RCS_CHECKLIST", json.dumps(checklist))
     with pytest.raises(ValidationError) as error:
-        Settings()  # type: ignore[call-arg]
+        Settings()
     lines = describe_problems(error.value).splitlines()
     assert len(lines) == 1 and problem in lines[0], lines
     assert lines[0].startswith("/") and "stand.yaml: " in lines[0]

@@ -34,7 +34,7 @@ from tests.test_ctl import _ctl
 
 TIMEOUT = 20.0
 # what this stand can satisfy, plus a recent tare of THRUST and the GOX supply within its range
-CHECKLIST = [
+CHECKLIST: list[dict[str, Any]] = [
     {"id": "stm32", "kind": "stm32_connected", "protocol": "binary"},
     {"id": "valves-closed", "kind": "valves_closed"},
     {"id": "gox-supply", "kind": "channel_range", "channel": "P7", "min": 35.0, "max": 55.0},

@@ -82,9 +82,14 @@ def test_derived_channels_derive_from_tared_inputs(stand: Settings) -> None:
     assert np.ptp(tail) < 1e-3
 
 
-def book(stand: Settings, ring: RingBuffer, offsets: Offsets) -> tuple[TareBook, list[int]]:
+def book(
+    stand: Settings, ring: RingBuffer, offsets: Offsets, path: SamplePath | None = None
+) -> tuple[TareBook, list[int]]:
+    """A TareBook on `ring`; `path`: the sample path filling it (None: nothing ever received)."""
     changes: list[int] = []
-    tare = TareBook(stand, ring, offsets, lambda: changes.append(1))
+    tare = TareBook(
+        stand, ring, offsets, lambda: changes.append(1), lambda: None if path is None else path.appended_at
+    )
     tare.load()
     return tare, changes
 
@@ -92,7 +97,7 @@ def book(stand: Settings, ring: RingBuffer, offsets: Offsets) -> tuple[TareBook,
 def test_the_tare_request_zeroes_from_the_ring_and_persists(stand: Settings) -> None:
     ring = RingBuffer(10_000, len(stand.channels))
     path = SamplePath(stand, ring)
-    tare, changes = book(stand, ring, path.offsets)
+    tare, changes = book(stand, ring, path.offsets, path)
     now = time.time()
     start = int(now * RATE_HZ) - 1000  # samples stamped up to now (the device clock is anchored at first)
     fill(path, stand, start, 10)
@@ -121,7 +126,7 @@ def test_the_tare_request_zeroes_from_the_ring_and_persists(stand: Settings) -> 
         ({"login": "actuation", "channels": ["P7"], "seconds": 0}, "'seconds' must be within"),
         ({"login": "actuation", "channels": ["P7"], "seconds": float("nan")}, "'seconds' must be a number"),
         ({"login": "actuation", "channels": ["P7"], "clear": 1}, "'clear' must be true or false"),
-        ({"login": "actuation", "channels": ["P7"]}, "no samples held: is the STM32 connected"),
+        ({"login": "actuation", "channels": ["P7"]}, "no samples received: is the STM32 connected"),
     ],
 )
 def test_bad_tare_requests_are_refused(stand: Settings, request_: dict[str, object], problem: str) -> None:
