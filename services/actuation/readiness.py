@@ -47,7 +47,8 @@ class Readiness:
 
     @property
     def routine(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        return {"tare": self.tare, "checklist": self.checklist}
+        """The commands served with the others (the checklist, a read, has a server of its own)."""
+        return {"tare": self.tare}
 
     def outside(self) -> Snapshot | None:
         """What the bus says (a worker thread: it may wait for the logger); None without a checklist."""
