@@ -75,6 +75,7 @@ class ConsoleStand:
             "RCS_GATEWAY_COMMAND_TIMEOUT_S": GATEWAY_TIMEOUT_S,
         }
         self.port = free_port()
+        self._starts = 0
         self.gateway = self._start_gateway()
 
     @property
@@ -85,8 +86,11 @@ class ConsoleStand:
         return self.tokens[next(name for name, r in ACCOUNTS.items() if r == role)]
 
     def _start_gateway(self) -> Gateway:
+        self._starts += 1
         gateway = self._stack.enter_context(
-            Gateway(self._broker.settings("gateway"), self._tmp, self.port, **self._env)
+            Gateway(
+                self._broker.settings("gateway"), self._tmp, self.port, f"gateway-{self._starts}", **self._env
+            )
         )
 
         def up() -> bool:

@@ -37,8 +37,8 @@ def _schematic(client: TestClient) -> ElementTree.Element:
 def test_the_schematic_has_every_valve_and_only_known_channels(client: TestClient) -> None:
     settings = load_settings()
     root = _schematic(client)
-    valves = [e.get("data-valve") for e in root.iter() if e.get("data-valve")]
-    channels = [e.get("data-channel") for e in root.iter() if e.get("data-channel")]
+    valves = [e.get("data-valve", "") for e in root.iter() if e.get("data-valve")]
+    channels = [e.get("data-channel", "") for e in root.iter() if e.get("data-channel")]
     assert sorted(valves) == sorted(settings.valve_names)
     assert set(channels) <= set(settings.channel_names) and len(set(channels)) == len(channels)
     for e in root.iter():
