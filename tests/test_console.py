@@ -204,3 +204,16 @@ def test_a_tablet_sees_every_panel_without_scrolling_sideways(consoles: Consoles
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     for name in ("Arm", "Disarm", "Abort", "GOX1", "IGNITION"):
         expect(page.get_by_role("button", name=name, exact=True)).to_be_visible()
+
+
+def test_login_with_a_named_account(consoles: Consoles, console_stand: ConsoleStand) -> None:
+    page = consoles.open(None).page
+    expect(page.locator("#who")).to_have_text("not logged in")
+    expect(page.get_by_role("button", name="Arm", exact=True)).to_be_disabled()
+    page.get_by_label("token").fill(console_stand.tokens["bob"])
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#who")).to_have_text("bob (viewer)")
+    expect(page.locator("#command-block")).to_contain_text("bob is a viewer")
+    page.get_by_role("button", name="Log out").click()
+    expect(page.locator("#who")).to_have_text("not logged in")
+    expect(page.get_by_label("token")).to_be_visible()
