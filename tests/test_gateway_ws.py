@@ -207,6 +207,12 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
             )
             assert motor["success"] is True and motor["motor_id"] == 1 and motor["angle"] == 17.75
             assert isinstance(motor["response"], str)
+            # the console's absolute move: `target` instead of `angle`, echoed in the answer
+            moved = await ask(
+                operator, {"type": "step_motor_command", "motor_id": 1, "target": -1700.0}, "step_motor_response"
+            )
+            assert moved["success"] is True and moved["target"] == -1700.0 and "angle" not in moved, moved
+            assert abs(moved["position_deg"] - -1700.0) <= gateway.settings.motors.deg_per_step
 
             # system_mode: the seed's source modes, then arm/disarm (arming needs heartbeats)
             source = await ask(
@@ -233,6 +239,8 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
                 {"type": "no_such_thing"},
                 {"type": "valve_command"},
                 {"type": "step_motor_command", "motor_id": 1, "angle": "far"},
+                {"type": "step_motor_command", "motor_id": 1, "angle": 1.0, "target": 2.0},
+                {"type": "step_motor_command", "motor_id": 1},
                 {"type": "subscribe", "mode": "display", "channels": ["NOPE"]},
                 {"type": "subscribe", "mode": "full", "channels": []},
                 {"type": "system_mode", "mode": "warp"},
@@ -240,7 +248,7 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
                 assert "data" in await ask(operator, bad_message, "error")
             assert "data" in await ask(operator, {"type": "get_sensors"}, "sensor_data")
             assert gateway.bus.websocket_connections == 2
-            assert gateway.ws_stats.bad_messages - bad_before == 11  # each one counted
+            assert gateway.ws_stats.bad_messages - bad_before == 13  # each one counted
 
     run(scenario())
 

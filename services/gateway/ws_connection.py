@@ -169,11 +169,15 @@ class Connection:
             self.spawn(self.valve_command(valves, raw))
 
     def on_step_motor_command(self, message: dict[str, Any], raw: str | bytes) -> None:
-        motor_id, angle = message.get("motor_id"), number(message, "angle")
+        """A relative move (`angle`, the existing frontend's) or, instead, an absolute one (`target`)."""
+        motor_id = message.get("motor_id")
         if isinstance(motor_id, bool) or not isinstance(motor_id, int):
             raise BadMessageError("'motor_id' must be an integer")
+        if ("angle" in message) == ("target" in message):
+            raise BadMessageError("give exactly one of 'angle' (relative degrees) or 'target' (absolute)")
+        move = {"angle": number(message, "angle")} if "angle" in message else {"target": number(message, "target")}
         if self.command_allowed(raw):
-            self.spawn(self.step_motor_command(motor_id, angle, raw))
+            self.spawn(self.step_motor_command(motor_id, move, raw))
 
     def on_system_mode(self, message: dict[str, Any], raw: str | bytes) -> None:
         mode = message.get("mode")
@@ -261,13 +265,14 @@ class Connection:
             return
         self.reply({"type": "valve_response", "success": True, "valves": result.get("valves")}, raw)
 
-    async def step_motor_command(self, motor_id: int, angle: float, raw: str | bytes) -> None:
-        answer: dict[str, Any] = {"type": "step_motor_response", "motor_id": motor_id, "angle": angle}
+    async def step_motor_command(self, motor_id: int, move: dict[str, float], raw: str | bytes) -> None:
+        """`move` is `{angle}` (relative) or `{target}` (absolute); the answer echoes it."""
+        answer: dict[str, Any] = {"type": "step_motor_response", "motor_id": motor_id, **move}
         try:
             result = await self._actuation(
                 "motor",
-                {"motor_id": motor_id, "angle": angle},
-                timeout=motor_timeout_s(self.endpoint.settings, angle),
+                {"motor_id": motor_id, **move},
+                timeout=motor_timeout_s(self.endpoint.settings, self._travel_deg(motor_id, move)),
             )
         except CallFailedError as exc:
             self.reply({**answer, "success": False, "response": exc.reason}, raw)
@@ -281,6 +286,17 @@ class Connection:
             },
             raw,
         )
+
+    def _travel_deg(self, motor_id: int, move: dict[str, float]) -> float:
+        """How far the move goes: the angle, or from the motor's last known position to the target
+        (the full travel when it is unknown)."""
+        if "angle" in move:
+            return move["angle"]
+        motors = (self.endpoint.bus.latest(topics.STATE_MOTORS) or {}).get("motors") or []
+        known = [m.get("position_deg") for m in motors if isinstance(m, dict) and m.get("id") == motor_id]
+        if known and isinstance(known[0], int | float) and not isinstance(known[0], bool):
+            return move["target"] - float(known[0])
+        return 2 * self.endpoint.settings.motors.limit_deg
 
     async def system_mode(self, mode: str, raw: str | bytes) -> None:
         answer: dict[str, Any] = {"type": "system_mode_response", "mode": mode}
