@@ -24,7 +24,8 @@ def test_hotfire_steps_read_in_order_with_phases_kept_and_t0() -> None:
         " · valves 000000000 · 7 s"
     )
     assert (first["phase"], first["wait_ms"]) == ("countdown", 7000)
-    assert feed["text"] == "open GOX1, FUEL1 · until P1 above 30 (2 s, else abort)" and feed["wait_ms"] is None
+    assert feed["text"] == "open GOX1, FUEL1 · until P1 above 30 (2 s, else abort)"
+    assert feed["wait_ms"] is None
     assert lines_full["phase"] == "feed", "a step without a phase runs in the one before it"
     assert ignition["t0"] and ignition["phase"] == "ignition" and not any(s["t0"] for s in steps[4:])
     assert steps[-1]["text"] == "valves 000000000" and steps[-1]["phase"] == "safing"

@@ -209,7 +209,9 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
             assert isinstance(motor["response"], str)
             # the console's absolute move: `target` instead of `angle`, echoed in the answer
             moved = await ask(
-                operator, {"type": "step_motor_command", "motor_id": 1, "target": -1700.0}, "step_motor_response"
+                operator,
+                {"type": "step_motor_command", "motor_id": 1, "target": -1700.0},
+                "step_motor_response",
             )
             assert moved["success"] is True and moved["target"] == -1700.0 and "angle" not in moved, moved
             assert abs(moved["position_deg"] - -1700.0) <= gateway.settings.motors.deg_per_step

@@ -175,7 +175,8 @@ class Connection:
             raise BadMessageError("'motor_id' must be an integer")
         if ("angle" in message) == ("target" in message):
             raise BadMessageError("give exactly one of 'angle' (relative degrees) or 'target' (absolute)")
-        move = {"angle": number(message, "angle")} if "angle" in message else {"target": number(message, "target")}
+        key = "angle" if "angle" in message else "target"
+        move = {key: number(message, key)}
         if self.command_allowed(raw):
             self.spawn(self.step_motor_command(motor_id, move, raw))
 

@@ -1,6 +1,6 @@
-"""Procedure and alarm routes: the sequences and their steps, hold and resume a running sequence, the alarms and their acknowledgement
-(docs/safety.md §4 and §6.1). Commands go to actuation like every other; the alarms are its retained
-`rcs/state/alarms`."""
+"""Procedure and alarm routes: the sequences and their steps, hold and resume a running sequence, the
+alarms and their acknowledgement (docs/safety.md §4 and §6.1). Commands go to actuation like every
+other; the alarms are its retained `rcs/state/alarms`."""
 
 from __future__ import annotations
 
