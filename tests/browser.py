@@ -45,7 +45,9 @@ def _gateway_up(url: str) -> bool:
 class ConsoleStand:
     """What `console_stand` yields: the stand, and a gateway that can be restarted on its port."""
 
-    def __init__(self, broker: Broker, tmp: Path, devices: Stand, stack: ExitStack) -> None:
+    def __init__(
+        self, broker: Broker, tmp: Path, devices: Stand, stack: ExitStack, env: dict[str, str] | None = None
+    ) -> None:
         accounts = tmp / "gateway-accounts"
         self.tokens = {name: add_account(accounts, name, role) for name, role in ACCOUNTS.items()}
         self.devices = devices
@@ -56,7 +58,7 @@ class ConsoleStand:
             "RCS_HTTP_HOST": "127.0.0.1",
             "RCS_AUTH": "on",
             "RCS_GATEWAY_SECRETS_FILE": str(accounts),
-        }
+        } | (env or {})
         self.port = free_port()
         self.gateway = self._start_gateway()
 
@@ -84,15 +86,16 @@ class ConsoleStand:
 
 
 @contextmanager
-def console_stand(broker: Broker, tmp: Path) -> Iterator[ConsoleStand]:
-    """The whole emulated stand with its gateway, on the session broker; everything stopped on leaving."""
+def console_stand(broker: Broker, tmp: Path, **env: str) -> Iterator[ConsoleStand]:
+    """The whole emulated stand with its gateway, on the session broker; everything stopped on leaving.
+    `env` goes to actuation and the gateway (e.g. `RCS_CONFIG`: a stand.yaml with a shorter hot fire)."""
     settings = load_settings().model_copy(update={"mqtt": broker.settings("operator")})
     data_dir = tmp / "data"
     data_dir.mkdir()
     with ExitStack() as stack:
-        devices = stack.enter_context(running_stand(settings, broker.settings, tmp))
+        devices = stack.enter_context(running_stand(settings, broker.settings, tmp, **env))
         stack.enter_context(Logger(broker.settings("logger"), tmp, data_dir))
-        yield ConsoleStand(broker, tmp, devices, stack)
+        yield ConsoleStand(broker, tmp, devices, stack, env)
 
 
 @contextmanager

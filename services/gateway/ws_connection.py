@@ -31,6 +31,7 @@ SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
 # flooding client is still answered, message by message, but slowly enough that the event loop stays
 # free for everyone else (an abort on another connection); its surplus waits in its own TCP buffer.
 OVER_LIMIT_PAUSE_S = 0.001
+MAX_REASON = 200  # characters of a hold's reason, as `POST /api/hold`
 
 Handler = Callable[["Connection", dict[str, Any], str | bytes], None]
 
@@ -184,9 +185,31 @@ class Connection:
         mode = message.get("mode")
         if mode not in SYSTEM_MODES and mode not in SOURCE_MODES:
             raise BadMessageError(f"'mode' must be one of {sorted({*SYSTEM_MODES, *SOURCE_MODES})}")
+        reason = message.get("reason")
+        if reason is not None and (not isinstance(reason, str) or not 1 <= len(reason) <= MAX_REASON):
+            raise BadMessageError(f"'reason' must be text of 1 to {MAX_REASON} characters")
         limited = mode in ("arm", "disarm", "hold", "resume")  # abort never; source modes command nothing
         if self.require_operator(raw) and (not limited or self.admit(raw)):
-            self.spawn(self.system_mode(str(mode), raw))
+            self.spawn(self.system_mode(str(mode), raw, reason))
+
+    def on_sequence(self, message: dict[str, Any], raw: str | bytes) -> None:
+        """Start a sequence of the stand by name (as `POST /api/scenario/{name}`; abort: `system_mode`)."""
+        settings = self.endpoint.settings
+        name = message.get("name")
+        startable = [n for n in settings.sequences if n != settings.abort_sequence_name]
+        if not isinstance(name, str) or name not in startable:
+            raise BadMessageError(f"'name' must be one of {', '.join(startable)} (abort: system_mode abort)")
+        if self.command_allowed(raw):
+            self.spawn(self.sequence(name, raw))
+
+    async def sequence(self, name: str, raw: str | bytes) -> None:
+        answer: dict[str, Any] = {"type": "sequence_response", "name": name}
+        try:
+            await self._actuation("sequence", {"name": name})
+        except CallFailedError as exc:
+            self.reply({**answer, "success": False, "reason": exc.reason}, raw)
+            return
+        self.reply({**answer, "success": True}, raw)
 
     def on_alarm_ack(self, message: dict[str, Any], raw: str | bytes) -> None:
         alarm_id = message.get("id")
@@ -299,7 +322,7 @@ class Connection:
             return move["target"] - float(known[0])
         return 2 * self.endpoint.settings.motors.limit_deg
 
-    async def system_mode(self, mode: str, raw: str | bytes) -> None:
+    async def system_mode(self, mode: str, raw: str | bytes, reason: str | None = None) -> None:
         answer: dict[str, Any] = {"type": "system_mode_response", "mode": mode}
         if mode in SOURCE_MODES:
             self.reply({**answer, **self._source(mode)}, raw)
@@ -308,7 +331,7 @@ class Connection:
         if mode == "abort":
             body["reason"] = f"abort from {self.identity.name} ({self.origin})"
         elif mode == "hold":
-            body["reason"] = f"hold from {self.identity.name} ({self.origin})"
+            body["reason"] = reason or f"hold from {self.identity.name} ({self.origin})"
         try:
             result = await self._actuation(SYSTEM_MODES[mode], body)
         except CallFailedError as exc:
@@ -339,4 +362,5 @@ Connection.HANDLERS = {
     "step_motor_command": Connection.on_step_motor_command,
     "system_mode": Connection.on_system_mode,
     "alarm_ack": Connection.on_alarm_ack,
+    "sequence": Connection.on_sequence,
 }

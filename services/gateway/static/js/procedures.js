@@ -2,9 +2,10 @@
 // next step, hold reason, Hold / Resume), the go/no-go checklist, and every sequence with its Start
 // button. Sequences and their steps come from `GET /api/sequences`, progress from the system state's
 // `sequence` (docs/protocol.md, `rcs/state/system`), the checklist from `GET /api/checklist` and its
-// pushes. Commands: `POST /api/scenario/{name}`, `POST /api/hold {reason}`, `POST /api/resume`.
+// pushes. Commands on the WebSocket: `sequence {name}`, `system_mode hold {reason}` / `resume` (their
+// answers: `sequence_response` here, `system_mode_response` in controls.js).
 import { standNow } from "./clock.js";
-import { api, on } from "./connection.js";
+import { api, on, send } from "./connection.js";
 import { commandBlock, store, watchCommandBlock } from "./store.js";
 import { answer, clock, el } from "./util.js";
 
@@ -94,14 +95,14 @@ function describedBy(button, why) {
 
 // -- commands ---------------------------------------------------------------------------------------
 
-async function post(what, path, body) {
-  answer(what + " sent, waiting for actuation…");
-  try {
-    await api(path, { method: "POST", body });
-    answer(what + " accepted", true);
-  } catch (e) {
-    answer(what + " REFUSED: " + e.message, false);
-  }
+function command(what, message) {
+  if (send(message)) answer(what + " sent, waiting for actuation…");
+  else answer(what + " NOT SENT: not connected to the gateway", false);
+}
+
+function onSequenceAnswer(m) {
+  if (m.success) answer("START " + m.name + " accepted", true);
+  else answer("START " + m.name + " REFUSED: " + (m.reason || "no reason given"), false);
 }
 
 // -- the panel ----------------------------------------------------------------------------------------
@@ -133,9 +134,9 @@ function runningView() {
   box.append(title, held, clocks, controls, why, steps);
   hold.addEventListener("click", () => {
     const text = reason.value.trim();
-    post("HOLD", "/api/hold", text ? { reason: text } : undefined);
+    command("HOLD", text ? { type: "system_mode", mode: "hold", reason: text } : { type: "system_mode", mode: "hold" });
   });
-  resume.addEventListener("click", () => post("RESUME", "/api/resume"));
+  resume.addEventListener("click", () => command("RESUME", { type: "system_mode", mode: "resume" }));
   return { box, title, held, tclock, next, hold, resume, why, steps, stepsOf: null };
 }
 
@@ -245,7 +246,7 @@ function sequenceRows(table, sequences) {
     info.append(el("span", "seq-name", s.name), el("span", "seq-tags", tags.join(" · ")),
       el("span", "seq-desc muted", s.description || ""), why);
     li.append(info, start);
-    start.addEventListener("click", () => post("START " + s.name, "/api/scenario/" + encodeURIComponent(s.name)));
+    start.addEventListener("click", () => command("START " + s.name, { type: "sequence", name: s.name }));
     table.append(li);
     rows.push({ sequence: s, start, why });
   }
@@ -308,5 +309,6 @@ export function mount(root) {
     loadChecklist();
   });
   on("checklist", (m) => store.set("checklist", m.data || m));
+  on("sequence_response", onSequenceAnswer);
   setInterval(() => tick(view), TICK_MS);
 }
