@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,14 @@ from tests.conftest import wait_until
 _LOGIN = ("RCS_MQTT_USERNAME", "RCS_MQTT_PASSWORD")
 # Tests check behaviour, not timing (bench/ measures that): on a loaded 2-core CI machine the round
 # trip actuation -> broker -> acquisition -> STM32 -> back can exceed stand.yaml's 250 ms ack deadline.
-_TEST_DEFAULTS = {"RCS_ACTUATION_ACK_TIMEOUT_MS": "2000"}
+# The go/no-go checklist of stand.yaml asks for every service, the logger and a recent tare, which most
+# tests' stands do not have: they get one their emulated STM32 satisfies (tests of the checklist itself
+# pass their own RCS_CHECKLIST, e.g. stand.yaml's).
+TEST_CHECKLIST = [
+    {"id": "stm32", "kind": "stm32_connected"},
+    {"id": "valves-closed", "kind": "valves_closed"},
+]
+_TEST_DEFAULTS = {"RCS_ACTUATION_ACK_TIMEOUT_MS": "2000", "RCS_CHECKLIST": json.dumps(TEST_CHECKLIST)}
 
 
 class ServiceProcess:

@@ -335,3 +335,19 @@ def test_a_request_without_the_requesters_login_is_refused(paho: Callable[..., P
     """Requests travel only on topics ending in the sender's login: the plain address has no writer."""
     for user in USERS:
         assert paho(user).publish(topics.actuation("arm"), b"{}") == NOT_AUTHORIZED, user
+
+
+def test_only_actuation_may_ask_acquisition_to_tare(paho: Callable[..., Paho]) -> None:
+    """Zeroing channels changes every published value: only actuation (idle only, audited) may ask
+    acquisition; every other login, in its own name too, is refused and nothing is delivered."""
+    reader = paho(ANONYMOUS)
+    reader.subscribe(f"{topics.ACQ_TARE}/#")
+    for user in ("operator", "gateway", "logger", READER, STACK_USER):
+        assert paho(user).publish(topics.request(topics.ACQ_TARE, user), b"forbidden") == NOT_AUTHORIZED, user
+    assert paho("actuation").publish(topics.request(topics.ACQ_TARE, "actuation"), b"marker") == 0
+    message = reader.next_message()
+    assert (message.topic, message.payload) == (topics.request(topics.ACQ_TARE, "actuation"), b"marker")
+    # acquisition's other requests stay open to the logins that use them
+    for user in ("operator", "gateway", "logger"):
+        for address in (topics.ACQ_BUFFER_STATUS, topics.ACQ_HISTORY, topics.ACQ_HISTORY_REDUCED):
+            assert paho(user).publish(topics.request(address, user), b"{}") == 0, (user, address)

@@ -23,6 +23,7 @@ from services.acquisition.publisher import TelemetryPublisher
 from services.acquisition.ring_buffer import RingBuffer
 from services.acquisition.samples import SamplePath
 from services.acquisition.serial_link import LinkInfo, SerialLink
+from services.acquisition.tare import TareBook
 from services.acquisition.text_protocol import EngineeringBlock, TextAck
 from services.acquisition.valves import ValveControl
 from services.common import topics
@@ -59,6 +60,9 @@ class Acquisition:
         self.rpc.serve(topics.ACQ_BUFFER_STATUS, history.buffer_status)
         self.rpc.serve(topics.ACQ_HISTORY, history.history)
         self.rpc.serve(topics.ACQ_HISTORY_REDUCED, history.history_reduced)
+        self.tare = TareBook(settings, self.ring, self.samples.offsets, self._publish_meta)
+        self.tare.load()
+        self.rpc.serve(topics.ACQ_TARE, self.tare.tare)
         self.mqtt.add_connection_listener(self._on_broker)
         self.publisher = TelemetryPublisher(
             self.ring,
@@ -148,7 +152,7 @@ class Acquisition:
 
     def _publish_meta(self) -> None:
         rate_hz, link = self.samples.rate.hz, self.device.link_info
-        meta = telemetry_meta(self.settings, self.session, rate_hz, source(link))
+        meta = telemetry_meta(self.settings, self.session, rate_hz, source(link), self.tare.meta())
         self.mqtt.publish(topics.TELEMETRY_META, pack(meta), qos=1, retain=True)
 
     def metrics(self) -> dict[str, float]:
@@ -183,6 +187,7 @@ class Acquisition:
             "stm32_connected": float(self.device.connected),
             "ring_fill": self.ring.size / self.ring.capacity,
             "rate_hz": self.samples.rate.hz,
+            "tared_channels": float(len(self.tare.entries)),
         }
 
 

@@ -10,10 +10,11 @@ from services.common.telemetry import VERSION as TELEMETRY_VERSION
 
 
 def telemetry_meta(
-    settings: Settings, session: str, rate_hz: float, source: dict[str, Any]
+    settings: Settings, session: str, rate_hz: float, source: dict[str, Any], tare: dict[str, Any]
 ) -> dict[str, Any]:
     """The session, its rate and batch period, each channel's name, unit, description and kind
-    (measured or derived), and where the samples come from (device_state.source)."""
+    (measured or derived), where the samples come from (device_state.source) and the tare offsets
+    subtracted from them (tare.TareBook.meta)."""
     return {
         "v": TELEMETRY_VERSION,
         "session": session,
@@ -29,5 +30,6 @@ def telemetry_meta(
             for c in settings.channels
         ],
         "source": source,
+        "tare": tare,
         "ts": time.time(),
     }

@@ -197,6 +197,26 @@ class RingBuffer:
                 return samples
             margin = max(2 * margin, 2 * (reserved - written))
 
+    def last_seconds(self, seconds: float, max_samples: int) -> Samples:
+        """A copy of the samples with `t >= t_newest - seconds`, at most the newest `max_samples`."""
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        margin = 0
+        while True:
+            written = self._written
+            if written == 0:
+                return Samples(np.empty(0, _SEQ), np.empty(0, _T), np.empty((0, self._n_channels), _DATA))
+            newest = written - 1
+            lowest = min(newest, max(0, written - self._capacity + margin, written - max_samples))
+            threshold = float(self._t[newest % self._capacity]) - seconds
+            start = min(self._bisect(self._t, threshold, lowest, written), newest)
+            samples = self._copy(start, written)
+            if start >= self._reserved - self._capacity:
+                return samples
+            margin = max(2 * margin, 2 * (self._reserved - written))
+
     def last_seconds_reduced(self, seconds: float, points: int) -> Reduced:
         """Samples with `t >= t_newest - seconds`, reduced to at most `points` min/max buckets.
 

@@ -26,10 +26,12 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from services.actuation.authority import DEADMAN_PERIOD_S, ActuationStats, Authority
+from services.actuation.checklist_view import ChecklistView
 from services.actuation.commands import Commands
 from services.actuation.control import ControlThread
 from services.actuation.motors import MotorController
 from services.actuation.publish import StatePublisher
+from services.actuation.readiness import Readiness
 from services.actuation.valve_map import ValveMap
 from services.common import topics
 from services.common.codec import WireFormatError, unpack_map
@@ -38,7 +40,7 @@ from services.common.lifecycle import run_service
 from services.common.logs import DropMalformed, Throttled
 from services.common.metrics import counters
 from services.common.mqtt import Message, MqttClient
-from services.common.rpc import RpcServer
+from services.common.rpc import RpcClient, RpcServer
 from services.common.settings import Settings, config_file
 
 SERVICE = "actuation"
@@ -78,6 +80,16 @@ class Actuation:
         self.command_server = RpcServer(self.mqtt, workers=4, max_queued=bound)
         self.motor_server = RpcServer(self.mqtt, workers=2, max_queued=bound)  # slow moves apart
         self.abort_server = RpcServer(self.priority_mqtt, workers=2)
+        self.rpc = RpcClient(self.mqtt)  # actuation asks acquisition (tare) and the logger (checklist)
+        self.readiness = Readiness(
+            authority=self.authority,
+            control=self.control,
+            view=ChecklistView(settings, self.mqtt, self.rpc),
+            rpc=self.rpc,
+            publisher=self.publisher,
+            stats=self.stats,
+            configured=bool(settings.checklist),
+        )
         self.commands = Commands(
             settings,
             authority=self.authority,
@@ -87,6 +99,7 @@ class Actuation:
             publisher=self.publisher,
             stats=self.stats,
             queues=(self.command_server, self.motor_server),
+            readiness=self.readiness,
         )
 
         self.mqtt.subscribe(topics.TELEMETRY, self._on_telemetry)
@@ -122,6 +135,7 @@ class Actuation:
         self.command_server.close()
         self.motor_server.close()
         self.abort_server.close()
+        self.rpc.close()
         self.control.stop()
         self.mqtt.stop()
         self.priority_mqtt.stop()

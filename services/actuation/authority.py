@@ -16,10 +16,11 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from services.actuation.alarms import AlarmBook
+from services.actuation.checklist import ItemState, Snapshot, evaluate
 from services.actuation.core import MotorRequest, StandCore, SystemState, ValveWrite, Verdict
 from services.actuation.deadman import Deadman
 from services.actuation.motor_moves import MoveResult
@@ -86,6 +87,8 @@ class Authority:
         self._problems = problems
         self._decode = decode
         self._ack_timeout_s = settings.actuation.ack_timeout_ms / 1000
+        self._values: dict[str, float] = {}  # the latest telemetry batch's means (the checklist's)
+        self._values_at: float | None = None  # when it arrived (monotonic)
 
     def on_wake(self, now: float) -> float:
         """After every job and at every deadline: acknowledgement timeouts, sequence steps, the
@@ -223,6 +226,7 @@ class Authority:
                 now,
             )
         values = batch_values(batch)  # after the abort: nothing here may delay or prevent it
+        self._values, self._values_at = values, now
         self.apply(core.on_values(values, now))
         self._follow_alarms(trip, self.warnings.check(batch, core.state), values)
 
@@ -243,6 +247,19 @@ class Authority:
             return Verdict(False, refusal)
         self._publisher.alarms(self.alarms)
         return Verdict(True, f"alarm {alarm_id} acknowledged by {who}")
+
+    def checklist(self, outside: Snapshot) -> list[ItemState]:
+        """The go/no-go checklist on `outside` (ChecklistView) and what only this thread knows: the
+        latest telemetry values and the valves that may be open."""
+        roles = {v.name: v.role for v in self._settings.valves}
+        snapshot = replace(
+            outside,
+            values=dict(self._values),
+            values_age_s=None if self._values_at is None else time.monotonic() - self._values_at,
+            open_valves={name: roles[name] for name in self._valve_map.open_names(self.core.possibly_open)},
+            telemetry_stale_s=self._settings.actuation.telemetry_stale_ms / 1000,
+        )
+        return evaluate(self._settings.checklist, snapshot)
 
     def broker_lost(self, who: str) -> None:
         """Valve writes cannot reach the STM32 without the broker; acquisition sees this service's

@@ -19,12 +19,14 @@ from typing import Any
 
 from services.actuation.authority import ActuationStats, Authority
 from services.actuation.control import ControlThread
-from services.actuation.core import Verdict
+from services.actuation.core import SystemState, Verdict
 from services.actuation.motors import MotorController
 from services.actuation.pending import AckTimeoutError, PendingWrite, ValveWriteRefusedError
 from services.actuation.publish import StatePublisher
+from services.actuation.readiness import Readiness
 from services.actuation.valve_map import ValveMap
 from services.common import audit
+from services.common.audit import command_args
 from services.common.rpc import RpcError, RpcServer
 from services.common.settings import Settings
 
@@ -47,8 +49,12 @@ class Commands:
         publisher: StatePublisher,
         stats: ActuationStats,
         queues: Sequence[RpcServer],
+        readiness: Readiness,
     ) -> None:
-        """`queues`: the servers whose queued commands an abort supersedes."""
+        """`queues`: the servers whose queued commands an abort supersedes; `readiness`: the
+        checklist that gates arming and procedures, and the tare."""
+        self._readiness = readiness
+        self._sequences = settings.sequences
         self._authority = authority
         self._core = authority.core
         self._control = control
@@ -73,6 +79,7 @@ class Commands:
             "resume": self.resume,
             "alarms": self.alarms,
             "ack": self.ack,
+            **self._readiness.routine,
         }
 
     # --- the handlers ------------------------------------------------------------------------
@@ -107,7 +114,16 @@ class Commands:
         name = body.get("name")
         if not isinstance(name, str):
             raise RpcError("'name' must be a sequence name")
-        sent = self._decide("sequence", body, lambda who, now: self._core.start_sequence(name, who, now))
+        sequence = self._sequences.get(name)
+        outside = self._readiness.outside() if sequence is not None and sequence.procedure else None
+
+        def decide(who: str, now: float) -> Verdict:
+            failing = self._readiness.refusal(outside)  # procedures only: their start is gated too
+            if failing is not None:
+                return Verdict(accepted=False, reason=f"cannot start {name}: {failing}")
+            return self._core.start_sequence(name, who, now)
+
+        sent = self._decide("sequence", body, decide)
         return self._finish("sequence", body, sent, sequence=name, started=True)
 
     def cancel(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -115,10 +131,15 @@ class Commands:
         return self._finish("cancel", body, sent, state=str(self._core.state))
 
     def arm(self, body: dict[str, Any]) -> dict[str, Any]:
+        outside = self._readiness.outside()
+
         def decide(who: str, now: float) -> Verdict:
             blocker = self._authority.deadman.arm_blocker(now)
             if blocker is not None:
                 return Verdict(accepted=False, reason=f"cannot arm: {blocker}")
+            failing = self._readiness.refusal(outside) if self._core.state is SystemState.IDLE else None
+            if failing is not None:
+                return Verdict(accepted=False, reason=f"cannot arm: {failing}")
             return self._core.arm(who)
 
         sent = self._decide("arm", body, decide)
@@ -260,9 +281,3 @@ class Commands:
             result |= {"valves": self._valve_map.as_list(mask), "bits": self._valve_map.format(mask)}
         record(ok=True, result=result)
         return result
-
-
-def command_args(body: dict[str, Any]) -> dict[str, Any]:
-    """A command's arguments as audited: the body without the identity keys, clipped."""
-    args: dict[str, Any] = audit.clipped({k: v for k, v in body.items() if k not in audit.AUDIT_KEYS})
-    return args

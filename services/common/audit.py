@@ -57,6 +57,12 @@ def clipped(value: Any) -> Any:
     return value
 
 
+def command_args(body: dict[str, Any]) -> dict[str, Any]:
+    """A command's arguments as audited: the body without the identity keys, clipped."""
+    args: dict[str, Any] = clipped({k: v for k, v in body.items() if k not in AUDIT_KEYS})
+    return args
+
+
 def _text(value: Any) -> str | None:
     """A non-empty string field, clipped for the audit; else None."""
     return clipped(value) if isinstance(value, str) and value else None

@@ -11,7 +11,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -83,6 +83,9 @@ class AcquisitionSettings(_Section):
     batch_ms: int = Field(10, ge=1, le=1000)
     ring_seconds: float = Field(600.0, gt=0)
     metrics_port: int = Field(9101, ge=0, le=65535, description="0 disables the /metrics endpoint")
+    tare_file: Path | None = Field(
+        None, description="the tare offsets (JSON, written atomically); null = <data_dir>/tare.json"
+    )
 
     @property
     def ring_capacity(self) -> int:
@@ -376,6 +379,60 @@ class EmulatorSettings(_Section):
     noise_fraction: float = Field(0.004, ge=0)
 
 
+class _Check(_Section):
+    """One item of the go/no-go checklist (docs/safety.md §3.1); `kind` picks its evaluator."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_-]*$", description="short name, in refusals")
+    label: str = Field("", description="what an operator reads")
+
+
+class ServicesOnline(_Check):
+    kind: Literal["services_online"]
+    services: tuple[str, ...] = Field(min_length=1, description="their rcs/status/<service> says online")
+
+
+class Stm32Connected(_Check):
+    kind: Literal["stm32_connected"]
+    protocol: Literal["binary", "text", "any"] = "any"
+
+
+class LoggerRecording(_Check):
+    kind: Literal["logger_recording"]
+    min_free_disk_gb: float = Field(1.0, ge=0, description="free space of the logger's data directory")
+
+
+class ChannelRange(_Check):
+    kind: Literal["channel_range"]
+    channel: str
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> ChannelRange:
+        if self.min is None and self.max is None:
+            raise ValueError(f"checklist item {self.id!r}: give 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"checklist item {self.id!r}: min {self.min:g} is above max {self.max:g}")
+        return self
+
+
+class ValvesClosed(_Check):
+    kind: Literal["valves_closed"]
+    valves: tuple[str, ...] = Field((), description="valve names or roles; empty: every valve")
+
+
+class TareRecent(_Check):
+    kind: Literal["tare_recent"]
+    channels: tuple[str, ...] = Field(min_length=1)
+    max_age_s: float = Field(gt=0, description="each channel tared at most this long ago")
+
+
+ChecklistItem = Annotated[
+    ServicesOnline | Stm32Connected | LoggerRecording | ChannelRange | ValvesClosed | TareRecent,
+    Field(discriminator="kind"),
+]
+
+
 # The channels every protocol and every consumer relies on (the legacy firmware's 22 fields).
 DERIVED_CHANNELS = ("ISP", "D1", "D2", "IMPULSE", "VELOCITY")
 
@@ -425,6 +482,7 @@ class Settings(BaseSettings):
         "safing",
     )
     emulator: EmulatorSettings = EmulatorSettings()
+    checklist: tuple[ChecklistItem, ...] = Field((), description="go/no-go items gating arm and procedures")
 
     @classmethod
     def settings_customise_sources(
@@ -518,6 +576,34 @@ class Settings(BaseSettings):
                     f"first step on and never open them (step opens {', '.join(sorted(after & danger))})"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _checklist_consistent(self) -> Settings:
+        problems = [p for i, item in enumerate(self.checklist) for p in self._check_problems(i, item)]
+        ids = [item.id for item in self.checklist]
+        problems += [
+            f"checklist: id {i!r} is used {ids.count(i)} times" for i in sorted(set(ids)) if ids.count(i) > 1
+        ]
+        if problems:
+            raise ValueError("\n".join(f"{config_file()}: {p}" for p in problems))
+        return self
+
+    def _check_problems(self, index: int, item: ChecklistItem) -> list[str]:
+        """Every problem of one checklist item: `checklist.<index> (<id>): <problem>`."""
+        where = f"checklist.{index} ({item.id})"
+        measured = {c.name for c in self.measured_channels}
+        if isinstance(item, ChannelRange) and item.channel not in self.channel_names:
+            return [f"{where}: unknown channel {item.channel!r} (channels: {', '.join(self.channel_names)})"]
+        if isinstance(item, TareRecent):
+            bad = [c for c in item.channels if c not in measured]
+            if bad:
+                return [f"{where}: {bad} are not measured channels (only those can be tared)"]
+        if isinstance(item, ValvesClosed):
+            known = {*self.valve_names, *(v.role for v in self.valves)}
+            bad = [v for v in item.valves if v not in known]
+            if bad:
+                return [f"{where}: unknown valves or roles {bad}"]
+        return []
 
     def _sequence_problems(self, name: str, sequence: Sequence) -> list[str]:
         """Every problem of one sequence, one line each: `sequences.<name> step i/n: <problem>`."""
@@ -616,6 +702,11 @@ class Settings(BaseSettings):
     @cached_property
     def valve_names(self) -> tuple[str, ...]:
         return tuple(v.name for v in self.valves)
+
+    @property
+    def tare_file(self) -> Path:
+        """Where acquisition keeps the tare offsets."""
+        return self.acquisition.tare_file or self.data_dir / "tare.json"
 
 
 def config_file() -> Path:

@@ -21,6 +21,7 @@ OPERATOR_HEARTBEAT = "rcs/operator/heartbeat"
 ACQ_BUFFER_STATUS = "rcs/rpc/acquisition/buffer_status"
 ACQ_HISTORY = "rcs/rpc/acquisition/history"
 ACQ_HISTORY_REDUCED = "rcs/rpc/acquisition/history_reduced"
+ACQ_TARE = "rcs/rpc/acquisition/tare"  # actuation only (mosquitto/acl): zero channels from the ring buffer
 
 LOGGER_SAVE = "rcs/rpc/logger/save"  # rotate now; the reply names the file
 LOGGER_STATUS = "rcs/rpc/logger/status"
@@ -28,7 +29,7 @@ LOGGER_STATUS = "rcs/rpc/logger/status"
 
 def actuation(command: str) -> str:
     """Request topic of an actuation command: valves, valve, motor, sequence, cancel, hold, resume, arm,
-    disarm, abort, alarms, ack."""
+    disarm, abort, alarms, ack, tare, checklist."""
     return f"rcs/rpc/actuation/{command}"
 
 

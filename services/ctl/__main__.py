@@ -58,7 +58,9 @@ def _connect(*, announce: bool = False) -> MqttClient:
     return client
 
 
-def _call(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) -> dict[str, Any]:
+def _call(
+    command: str, body: dict[str, Any], who: str, timeout: float = 5.0, *, quiet: bool = False
+) -> dict[str, Any]:
     client = _connect()
     rpc = RpcClient(client)
     try:
@@ -74,7 +76,8 @@ def _call(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) ->
     finally:
         rpc.close()
         client.stop()
-    console.print(f"[green]ok[/green] {result}")
+    if not quiet:
+        console.print(f"[green]ok[/green] {result}")
     return result
 
 
@@ -158,6 +161,33 @@ def motor(
     """Move a step motor by DEGREES (or to DEGREES with --absolute)."""
     key = "target" if absolute else "angle"
     _call("motor", {"motor_id": motor_id, key: degrees}, who, timeout=40.0)
+
+
+@app.command()
+def tare(
+    channels: Annotated[list[str], typer.Argument(help="measured channels, e.g. THRUST P5")],
+    seconds: Annotated[float, typer.Option(help="the mean of the last SECONDS (0.1 to 30)")] = 2.0,
+    clear: Annotated[bool, typer.Option(help="remove these channels' tare instead")] = False,
+    who: Who = DEFAULT_WHO,
+) -> None:
+    """Zero CHANNELS from the mean of their last seconds (only while idle; docs/safety.md §3.2)."""
+    body: dict[str, Any] = {"channels": channels, "clear": clear}
+    if not clear:
+        body["seconds"] = seconds
+    _call("tare", body, who, timeout=10.0)
+
+
+@app.command()
+def checklist(who: Who = DEFAULT_WHO) -> None:
+    """The go/no-go checklist: each item's state and reason (exit 1 when one fails)."""
+    result = _call("checklist", {}, who, quiet=True)
+    table = Table("", "item", "reason")
+    for item in result["items"]:
+        mark = "[green]ok[/green]" if item["ok"] else "[bold red]NO[/bold red]"
+        table.add_row(mark, str(item["label"]), str(item["reason"]))
+    console.print(table)
+    if not result["ok"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -218,3 +218,46 @@ class ParquetData(BaseModel):
     offset: int
     reduced: bool = Field(description="min/max buckets (`points`) rather than the rows themselves")
     data: dict[str, list[float | int | str | None]]
+
+
+class TareIn(BaseModel):
+    """`POST /api/tare` (docs/protocol.md, *Before the test*)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    channels: list[str] = Field(min_length=1, max_length=64, description="measured channels to zero")
+    seconds: float = Field(
+        2.0, ge=0.1, le=30.0, allow_inf_nan=False, description="the mean of the last seconds of samples"
+    )
+    clear: bool = Field(False, description="true: remove these channels' tare instead (`seconds` unused)")
+
+
+class TareEntry(BaseModel):
+    offset: float = Field(description="subtracted from every sample, in `unit`")
+    unit: str
+    at: float = Field(description="UNIX time it was taken")
+    by: str = Field(description="who asked (the audited account)")
+    seconds: float
+    samples: int
+
+
+class TareOut(BaseModel):
+    success: bool
+    channels: list[str] = Field(description="the channels of this request")
+    cleared: bool
+    samples: int = Field(description="samples averaged (0 for a clear)")
+    tare: dict[str, TareEntry] = Field(description="every tared channel now, as in the telemetry meta")
+
+
+class ChecklistItemState(BaseModel):
+    id: str
+    label: str
+    kind: str = Field(description="the evaluator (docs/configuration.md, checklist)")
+    ok: bool
+    reason: str = Field(description="what was seen, for a pass as for a failure")
+
+
+class Checklist(BaseModel):
+    ok: bool = Field(description="every item passes: arming and procedures are not refused by it")
+    items: list[ChecklistItemState]
+    ts: float

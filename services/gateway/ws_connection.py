@@ -19,6 +19,13 @@ from services.common import topics
 from services.gateway.auth import Identity
 from services.gateway.calls import CallFailedError, call_service, motor_timeout_s
 from services.gateway.hub import Client
+from services.gateway.tare_channels import (
+    DEFAULT_SECONDS,
+    MAX_SECONDS,
+    MIN_SECONDS,
+    TARE_WAIT_S,
+    tare_channels_problem,
+)
 from services.gateway.ws_messages import BadMessageError, decode_message, encode_like, number, receive, send
 
 if TYPE_CHECKING:
@@ -227,6 +234,45 @@ class Connection:
             return
         self.reply({**answer, "success": True}, raw)
 
+    def on_tare(self, message: dict[str, Any], raw: str | bytes) -> None:
+        """`tare {channels, seconds?, clear?}`: as `POST /api/tare`; answered `tare_response`."""
+        channels = message.get("channels")
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise BadMessageError("'channels' must be a list of channel names")
+        problem = tare_channels_problem(self.endpoint.settings, channels[:64])
+        if problem is not None or len(channels) > 64:
+            raise BadMessageError(f"'channels': {problem or 'at most 64 names'}")
+        seconds = number(message, "seconds") if "seconds" in message else DEFAULT_SECONDS
+        if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+            raise BadMessageError(f"'seconds' must be within {MIN_SECONDS:g} and {MAX_SECONDS:g}")
+        clear = message.get("clear", False)
+        if not isinstance(clear, bool):
+            raise BadMessageError("'clear' must be true or false")
+        if self.command_allowed(raw):
+            self.spawn(self.tare({"channels": channels, "seconds": seconds, "clear": clear}, raw))
+
+    async def tare(self, body: dict[str, Any], raw: str | bytes) -> None:
+        answer: dict[str, Any] = {"type": "tare_response", "channels": body["channels"]}
+        try:
+            result = await self._actuation("tare", body, timeout=TARE_WAIT_S)
+        except CallFailedError as exc:
+            self.reply({**answer, "success": False, "reason": exc.reason}, raw)
+            return
+        done = {"success": True, "cleared": result.get("cleared"), "tare": result.get("tare")}
+        self.reply({**answer, **done}, raw)
+
+    def on_checklist(self, _message: dict[str, Any], raw: str | bytes) -> None:
+        """`checklist` (viewer): answered `checklist_response {success, ok, items, ts}`."""
+        self.spawn(self.checklist(raw))
+
+    async def checklist(self, raw: str | bytes) -> None:
+        try:
+            result = await call_service(self.endpoint.bus, "actuation", topics.actuation("checklist"), {})
+        except CallFailedError as exc:
+            self.reply({"type": "checklist_response", "success": False, "reason": exc.reason}, raw)
+            return
+        self.reply({"type": "checklist_response", "success": True, **result}, raw)
+
     def on_subscribe(self, message: dict[str, Any], raw: str | bytes) -> None:
         hub, mode = self.endpoint.hub, message.get("mode", "full")
         wants = message.get("sensor_data")
@@ -363,4 +409,6 @@ Connection.HANDLERS = {
     "system_mode": Connection.on_system_mode,
     "alarm_ack": Connection.on_alarm_ack,
     "sequence": Connection.on_sequence,
+    "tare": Connection.on_tare,
+    "checklist": Connection.on_checklist,
 }

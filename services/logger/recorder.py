@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -357,6 +358,10 @@ class Recorder:
             }
 
         result: dict[str, Any] = self._on_recorder(snapshot)
+        try:  # outside the recorder thread: a slow file system must not hold up recording
+            result["disk_free_bytes"] = shutil.disk_usage(self.data_dir).free
+        except OSError:
+            result["disk_free_bytes"] = None
         return result
 
 
