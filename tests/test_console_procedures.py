@@ -78,6 +78,9 @@ def test_the_hotfire_started_from_the_page_counts_down_holds_resumes_and_ends_id
     expect(start).to_be_disabled()  # not armed: says why
     expect(start).to_have_attribute("title", "arm first: hotfire requires an armed stand")
     steps = page.locator(".proc-steps li")
+    # the go/no-go checklist (the tests' own: tests/processes.py TEST_CHECKLIST), each item with its reason
+    expect(page.locator(".check-summary")).to_have_text("GO: every item ready for arming", timeout=TIMEOUT_MS)
+    expect(page.locator(".check-items li.go")).to_have_count(2)
     arm(console_stand)
     expect(page.locator("#state")).to_have_text("ARMED", timeout=TIMEOUT_MS)
     page.evaluate(RECORD)
@@ -115,7 +118,7 @@ def test_the_hotfire_started_from_the_page_counts_down_holds_resumes_and_ends_id
     expect(page.locator(".proc-title")).to_have_text("No sequence running · procedure hotfire finished")
 
     seen = page.evaluate("() => ({ steps: [...window.seen.steps], titles: [...window.seen.titles] })")
-    assert {1, 4, 6, 9, 12} <= set(seen["steps"]), seen["steps"]
+    assert {1, 4, 6, 9} <= set(seen["steps"]), seen["steps"]
     for phase in ("countdown", "feed", "ignition", "mainstage", "shutdown", "purge", "vent", "safing"):
         assert any(f"phase {phase}" in title for title in seen["titles"]), (phase, seen["titles"])
     assert console_stand.devices.stm32.valves == 0, "every valve closed at the device"

@@ -1,8 +1,8 @@
 // Procedure panel: the running sequence (its steps with the current one, phase, T-time, time to the
 // next step, hold reason, Hold / Resume), the go/no-go checklist, and every sequence with its Start
 // button. Sequences and their steps come from `GET /api/sequences`, progress from the system state's
-// `sequence` (docs/protocol.md, `rcs/state/system`), the checklist from `GET /api/checklist` and its
-// pushes. Commands on the WebSocket: `sequence {name}`, `system_mode hold {reason}` / `resume` (their
+// `sequence` (docs/protocol.md, `rcs/state/system`), the checklist from the WebSocket's `checklist`
+// (asked every 2 s: actuation judges it when asked). Commands on the WebSocket: `sequence {name}`, `system_mode hold {reason}` / `resume` (their
 // answers: `sequence_response` here, `system_mode_response` in controls.js).
 import { standNow } from "./clock.js";
 import { api, on, send } from "./connection.js";
@@ -10,6 +10,7 @@ import { commandBlock, store, watchCommandBlock } from "./store.js";
 import { answer, clock, el } from "./util.js";
 
 const TICK_MS = 100; // the clocks are read to a tenth of a second
+const CHECKLIST_EVERY_MS = 2000;
 
 // -- formatting ------------------------------------------------------------------------------------
 
@@ -45,13 +46,21 @@ export function nextStepIn(seq, ts, now) {
 
 // -- why a control is disabled ------------------------------------------------------------------------
 
-function startBlock(sequence, system) {
+// Why no sequence may start now (said once for the whole list), then why this one may not.
+function startsBlock(system) {
   const blocked = commandBlock();
   if (blocked) return blocked;
-  const state = system && system.state;
-  if (state === "aborting") return "aborting: only abort is accepted";
+  if (system && system.state === "aborting") return "aborting: only abort is accepted";
   if (system && system.sequence) return system.sequence.name + " is running: one sequence at a time";
-  if (sequence.requires_armed && state !== "armed") return "arm first: " + sequence.name + " requires an armed stand";
+  return "";
+}
+
+function startBlock(sequence, system) {
+  const all = startsBlock(system);
+  if (all) return all;
+  if (sequence.requires_armed && (!system || system.state !== "armed")) {
+    return "arm first: " + sequence.name + " requires an armed stand";
+  }
   return "";
 }
 
@@ -201,12 +210,12 @@ function tick(view) {
 
 // -- checklist -----------------------------------------------------------------------------------------
 
-function renderChecklist(box, summary, list) {
+function renderChecklist(summary, list) {
   const c = store.get("checklist");
   list.textContent = "";
-  if (!c) {
+  if (!c || c.unavailable) {
     summary.className = "check-summary";
-    summary.textContent = "go/no-go checklist not available";
+    summary.textContent = "go/no-go checklist not available" + (c ? ": " + c.unavailable : "");
     return;
   }
   const items = c.items || [];
@@ -220,15 +229,16 @@ function renderChecklist(box, summary, list) {
       el("span", "check-reason", item.reason || ""));
     list.append(li);
   }
-  box.hidden = false;
 }
 
-async function loadChecklist() {
-  try {
-    store.set("checklist", await api("/api/checklist"));
-  } catch (e) {
-    store.set("checklist", null);
-  }
+// The checklist is actuation's judgement of the moment (no push): asked for over the WebSocket
+// (`checklist`, answered `checklist_response {success, ok, items, ts}`) every CHECKLIST_EVERY_MS.
+function askChecklist() {
+  if (store.get("identity")) send({ type: "checklist" });
+}
+
+function onChecklist(m) {
+  store.set("checklist", m.success ? { ok: m.ok, items: m.items || [], ts: m.ts } : { unavailable: m.reason });
 }
 
 // -- sequences ------------------------------------------------------------------------------------------
@@ -236,7 +246,9 @@ async function loadChecklist() {
 function sequenceRows(table, sequences) {
   table.textContent = "";
   const rows = [];
-  for (const s of sequences.filter((x) => !x.abort)) {
+  // procedures first (the hot fire), then the others in config order; the abort sequence is ABORT's
+  const shown = sequences.filter((x) => !x.abort && x.procedure).concat(sequences.filter((x) => !x.abort && !x.procedure));
+  for (const s of shown) {
     const li = el("li", "seq");
     const start = commandButton("Start " + s.name, "cmd start", "start " + s.name);
     const why = el("span", "why muted");
@@ -273,16 +285,19 @@ export function mount(root) {
   checkList.setAttribute("aria-label", "go/no-go checklist");
   check.append(checkTitle, summary, checkList);
   const seqTitle = el("h3", "", "Sequences");
+  const startsWhy = el("div", "why");
   const table = el("ul", "sequences");
   table.setAttribute("aria-label", "sequences");
-  root.append(blocked, view.box, check, seqTitle, table);
+  root.append(blocked, view.box, check, seqTitle, startsWhy, table);
 
   let rows = [];
   const update = () => {
     const system = store.get("system");
     const sequences = store.get("sequences") || [];
     const block = commandBlock();
+    const noStart = startsBlock(system);
     blocked.textContent = block ? "Commands disabled: " + block : "";
+    startsWhy.textContent = noStart && noStart !== block ? "Start disabled: " + noStart : "";
     renderRunning(view, system, sequences);
     gate(view.hold, view.why, holdBlock(system));
     gate(view.resume, null, resumeBlock(system));
@@ -291,7 +306,7 @@ export function mount(root) {
     for (const row of rows) {
       const reason = startBlock(row.sequence, system);
       gate(row.start, null, reason);
-      row.why.textContent = reason && reason !== block ? reason : "";
+      row.why.textContent = reason && reason !== noStart ? reason : "";
     }
     tick(view);
   };
@@ -300,15 +315,16 @@ export function mount(root) {
     update();
   });
   store.watch("system", update);
-  store.watch("checklist", () => renderChecklist(check, summary, checkList));
+  store.watch("checklist", () => renderChecklist(summary, checkList));
   watchCommandBlock(update);
   // (Re)read the sequences and the checklist each time the page is logged in.
   store.watch("identity", (identity) => {
     if (!identity) return;
     loadSequences();
-    loadChecklist();
+    askChecklist();
   });
-  on("checklist", (m) => store.set("checklist", m.data || m));
+  on("checklist_response", onChecklist);
+  setInterval(askChecklist, CHECKLIST_EVERY_MS);
   on("sequence_response", onSequenceAnswer);
   setInterval(() => tick(view), TICK_MS);
 }
