@@ -23,6 +23,12 @@ from tests.test_hotfire_e2e import short_hotfire_config
 TIMEOUT_MS = 30_000
 # countdown long enough to hold in it from the page, burn, purge and vent short (step index: ms)
 WAITS_MS = {0: 5000, 5: 1500, 8: 800, 10: 400}
+# One plot at 5 frames/s: this module's panels need no more, and Chromium drawing four plots at 30
+# frames/s takes the CPU the emulated STM32 (a thread of this process) needs on a small machine.
+LIGHT = "channels=P5&hz=5"
+# On a loaded 2-core machine the STM32 emulator's acknowledgements can take longer than the tests'
+# default 2 s (tests/processes.py); a refused first step would abort the hot fire before it starts.
+ACK_TIMEOUT_MS = "5000"
 
 # What the page showed, recorded in the page on every change of the procedure panel (no poll can miss one).
 RECORD = """() => {
@@ -46,12 +52,15 @@ T_VALUE = """() => {
 def console_stand(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStand]:
     """conftest's stand, with the shortened hot fire in actuation and the gateway."""
     tmp = tmp_path_factory.mktemp("console-procedures")
-    with running_console_stand(broker, tmp, RCS_CONFIG=str(short_hotfire_config(tmp, WAITS_MS))) as stand:
+    config = str(short_hotfire_config(tmp, WAITS_MS))
+    with running_console_stand(
+        broker, tmp, RCS_CONFIG=config, RCS_ACTUATION_ACK_TIMEOUT_MS=ACK_TIMEOUT_MS
+    ) as stand:
         yield stand
 
 
 def live_operator(consoles: Consoles) -> Page:
-    page = consoles.open("operator").page
+    page = consoles.open("operator", query=LIGHT).page
     expect(page.locator("#age")).to_have_text("data live", timeout=TIMEOUT_MS)
     return page
 
@@ -118,8 +127,9 @@ def test_the_hotfire_started_from_the_page_counts_down_holds_resumes_and_ends_id
     expect(page.locator(".proc-title")).to_have_text("No sequence running · procedure hotfire finished")
 
     seen = page.evaluate("() => ({ steps: [...window.seen.steps], titles: [...window.seen.titles] })")
+    # (the last step, all closed, ends the procedure as it is written: it is never shown running)
     assert {1, 4, 6, 9} <= set(seen["steps"]), seen["steps"]
-    for phase in ("countdown", "feed", "ignition", "mainstage", "shutdown", "purge", "vent", "safing"):
+    for phase in ("countdown", "feed", "ignition", "mainstage", "shutdown", "purge", "vent"):
         assert any(f"phase {phase}" in title for title in seen["titles"]), (phase, seen["titles"])
     assert console_stand.devices.stm32.valves == 0, "every valve closed at the device"
     expect(page.locator(".alarm-banner")).to_be_hidden()  # no abort, no alarm
@@ -144,7 +154,7 @@ def test_a_motor_moved_from_the_page_reaches_the_arduino(
     expect(page.locator("#answer")).to_contain_text("MOTOR2 move done", timeout=TIMEOUT_MS)
     assert abs(arduino.positions[1] - (before + 90.0)) <= step, (before, arduino.positions)
 
-    viewer = consoles.open("viewer").page
+    viewer = consoles.open("viewer", query=LIGHT).page
     move = viewer.get_by_role("button", name="Move MOTOR1 to the target position")
     expect(move).to_be_disabled()
     expect(move).to_have_attribute("title", "bob is a viewer: commands need an operator account")
@@ -154,7 +164,7 @@ def test_a_warning_alarm_sounds_shows_until_acknowledged_and_goes(
     consoles: Consoles, console_stand: ConsoleStand
 ) -> None:
     page = live_operator(consoles)
-    viewer = consoles.open("viewer").page
+    viewer = consoles.open("viewer", query=LIGHT).page
     page.keyboard.press("Shift")  # a gesture: the browser lets the page make sound from now on
     html = page.locator("html")
     expect(html).to_have_attribute("data-alarm-sound", "quiet")

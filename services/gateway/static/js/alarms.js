@@ -74,6 +74,7 @@ function pendingKeys() {
 // -- sound -----------------------------------------------------------------------------------------
 
 function unlockAudio() {
+  if (audio && audio.state === "running") return;
   if (!audio) {
     const Context = window.AudioContext || window.webkitAudioContext;
     if (!Context) return;
@@ -120,7 +121,7 @@ function updateSound() {
     clearInterval(beeper);
     beeper = null;
   }
-  store.set("alarmSound", state);
+  if (store.get("alarmSound") !== state) store.set("alarmSound", state);
 }
 
 // -- the panel -------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ function updateSound() {
 function alarmText(a) {
   const kind = a.kind === "redline" ? "RED-LINE" : "WARNING";
   const value = a.value === null || a.value === undefined ? "" : " · value " + fmt(a.value);
-  return kind + " " + a.channel + " " + a.direction + " " + fmt(a.limit) + value;
+  return kind + " " + a.channel + " " + a.direction + " " + Number(a.limit.toPrecision(6)) + value;
 }
 
 const STATE_TEXT = {
@@ -146,10 +147,18 @@ function ackButton(label, why) {
   return b;
 }
 
+// The list is rebuilt only when what it shows changed: a button replaced between a press and its
+// release would swallow the click.
+let shown = "";
+
 function render(parts) {
   const block = commandBlock();
   const alarms = alarmList();
   const aborts = store.get("aborts") || [];
+  const state = store.get("alarmSound") || "quiet";
+  const now = JSON.stringify([block, alarms, aborts, state]);
+  if (now === shown) return;
+  shown = now;
   const pending = alarms.filter(unacknowledged);
   const attention = pending.length + aborts.length;
   const redline = pending.some((a) => a.kind === "redline") || aborts.length > 0;
@@ -187,7 +196,6 @@ function render(parts) {
     parts.list.append(li);
   }
   parts.list.hidden = !parts.list.children.length;
-  const state = store.get("alarmSound") || "quiet";
   parts.mute.hidden = state === "quiet";
   parts.mute.setAttribute("aria-pressed", String(state === "muted"));
   parts.mute.textContent = state === "muted" ? "Sound muted" : state === "blocked" ? "Enable sound" : "Mute";
@@ -207,6 +215,11 @@ export function mount(root) {
   const list = el("ul", "alarm-list");
   list.setAttribute("aria-label", "alarms");
   root.append(banner, list);
+  // stays in view under the (sticky) header
+  const header = document.querySelector("header");
+  if (header && window.ResizeObserver) {
+    new ResizeObserver(() => { root.style.top = header.offsetHeight + "px"; }).observe(header);
+  }
   const parts = { banner, headline, mute, why, list };
 
   mute.addEventListener("click", () => {

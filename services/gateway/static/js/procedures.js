@@ -253,6 +253,7 @@ function sequenceRows(table, sequences) {
     const start = commandButton("Start " + s.name, "cmd start", "start " + s.name);
     const why = el("span", "why muted");
     describedBy(start, why);
+    start.setAttribute("aria-describedby", "why-starts " + why.id);
     const tags = [s.procedure ? "procedure" : "", s.requires_armed ? "needs armed" : "unarmed"].filter(Boolean);
     const info = el("div", "seq-info");
     info.append(el("span", "seq-name", s.name), el("span", "seq-tags", tags.join(" · ")),
@@ -286,6 +287,7 @@ export function mount(root) {
   check.append(checkTitle, summary, checkList);
   const seqTitle = el("h3", "", "Sequences");
   const startsWhy = el("div", "why");
+  startsWhy.id = "why-starts";
   const table = el("ul", "sequences");
   table.setAttribute("aria-label", "sequences");
   root.append(blocked, view.box, check, seqTitle, startsWhy, table);
@@ -296,8 +298,10 @@ export function mount(root) {
     const sequences = store.get("sequences") || [];
     const block = commandBlock();
     const noStart = startsBlock(system);
+    const unarmed = !noStart && (!system || system.state !== "armed");
     blocked.textContent = block ? "Commands disabled: " + block : "";
-    startsWhy.textContent = noStart && noStart !== block ? "Start disabled: " + noStart : "";
+    startsWhy.textContent = noStart && noStart !== block ? "Start disabled: " + noStart
+      : unarmed ? "Sequences that need an armed stand start once it is armed" : "";
     renderRunning(view, system, sequences);
     gate(view.hold, view.why, holdBlock(system));
     gate(view.resume, null, resumeBlock(system));
@@ -306,7 +310,7 @@ export function mount(root) {
     for (const row of rows) {
       const reason = startBlock(row.sequence, system);
       gate(row.start, null, reason);
-      row.why.textContent = reason && reason !== noStart ? reason : "";
+      row.why.textContent = reason && reason !== noStart && !(unarmed && row.sequence.requires_armed) ? reason : "";
     }
     tick(view);
   };
