@@ -8,6 +8,7 @@ the heartbeats. Every wait is a condition with a deadline.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -28,7 +29,9 @@ WAITS_MS = {0: 5000, 5: 1500, 8: 800, 10: 400}
 LIGHT = "channels=P5&hz=5"
 # On a loaded 2-core machine the STM32 emulator's acknowledgements can take longer than the tests'
 # default 2 s (tests/processes.py); a refused first step would abort the hot fire before it starts.
+# The gateway waits for actuation's answer (the first step acknowledged) longer than that.
 ACK_TIMEOUT_MS = "5000"
+COMMAND_TIMEOUT_S = "10"
 
 # What the page showed, recorded in the page on every change of the procedure panel (no poll can miss one).
 RECORD = """() => {
@@ -54,7 +57,11 @@ def console_stand(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("console-procedures")
     config = str(short_hotfire_config(tmp, WAITS_MS))
     with running_console_stand(
-        broker, tmp, RCS_CONFIG=config, RCS_ACTUATION_ACK_TIMEOUT_MS=ACK_TIMEOUT_MS
+        broker,
+        tmp,
+        RCS_CONFIG=config,
+        RCS_ACTUATION_ACK_TIMEOUT_MS=ACK_TIMEOUT_MS,
+        RCS_GATEWAY_COMMAND_TIMEOUT_S=COMMAND_TIMEOUT_S,
     ) as stand:
         yield stand
 
@@ -77,6 +84,15 @@ def arm(stand: ConsoleStand) -> None:
         return True
 
     wait_until(armed, 20, "actuation to see the page's heartbeat and arm")
+
+
+def acknowledge_aborts(page: Page) -> None:
+    """Acknowledge every abort the page shows (each console shows the recent ones until its operator
+    acknowledges them), one button after the other."""
+    buttons = page.get_by_role("button", name=re.compile("^Acknowledge abort at "))
+    while buttons.count():
+        buttons.first.click()
+    expect(buttons).to_have_count(0)
 
 
 def test_the_hotfire_started_from_the_page_counts_down_holds_resumes_and_ends_idle(
@@ -160,10 +176,28 @@ def test_a_motor_moved_from_the_page_reaches_the_arduino(
     expect(move).to_have_attribute("title", "bob is a viewer: commands need an operator account")
 
 
+def test_an_abort_is_shown_until_acknowledged(consoles: Consoles, console_stand: ConsoleStand) -> None:
+    page = live_operator(consoles)
+    acknowledge_aborts(page)  # those of earlier tests
+    page.get_by_role("button", name="Abort", exact=True).click()
+    expect(page.locator("#state")).to_have_text("ABORTING", timeout=TIMEOUT_MS)
+    banner = page.locator(".alarm-banner")
+    expect(banner).to_contain_text("1 alarm to acknowledge: ABORT", timeout=TIMEOUT_MS)
+    notice = page.locator(".alarm-item", has_text="ABORT")
+    expect(notice).to_contain_text("alice")
+    expect(page.locator("#state")).to_have_text("IDLE", timeout=TIMEOUT_MS)  # the abort sequence ended
+    expect(notice).to_be_visible()  # and the abort is still shown: nobody acknowledged it
+    page.get_by_role("button", name=re.compile("^Acknowledge abort at ")).click()
+    expect(banner).to_be_hidden()
+    expect(page.locator(".alarm-item")).to_have_count(0)
+    assert console_stand.devices.stm32.valves == 0
+
+
 def test_a_warning_alarm_sounds_shows_until_acknowledged_and_goes(
     consoles: Consoles, console_stand: ConsoleStand
 ) -> None:
     page = live_operator(consoles)
+    acknowledge_aborts(page)  # those of earlier tests
     viewer = consoles.open("viewer", query=LIGHT).page
     page.keyboard.press("Shift")  # a gesture: the browser lets the page make sound from now on
     html = page.locator("html")

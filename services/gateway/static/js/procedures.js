@@ -111,7 +111,7 @@ function command(what, message) {
 
 function onSequenceAnswer(m) {
   if (m.success) answer("START " + m.name + " accepted", true);
-  else answer("START " + m.name + " REFUSED: " + (m.reason || "no reason given"), false);
+  else answer("START " + m.name + " FAILED: " + (m.reason || "no reason given"), false);
 }
 
 // -- the panel ----------------------------------------------------------------------------------------
