@@ -170,7 +170,7 @@ def test_a_motor_moved_from_the_page_reaches_the_arduino(
     expect(page.locator("#answer")).to_contain_text("MOTOR2 move done", timeout=TIMEOUT_MS)
     assert abs(arduino.positions[1] - (before + 90.0)) <= step, (before, arduino.positions)
 
-    viewer = consoles.open("viewer", query=LIGHT).page
+    viewer = consoles.open("viewer", query=LIGHT, viewport=(420, 900)).page  # a phone's width too
     move = viewer.get_by_role("button", name="Move MOTOR1 to the target position")
     expect(move).to_be_disabled()
     expect(move).to_have_attribute("title", "bob is a viewer: commands need an operator account")
