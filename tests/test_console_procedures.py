@@ -27,11 +27,6 @@ WAITS_MS = {0: 5000, 5: 1500, 8: 800, 10: 400}
 # One plot at 5 frames/s: this module's panels need no more, and Chromium drawing four plots at 30
 # frames/s takes the CPU the emulated STM32 (a thread of this process) needs on a small machine.
 LIGHT = "channels=P5&hz=5"
-# On a loaded 2-core machine the STM32 emulator's acknowledgements can take longer than the tests'
-# default 2 s (tests/processes.py); a refused first step would abort the hot fire before it starts.
-# The gateway waits for actuation's answer (the first step acknowledged) longer than that.
-ACK_TIMEOUT_MS = "5000"
-COMMAND_TIMEOUT_S = "10"
 
 # What the page showed, recorded in the page on every change of the procedure panel (no poll can miss one).
 RECORD = """() => {
@@ -56,13 +51,7 @@ def console_stand(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> I
     """conftest's stand, with the shortened hot fire in actuation and the gateway."""
     tmp = tmp_path_factory.mktemp("console-procedures")
     config = str(short_hotfire_config(tmp, WAITS_MS))
-    with running_console_stand(
-        broker,
-        tmp,
-        RCS_CONFIG=config,
-        RCS_ACTUATION_ACK_TIMEOUT_MS=ACK_TIMEOUT_MS,
-        RCS_GATEWAY_COMMAND_TIMEOUT_S=COMMAND_TIMEOUT_S,
-    ) as stand:
+    with running_console_stand(broker, tmp, RCS_CONFIG=config) as stand:
         yield stand
 
 
