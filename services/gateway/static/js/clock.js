@@ -1,23 +1,25 @@
-// The stand's clock as this page sees it: `standNow()` is UNIX seconds by the gateway host's clock,
+// The stand's clock as this page sees it: `standNow()` is UNIX seconds by the stand computer's clock,
 // so a countdown extrapolated from a state's `ts` is right even when this computer's clock is off.
-// The offset is learnt from telemetry: each `sensor_display` frame's newest bucket was sampled (by
-// the STM32's clock, anchored to the host's) moments before it arrived, so the smallest
-// "arrival − sample time" over the last frames is the clock offset plus a few milliseconds. Without
-// telemetry the page's own clock is used.
+// The offset is learnt from the messages that are always live (never a retained state replayed on
+// connect): `event` and `service_status` pushes, stamped by the services when they happened and
+// relayed at once. The smallest "arrival − ts" of the last ones is the clock offset plus the
+// shortest delivery time. (Telemetry sample times are no clock: a starved device lags behind.)
+// Until one arrived, this computer's clock is used.
 import { on } from "./connection.js";
 
-const WINDOW = 90; // frames (3 s at 30 frames/s): follows a clock that steps, ignores a slow frame
+const KEPT = 50; // the last pushes: follows a clock that was stepped
 const recent = [];
 let offset = 0; // local − stand, seconds
 
-on("sensor_display", (m) => {
-  if (!m.n || !m.t || m.t.byteLength < m.n * 8) return;
-  const t = new DataView(m.t.buffer, m.t.byteOffset, m.t.byteLength).getFloat64((m.n - 1) * 8, true);
-  if (!Number.isFinite(t)) return;
-  recent.push(Date.now() / 1000 - t);
-  if (recent.length > WINDOW) recent.shift();
+function observe(ts) {
+  if (typeof ts !== "number" || !Number.isFinite(ts)) return;
+  recent.push(Date.now() / 1000 - ts);
+  if (recent.length > KEPT) recent.shift();
   offset = Math.min(...recent);
-});
+}
+
+on("event", (m) => observe(m.data && m.data.ts));
+on("service_status", (m) => observe(m.data && m.data.ts));
 
 export function standNow() {
   return Date.now() / 1000 - offset;

@@ -36,7 +36,7 @@ export function tNow(seq, ts, now) {
   if (seq.t0 !== null && seq.t0 !== undefined) return now - seq.t0;
   if (seq.t_s === null || seq.t_s === undefined) return null;
   if (seq.held || seq.waiting_for) return seq.t_s;
-  return Math.min(seq.t_s + (now - ts), 0);
+  return Math.min(seq.t_s + (now - ts), -1e-9); // never T+ before T-0 happened
 }
 
 export function nextStepIn(seq, ts, now) {
