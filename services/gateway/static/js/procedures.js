@@ -14,13 +14,13 @@ const CHECKLIST_EVERY_MS = 2000;
 
 // -- formatting ------------------------------------------------------------------------------------
 
-// T-time: "T−00:07.0" before T-0, "T+00:03.2" after it.
-export function tTime(t) {
+// T-time: "T−00:07.0" before T-0 (`after` false), "T+00:03.2" after it.
+export function tTime(t, after) {
   if (t === null || t === undefined || !Number.isFinite(t)) return "T —";
   const a = Math.abs(t);
   const minutes = Math.floor(a / 60);
   const seconds = (a - minutes * 60).toFixed(1).padStart(4, "0");
-  return (t < 0 ? "T−" : "T+") + String(minutes).padStart(2, "0") + ":" + seconds;
+  return (after ? "T+" : "T−") + String(minutes).padStart(2, "0") + ":" + seconds;
 }
 
 function secondsText(s) {
@@ -36,7 +36,7 @@ export function tNow(seq, ts, now) {
   if (seq.t0 !== null && seq.t0 !== undefined) return now - seq.t0;
   if (seq.t_s === null || seq.t_s === undefined) return null;
   if (seq.held || seq.waiting_for) return seq.t_s;
-  return Math.min(seq.t_s + (now - ts), -1e-9); // never T+ before T-0 happened
+  return Math.min(seq.t_s + (now - ts), 0);
 }
 
 export function nextStepIn(seq, ts, now) {
@@ -198,8 +198,9 @@ function tick(view) {
     return;
   }
   const now = standNow();
-  view.tclock.textContent = tTime(tNow(seq, system.ts, now));
-  view.tclock.classList.toggle("after-t0", seq.t0 !== null && seq.t0 !== undefined);
+  const after = seq.t0 !== null && seq.t0 !== undefined;
+  view.tclock.textContent = tTime(tNow(seq, system.ts, now), after);
+  view.tclock.classList.toggle("after-t0", after);
   const left = nextStepIn(seq, system.ts, now);
   const waiting = seq.waiting_for ? "waiting for " + seq.waiting_for : "";
   if (seq.held) view.next.textContent = "held" + (waiting ? " · " + waiting : "");
