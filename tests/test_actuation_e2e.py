@@ -117,6 +117,7 @@ class Stand:
     rpc: RpcClient
     seen: Observer
     mask: Callable[[str], int]
+    acquisition: Acquisition | None = None  # the process, for a test that restarts it
 
     def call(self, command: str, **body: Any) -> dict[str, Any]:
         return self.rpc.call(
@@ -147,7 +148,7 @@ def running_stand(
         arduino.start()
         stack.callback(arduino.stop)
         writes = DeviceWrites(stm32)
-        stack.enter_context(Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path))
+        acquisition = stack.enter_context(Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path))
         stack.enter_context(Actuation(mqtt_as("actuation"), tmp_path / "arduino", tmp_path, **actuation_env))
         operator = MqttClient(mqtt_as("operator"), "operator")
         seen = Observer()
@@ -177,7 +178,7 @@ def running_stand(
             TIMEOUT,
             "acquisition's STM32 link",
         )
-        yield Stand(stm32, arduino, writes, operator, rpc, seen, mask)
+        yield Stand(stm32, arduino, writes, operator, rpc, seen, mask, acquisition)
 
 
 @pytest.fixture

@@ -341,7 +341,7 @@ def test_only_actuation_may_ask_acquisition_to_tare(paho: Callable[..., Paho]) -
     """Zeroing channels changes every published value: only actuation (idle only, audited) may ask
     acquisition; every other login, in its own name too, is refused and nothing is delivered."""
     reader = paho(ANONYMOUS)
-    reader.subscribe(f"{topics.ACQ_TARE}/#")
+    reader.subscribe("rcs/rpc/acquisition/#")
     for user in ("operator", "gateway", "logger", READER, STACK_USER):
         assert paho(user).publish(topics.request(topics.ACQ_TARE, user), b"forbidden") == NOT_AUTHORIZED, user
     assert paho("actuation").publish(topics.request(topics.ACQ_TARE, "actuation"), b"marker") == 0

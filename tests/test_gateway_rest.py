@@ -637,3 +637,49 @@ def test_a_service_down_is_503_never_200(lonely: Gateway) -> None:
     assert (
         sensors["sensor_data"]["errors"] == 17
     )  # every measured channel missing: P1..P8, 8 temperatures, THRUST
+
+
+# -- before the test: tare and checklist ---------------------------------------------------------
+
+
+def test_tare_and_checklist_over_rest(gateway: Gateway) -> None:
+    with gateway.client() as client, gateway.client(VIEWER) as viewer:
+        for body, problem in (
+            ({"channels": ["NOPE"]}, "body.channels: 1 unknown channels"),
+            ({"channels": ["ISP"]}, "body.channels: ISP derived on the host"),
+            ({"channels": []}, "body.channels: List should have at least 1 item"),
+            (
+                {"channels": ["THRUST"], "seconds": 0},
+                "body.seconds: Input should be greater than or equal to 0.1",
+            ),
+            (
+                {"channels": ["THRUST"], "seconds": 31},
+                "body.seconds: Input should be less than or equal to 30",
+            ),
+            ({"channels": ["THRUST"], "clear": 1}, "body.clear: Input should be a valid boolean"),
+            ({"channels": ["THRUST"], "extra": 1}, "body.extra: Extra inputs are not permitted"),
+        ):
+            refused = client.post("/api/tare", json=body)
+            assert refused.status_code == 422, body
+            assert refused.json()["detail"].startswith(problem), refused.json()
+        assert viewer.post("/api/tare", json={"channels": ["THRUST"]}).status_code == 403
+
+        tared = client.post("/api/tare", json={"channels": ["THRUST"], "seconds": 0.5})
+        assert tared.status_code == 200, tared.text
+        answer = tared.json()
+        assert answer["success"] is True and answer["channels"] == ["THRUST"] and answer["samples"] > 0
+        assert answer["tare"]["THRUST"]["by"] == "operator" and answer["tare"]["THRUST"]["unit"] == "N"
+        wait_until(
+            lambda: "THRUST" in ((gateway.bus.latest(topics.TELEMETRY_META) or {}).get("tare") or {}),
+            TIMEOUT,
+            "the tare in the telemetry meta",
+        )
+        cleared = client.post("/api/tare", json={"channels": ["THRUST"], "clear": True})
+        assert cleared.status_code == 200 and "THRUST" not in cleared.json()["tare"]
+
+        checklist = viewer.get("/api/checklist")
+        assert checklist.status_code == 200, checklist.text
+        items = checklist.json()["items"]
+        assert [i["id"] for i in items] == ["stm32", "valves-closed"]  # tests/processes.py's checklist
+        assert set(items[0]) == {"id", "label", "kind", "ok", "reason"} and items[0]["ok"] is True
+        assert isinstance(checklist.json()["ok"], bool) and isinstance(checklist.json()["ts"], float)

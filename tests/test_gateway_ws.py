@@ -285,6 +285,36 @@ def test_hold_resume_and_alarms_over_the_websocket(gateway: Gateway) -> None:
     run(scenario())
 
 
+def test_tare_and_checklist_over_the_websocket(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with open_ws(gateway) as operator, open_ws(gateway, VIEWER) as viewer:
+            checklist = await ask(viewer, {"type": "checklist"}, "checklist_response")
+            assert checklist["success"] is True and isinstance(checklist["ok"], bool)
+            assert [i["id"] for i in checklist["items"]] == ["stm32", "valves-closed"]
+            assert "data" in await ask(viewer, {"type": "tare", "channels": ["THRUST"]}, "error")  # a viewer
+            tared = await ask(
+                operator,
+                {"type": "tare", "channels": ["THRUST"], "seconds": 0.5},
+                "tare_response",
+                binary=True,
+            )
+            assert tared["success"] is True and tared["channels"] == ["THRUST"], tared
+            assert tared["tare"]["THRUST"]["by"] == "operator"
+            cleared = await ask(
+                operator, {"type": "tare", "channels": ["THRUST"], "clear": True}, "tare_response"
+            )
+            assert cleared["success"] is True and cleared["tare"] == {}
+            for bad in (
+                {"type": "tare", "channels": ["ISP"]},
+                {"type": "tare", "channels": "THRUST"},
+                {"type": "tare", "channels": ["THRUST"], "seconds": 0},
+                {"type": "tare", "channels": ["THRUST"], "clear": "yes"},
+            ):
+                assert "data" in await ask(operator, bad, "error")
+
+    run(scenario())
+
+
 def test_full_subscription_is_contiguous_and_display_is_reduced(gateway: Gateway) -> None:
     async def scenario() -> None:
         async with (

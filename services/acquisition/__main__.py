@@ -60,7 +60,9 @@ class Acquisition:
         self.rpc.serve(topics.ACQ_BUFFER_STATUS, history.buffer_status)
         self.rpc.serve(topics.ACQ_HISTORY, history.history)
         self.rpc.serve(topics.ACQ_HISTORY_REDUCED, history.history_reduced)
-        self.tare = TareBook(settings, self.ring, self.samples.offsets, self._publish_meta)
+        self.tare = TareBook(
+            settings, self.ring, self.samples.offsets, self._publish_meta, lambda: self.samples.appended_at
+        )
         self.tare.load()
         self.rpc.serve(topics.ACQ_TARE, self.tare.tare)
         self.mqtt.add_connection_listener(self._on_broker)

@@ -39,6 +39,7 @@ class SamplePath:
         self._measured_columns = [settings.channel_names.index(c.name) for c in settings.measured_channels]
         self.rate = RateEstimator(settings.acquisition.rate_hz)
         self.block_errors = 0
+        self.appended_at: float | None = None  # time.monotonic() of the last block put in the ring
         self._problems = Throttled(log)
 
     def append(self, block: RawBlock | EngineeringBlock) -> bool:
@@ -63,4 +64,5 @@ class SamplePath:
             self.block_errors += 1
             self._problems.warning("block", "dropped a sample block: %s", exc)
             return False
+        self.appended_at = time.monotonic()
         return True

@@ -32,7 +32,7 @@ log = logging.getLogger("rcs.acquisition")
 
 MIN_SECONDS = 0.1
 MAX_SECONDS = 30.0
-FRESH_S = 1.0  # the newest sample must be this recent: a tare of an old window would be a wrong zero
+FRESH_S = 2.0  # the last block must have arrived this recently: an old window would be a wrong zero
 _HISTORY = 256  # offset versions remembered (each tare is one)
 TARER = "actuation"  # the only login whose tare requests are served (mosquitto/acl says the same)
 
@@ -80,8 +80,15 @@ class TareBook:
     """The tared channels, their file, and the tare request's handler."""
 
     def __init__(
-        self, settings: Settings, ring: RingBuffer, offsets: Offsets, on_change: Callable[[], None]
+        self,
+        settings: Settings,
+        ring: RingBuffer,
+        offsets: Offsets,
+        on_change: Callable[[], None],
+        appended_at: Callable[[], float | None],
     ) -> None:
+        """`appended_at`: time.monotonic() of the last block put in the ring (None: none yet)."""
+        self._appended_at = appended_at
         self._ring = ring
         self._offsets = offsets
         self._on_change = on_change
@@ -167,10 +174,14 @@ class TareBook:
 
     def _means(self, channels: list[str], seconds: float) -> tuple[list[float], int]:
         """Each channel's mean untared value over the newest `seconds` of the ring buffer."""
+        appended_at = self._appended_at()
+        if appended_at is None:
+            raise RpcError("no samples received: is the STM32 connected?")
+        if time.monotonic() - appended_at > FRESH_S:
+            age = time.monotonic() - appended_at
+            raise RpcError(f"no samples received for {age:.1f} s: is the STM32 connected?")
         samples = self._ring.last_seconds(seconds, self._ring.capacity)
         n = len(samples.t)
-        if n == 0 or time.time() - float(samples.t[-1]) > FRESH_S:
-            raise RpcError(f"no samples in the last {FRESH_S:g} s: is the STM32 connected?")
         held = float(samples.t[-1] - samples.t[0])
         if held < seconds / 2:
             raise RpcError(f"only {held:.2f} s of samples held, {seconds:g} s asked: try again later")

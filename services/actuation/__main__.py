@@ -112,6 +112,9 @@ class Actuation:
         for name, handler in self.commands.routine.items():
             self.command_server.serve(topics.actuation(name), handler)
         self.motor_server.serve(topics.actuation("motor"), self.commands.motor)
+        # reads of the checklist (a console may poll it) never take a command worker
+        self.read_server = RpcServer(self.mqtt, workers=1, max_queued=16)
+        self.read_server.serve(topics.actuation("checklist"), self.readiness.checklist)
         self.abort_server.serve(topics.actuation("abort"), self.commands.abort)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -135,6 +138,7 @@ class Actuation:
         self.command_server.close()
         self.motor_server.close()
         self.abort_server.close()
+        self.read_server.close()
         self.rpc.close()
         self.control.stop()
         self.mqtt.stop()
@@ -193,6 +197,7 @@ class Actuation:
             **counters(self.command_server.stats, "command_requests"),
             **counters(self.motor_server.stats, "motor_requests"),
             **counters(self.abort_server.stats, "abort_requests"),
+            **counters(self.read_server.stats, "read_requests"),
             "command_queue": float(self.command_server.queued),
             "armed": float(self.authority.core.armed),
             "pending_writes": float(len(self.authority.pending)),

@@ -1,4 +1,4 @@
-"""The go/no-go checklist (`checklist:` of config/stand.yaml; docs/safety.md §3.1): pure evaluators.
+"""The go/no-go checklist (`checklist:` of config/stand.yaml; docs/safety.md §2.1): pure evaluators.
 
 Each item's `kind` names an evaluator (`EVALUATORS`), a function of the item and a `Snapshot` of what
 actuation sees (retained statuses, the STM32 link state, the logger's answer, the latest telemetry

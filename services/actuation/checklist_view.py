@@ -19,12 +19,15 @@ from services.common.rpc import RpcClient, RpcError, RpcTimeout
 from services.common.settings import LoggerRecording, ServicesOnline, Settings
 
 LOGGER_TIMEOUT_S = 1.0
+LOGGER_FRESH_S = 1.0  # a logger answer this recent is reused: one request at a time, whoever asks
 
 
 class ChecklistView:
     def __init__(self, settings: Settings, mqtt: MqttClient, rpc: RpcClient) -> None:
         self._rpc = rpc
         self._lock = threading.Lock()
+        self._logger_lock = threading.Lock()
+        self._logger: tuple[float, dict[str, Any] | str] | None = None  # (monotonic, answer)
         self._latest: dict[str, dict[str, Any]] = {}
         self._ask_logger = any(isinstance(item, LoggerRecording) for item in settings.checklist)
         services = {
@@ -45,12 +48,7 @@ class ChecklistView:
 
     def outside(self) -> Snapshot:
         """The part of the snapshot from the bus (worker threads: it may wait for the logger)."""
-        logger: dict[str, Any] | str = "not asked"
-        if self._ask_logger:
-            try:
-                logger = self._rpc.call(topics.LOGGER_STATUS, {}, timeout=LOGGER_TIMEOUT_S)
-            except (RpcError, RpcTimeout) as exc:
-                logger = str(exc)
+        logger = self._logger_status() if self._ask_logger else "not asked"
         with self._lock:
             latest = dict(self._latest)
         statuses = {
@@ -64,3 +62,16 @@ class ChecklistView:
         return Snapshot(
             now=time.time(), statuses=statuses, stm32=latest.get(topics.STATE_STM32), logger=logger, tare=tare
         )
+
+    def _logger_status(self) -> dict[str, Any] | str:
+        """The logger's status (its free disk), or why there is none; asked at most once a second."""
+        with self._logger_lock:
+            if self._logger is not None and time.monotonic() - self._logger[0] < LOGGER_FRESH_S:
+                return self._logger[1]
+            answer: dict[str, Any] | str
+            try:
+                answer = self._rpc.call(topics.LOGGER_STATUS, {}, timeout=LOGGER_TIMEOUT_S)
+            except (RpcError, RpcTimeout) as exc:
+                answer = str(exc)
+            self._logger = (time.monotonic(), answer)
+            return answer

@@ -118,7 +118,9 @@ class Commands:
         outside = self._readiness.outside() if sequence is not None and sequence.procedure else None
 
         def decide(who: str, now: float) -> Verdict:
-            failing = self._readiness.refusal(outside)  # procedures only: their start is gated too
+            # a procedure's start is gated too (when armed: else the core says why it cannot start)
+            armed = self._core.state is SystemState.ARMED
+            failing = self._readiness.refusal(outside) if armed else None
             if failing is not None:
                 return Verdict(accepted=False, reason=f"cannot start {name}: {failing}")
             return self._core.start_sequence(name, who, now)

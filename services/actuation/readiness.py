@@ -1,4 +1,4 @@
-"""Before the test: the go/no-go checklist and the tare (docs/safety.md §3.1 and §3.2).
+"""Before the test: the go/no-go checklist and the tare (docs/safety.md §2.1 and §2.2).
 
 `refusal` gates arming and the start of a procedure (commands.py): every failing item is named.
 `checklist` answers `rcs/rpc/actuation/checklist` (a read, not audited). `tare` answers
@@ -47,7 +47,8 @@ class Readiness:
 
     @property
     def routine(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        return {"tare": self.tare, "checklist": self.checklist}
+        """The commands served with the others (the checklist, a read, has a server of its own)."""
+        return {"tare": self.tare}
 
     def outside(self) -> Snapshot | None:
         """What the bus says (a worker thread: it may wait for the logger); None without a checklist."""

@@ -380,7 +380,7 @@ class EmulatorSettings(_Section):
 
 
 class _Check(_Section):
-    """One item of the go/no-go checklist (docs/safety.md §3.1); `kind` picks its evaluator."""
+    """One item of the go/no-go checklist (docs/safety.md §2.1); `kind` picks its evaluator."""
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_-]*$", description="short name, in refusals")
     label: str = Field("", description="what an operator reads")

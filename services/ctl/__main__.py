@@ -170,7 +170,7 @@ def tare(
     clear: Annotated[bool, typer.Option(help="remove these channels' tare instead")] = False,
     who: Who = DEFAULT_WHO,
 ) -> None:
-    """Zero CHANNELS from the mean of their last seconds (only while idle; docs/safety.md §3.2)."""
+    """Zero CHANNELS from the mean of their last seconds (only while idle; docs/safety.md §2.2)."""
     body: dict[str, Any] = {"channels": channels, "clear": clear}
     if not clear:
         body["seconds"] = seconds

@@ -121,7 +121,8 @@ def _register_metrics(gateway: Gateway, websocket: WebSocketEndpoint) -> None:
 
 
 def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
-    """FastAPI's schema with what this stand's configuration fixes (valve count, motors, travel)."""
+    """FastAPI's schema with what this stand's configuration fixes (valve count, motors, travel, the
+    channels a tare may name)."""
     if app.openapi_schema is None:
         models = FastAPI.openapi(app)["components"]["schemas"]  # cached by FastAPI, edited in place
         n_valves = len(settings.valves)
@@ -130,6 +131,8 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         motor["motor_id"].update(enum=commands.motor_ids(settings))
         max_angle = commands.max_angle_deg(settings)
         motor["angle"].update(minimum=-max_angle, maximum=max_angle)
+        measured = [c.name for c in settings.measured_channels]  # what a tare may name
+        models["TareIn"]["properties"]["channels"]["items"].update(enum=measured)
     return app.openapi_schema or {}
 
 

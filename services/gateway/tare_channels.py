@@ -1,5 +1,5 @@
 """What a tare may name, for REST and WebSocket alike: measured channels of this stand (derived ones
-are computed from the tared inputs, docs/safety.md §3.2)."""
+are computed from the tared inputs, docs/safety.md §2.2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Before the test: `POST /api/tare` (operator) and `GET /api/checklist` (viewer), both answered by
-actuation (docs/safety.md §3.1-3.2): the tare only while idle, audited; the checklist as arming and
+actuation (docs/safety.md §2.1-2.2): the tare only while idle, audited; the checklist as arming and
 procedures judge it."""
 
 from __future__ import annotations
