@@ -80,7 +80,8 @@ def arm(stand: ConsoleStand) -> None:
 
 def acknowledge_aborts(page: Page) -> None:
     """Acknowledge every abort the page shows (each console shows the recent ones until its operator
-    acknowledges them), one button after the other."""
+    acknowledges them), one button after the other, once the page has read the recent events."""
+    expect(page.locator("html")).to_have_attribute("data-aborts-read", "yes")
     buttons = page.get_by_role("button", name=re.compile("^Acknowledge abort at "))
     while buttons.count():
         buttons.first.click()
@@ -191,6 +192,7 @@ def test_a_warning_alarm_sounds_shows_until_acknowledged_and_goes(
     page = live_operator(consoles)
     acknowledge_aborts(page)  # those of earlier tests
     viewer = consoles.open("viewer", query=LIGHT).page
+    acknowledge_aborts(viewer)  # each console its own: a viewer may too (no command)
     page.keyboard.press("Shift")  # a gesture: the browser lets the page make sound from now on
     html = page.locator("html")
     expect(html).to_have_attribute("data-alarm-sound", "quiet")

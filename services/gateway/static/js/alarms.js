@@ -2,7 +2,8 @@
 // buttons, and an audible alert. Alarms are actuation's `rcs/state/alarms` (warnings and red-line
 // trips; acknowledged with `alarm_ack {id}`, audited). Aborts are not alarms on the bus: each one seen
 // (the `state` event into `aborting`, live or in `GET /api/events`) is shown here too until this page's
-// operator acknowledges it; that acknowledgement is kept in this browser (localStorage), not audited.
+// operator (or viewer) acknowledges it; that acknowledgement is kept in this browser (localStorage),
+// not audited.
 //
 // Sound: Web Audio, generated (no file fetched); browsers start audio only after a user gesture, so
 // the first click or key on the page enables it. "Mute" silences the current alarms; a new one sounds
@@ -52,6 +53,7 @@ async function loadAborts() {
   } catch (e) {
     // live events still arrive over /ws
   }
+  document.documentElement.dataset.abortsRead = "yes"; // the recent ones are in (for the browser tests)
 }
 
 // -- what is unacknowledged ------------------------------------------------------------------------
@@ -167,11 +169,12 @@ function render(parts) {
   parts.headline.textContent = attention === 0 ? ""
     : attention + (attention === 1 ? " alarm" : " alarms") + " to acknowledge: " +
       aborts.map((a) => "ABORT").concat(pending.map(alarmText)).slice(0, 3).join(" · ");
-  parts.why.textContent = block && attention ? "Acknowledge disabled: " + block : "";
+  parts.why.textContent = block && pending.length ? "Acknowledge disabled: " + block : "";
   parts.list.textContent = "";
   for (const a of aborts) {
     const li = el("li", "alarm-item severe");
-    const ack = ackButton("Acknowledge abort at " + clock(a.ts), block);
+    // this console's own record, no command: a viewer may acknowledge it too, even while disconnected
+    const ack = ackButton("Acknowledge abort at " + clock(a.ts), "");
     ack.addEventListener("click", () => {
       acknowledgeAbort(a.ts);
       answer("abort at " + clock(a.ts) + " acknowledged (on this console)", true);
