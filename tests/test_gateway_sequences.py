@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
 from services.common.settings import load_settings
+from services.gateway.app import create_app
+from services.gateway.auth import Auth
+from services.gateway.bus import Bus
 from services.gateway.sequences import sequences_view
 
 STAND = load_settings()
@@ -29,3 +35,12 @@ def test_hotfire_steps_read_in_order_with_phases_kept_and_t0() -> None:
     assert lines_full["phase"] == "feed", "a step without a phase runs in the one before it"
     assert ignition["t0"] and ignition["phase"] == "ignition" and not any(s["t0"] for s in steps[4:])
     assert steps[-1]["text"] == "valves 000000000" and steps[-1]["phase"] == "safing"
+
+
+def test_the_route_answers_a_viewer_with_the_view() -> None:
+    settings = STAND.model_copy(update={"auth": "on", "viewer_token": SecretStr("viewer-token-0123456789")})
+    client = TestClient(create_app(settings, Bus(settings), Auth(settings)))  # no bus needed: no lifespan
+    assert client.get("/api/sequences").status_code == 401
+    answer = client.get("/api/sequences", headers={"Authorization": "Bearer viewer-token-0123456789"})
+    assert answer.status_code == 200
+    assert answer.json() == {"sequences": sequences_view(STAND)}
