@@ -19,6 +19,7 @@ from services.common.settings import DERIVED_CHANNELS, Channel, Settings, load_s
 MEASURED = ("P1", "P2", "P3", "P4", "T1", "THRUST")
 # The hot fire's conditions name channels these settings leave out: its steps become one, all closed
 # (settings sources are merged key by key, so the stand's other sequences stay as they are).
+# The go/no-go checklist names channels they leave out too: none.
 SEQUENCES: dict[str, Any] = {"hotfire": {"steps": [{"valves": "000000000"}]}}
 
 
@@ -27,7 +28,7 @@ def settings_with(polynomials: list[tuple[float, ...]]) -> Settings:
     measured = [Channel(name=n, unit="u", calibration=p) for n, p in zip(MEASURED, polynomials, strict=True)]
     derived = [Channel(name=n, unit="u") for n in DERIVED_CHANNELS]
     channels = [c for pair in zip(measured, derived, strict=False) for c in pair] + measured[len(derived) :]
-    return Settings(channels=tuple(channels), redlines=(), sequences=SEQUENCES)
+    return Settings(channels=tuple(channels), redlines=(), sequences=SEQUENCES, checklist=())
 
 
 def reference(raw: npt.NDArray[np.uint16], polynomials: list[tuple[float, ...]]) -> npt.NDArray[np.float64]:

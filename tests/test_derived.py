@@ -28,6 +28,7 @@ ORDER = ("D1", "P1", "ISP", "P2", "T1", "THRUST", "VELOCITY", "P3", "IMPULSE", "
 MEASURED = ("P1", "P2", "T1", "THRUST", "P3", "P4", "X")
 # The hot fire's conditions name channels these settings leave out: its steps become one, all closed
 # (settings sources are merged key by key, so the stand's other sequences stay as they are).
+# The go/no-go checklist names channels they leave out too: none.
 SEQUENCES: dict[str, Any] = {"hotfire": {"steps": [{"valves": "000000000"}]}}
 DERIVED = DerivedSettings(
     g0=9.80665,
@@ -51,7 +52,7 @@ def stand() -> Settings:
     channels = tuple(
         Channel(name=name, unit="u", calibration=(0.0, 1.0) if name in MEASURED else None) for name in ORDER
     )
-    return Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES)
+    return Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES, checklist=())
 
 
 def measured_rows(**columns: list[float]) -> npt.NDArray[np.float64]:
@@ -185,4 +186,5 @@ def test_rejects_mismatched_shapes(stand: Settings) -> None:
 def test_rejects_an_unknown_uncalibrated_channel(stand: Settings) -> None:
     channels = (*stand.channels, Channel(name="MYSTERY", unit="u"))
     with pytest.raises(ValueError, match="MYSTERY"):
-        Derivation(Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES))
+        partial = Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES, checklist=())
+        Derivation(partial)

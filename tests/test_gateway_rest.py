@@ -664,6 +664,8 @@ def test_tare_and_checklist_over_rest(gateway: Gateway) -> None:
             assert refused.json()["detail"].startswith(problem), refused.json()
         assert viewer.post("/api/tare", json={"channels": ["THRUST"]}).status_code == 403
 
+        # a tare only while idle (an earlier test's abort sequence may still be running)
+        wait_until(lambda: client.get("/api/status").json()["system_mode"] == "idle", TIMEOUT, "idle")
         tared = client.post("/api/tare", json={"channels": ["THRUST"], "seconds": 0.5})
         assert tared.status_code == 200, tared.text
         answer = tared.json()
