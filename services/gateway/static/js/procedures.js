@@ -144,6 +144,7 @@ function runningView() {
   hold.addEventListener("click", () => {
     const text = reason.value.trim();
     command("HOLD", text ? { type: "system_mode", mode: "hold", reason: text } : { type: "system_mode", mode: "hold" });
+    reason.value = "";
   });
   resume.addEventListener("click", () => command("RESUME", { type: "system_mode", mode: "resume" }));
   return { box, title, held, tclock, next, hold, resume, why, steps, stepsOf: null };
