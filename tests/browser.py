@@ -60,7 +60,9 @@ def _gateway_up(url: str) -> bool:
 class ConsoleStand:
     """What `console_stand` yields: the stand, and a gateway that can be restarted on its port."""
 
-    def __init__(self, broker: Broker, tmp: Path, devices: Stand, stack: ExitStack) -> None:
+    def __init__(
+        self, broker: Broker, tmp: Path, devices: Stand, stack: ExitStack, env: dict[str, str] | None = None
+    ) -> None:
         accounts = tmp / "gateway-accounts"
         self.tokens = {name: add_account(accounts, name, role) for name, role in ACCOUNTS.items()}
         self.devices = devices
@@ -73,7 +75,7 @@ class ConsoleStand:
             "RCS_GATEWAY_SECRETS_FILE": str(accounts),
             # longer than actuation's ack deadline: the page sees actuation's verdict, not a timeout
             "RCS_GATEWAY_COMMAND_TIMEOUT_S": GATEWAY_TIMEOUT_S,
-        }
+        } | (env or {})
         self.port = free_port()
         self._starts = 0
         self.gateway = self._start_gateway()
@@ -110,23 +112,23 @@ class ConsoleStand:
 
 
 @contextmanager
-def console_stand(broker: Broker, tmp: Path) -> Iterator[ConsoleStand]:
+def console_stand(broker: Broker, tmp: Path, **env: str) -> Iterator[ConsoleStand]:
     """The whole emulated stand with its gateway, on the session broker; everything stopped on leaving.
+    `env` goes to actuation and the gateway (e.g. `RCS_CONFIG`: a stand.yaml with a shorter hot fire).
 
     At RATE_HZ samples/s (every process and the emulator read it from the environment): what the
     console shows is the same at 1 kHz, and a browser next to the stand loads the machine enough.
     """
     data_dir = tmp / "data"
     data_dir.mkdir()
-    with pytest.MonkeyPatch.context() as env, ExitStack() as stack:
-        env.setenv("RCS_ACQUISITION_RATE_HZ", RATE_HZ)
+    with pytest.MonkeyPatch.context() as patch, ExitStack() as stack:
+        patch.setenv("RCS_ACQUISITION_RATE_HZ", RATE_HZ)
         settings = load_settings().model_copy(update={"mqtt": broker.settings("operator")})
         # a loaded machine (a browser next to the stand) can exceed the default ack deadline
-        devices = stack.enter_context(
-            running_stand(settings, broker.settings, tmp, RCS_ACTUATION_ACK_TIMEOUT_MS=ACK_TIMEOUT_MS)
-        )
+        actuation_env = {"RCS_ACTUATION_ACK_TIMEOUT_MS": ACK_TIMEOUT_MS} | env
+        devices = stack.enter_context(running_stand(settings, broker.settings, tmp, **actuation_env))
         stack.enter_context(Logger(broker.settings("logger"), tmp, data_dir))
-        yield ConsoleStand(broker, tmp, devices, stack)
+        yield ConsoleStand(broker, tmp, devices, stack, env)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
+from services.common import topics
 from services.common.settings import Settings, load_settings
 from services.devstack.broker import Broker, free_port
 from services.emulators.arduino import ArduinoEmulator
@@ -218,6 +219,14 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
             )
             assert motor["success"] is True and motor["motor_id"] == 1 and motor["angle"] == 17.75
             assert isinstance(motor["response"], str)
+            # the console's absolute move: `target` instead of `angle`, echoed in the answer
+            moved = await ask(
+                operator,
+                {"type": "step_motor_command", "motor_id": 1, "target": -1700.0},
+                "step_motor_response",
+            )
+            assert moved["success"] is True and moved["target"] == -1700.0 and "angle" not in moved, moved
+            assert abs(moved["position_deg"] - -1700.0) <= gateway.settings.motors.deg_per_step
 
             # system_mode: the seed's source modes, then arm/disarm (arming needs heartbeats)
             source = await ask(
@@ -246,16 +255,30 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
                 {"type": "valve_command", "name": "NOPE", "open": True},
                 {"type": "valve_command", "name": "GOX2", "open": 1},
                 {"type": "step_motor_command", "motor_id": 1, "angle": "far"},
+                {"type": "step_motor_command", "motor_id": 1, "angle": 1.0, "target": 2.0},
+                {"type": "step_motor_command", "motor_id": 1},
                 {"type": "subscribe", "mode": "display", "channels": ["NOPE"]},
                 {"type": "subscribe", "mode": "full", "channels": []},
                 {"type": "system_mode", "mode": "warp"},
+                {"type": "system_mode", "mode": "hold", "reason": ""},
+                {"type": "sequence", "name": "nope"},
+                {"type": "sequence", "name": "emergency"},  # the abort sequence: system_mode abort
             ):
                 assert "data" in await ask(operator, bad_message, "error")
             assert "data" in await ask(operator, {"type": "get_sensors"}, "sensor_data")
             assert gateway.bus.websocket_connections == 2
-            assert gateway.ws_stats.bad_messages - bad_before == 13  # each one counted
+            assert gateway.ws_stats.bad_messages - bad_before == 18  # each one counted
 
     run(scenario())
+
+
+async def until_system(gateway: Gateway, value: Callable[[dict[str, Any]], Any]) -> Any:
+    """`value` of the gateway's latest rcs/state/system once it is truthy (within TIMEOUT)."""
+    give_up = time.monotonic() + TIMEOUT
+    while not (found := value(gateway.bus.latest(topics.STATE_SYSTEM) or {})):
+        assert time.monotonic() < give_up, "timed out waiting for the system state"
+        await asyncio.sleep(0.01)
+    return found
 
 
 def test_hold_resume_and_alarms_over_the_websocket(gateway: Gateway) -> None:
@@ -271,6 +294,28 @@ def test_hold_resume_and_alarms_over_the_websocket(gateway: Gateway) -> None:
             assert (ack["id"], ack["success"]) == (999, False) and ack["reason"].startswith("no alarm 999")
             assert "data" in await ask(operator, {"type": "alarm_ack", "id": True}, "error")
             assert "data" in await ask(operator, {"type": "alarm_ack", "id": 10**30}, "error")
+
+            # a sequence started by name (the console's Start), held with the operator's reason, resumed;
+            # while it runs the deadman wants this console's heartbeats
+            async def heartbeats() -> None:
+                while True:
+                    await operator.send(json.dumps({"type": "heartbeat"}))
+                    await asyncio.sleep(0.5)
+
+            beating = asyncio.create_task(heartbeats())
+            started = await ask(operator, {"type": "sequence", "name": "o2cleaning"}, "sequence_response")
+            assert started == {"type": "sequence_response", "name": "o2cleaning", "success": True}
+            hold = {"type": "system_mode", "mode": "hold", "reason": "pad check"}
+            held_answer = await ask(operator, hold, "system_mode_response")
+            assert held_answer["success"] is True, held_answer
+            held = await until_system(gateway, lambda s: (s.get("sequence") or {}).get("held"))
+            assert held.endswith("pad check"), held
+            again = await ask(operator, {"type": "sequence", "name": "o2feed"}, "sequence_response")
+            assert again["success"] is False and again["reason"], again
+            resume = {"type": "system_mode", "mode": "resume"}
+            assert (await ask(operator, resume, "system_mode_response"))["success"] is True
+            await until_system(gateway, lambda s: s.get("state") == "idle")  # o2cleaning ran to its end
+            beating.cancel()
 
     run(scenario())
 

@@ -27,15 +27,27 @@ TIMEOUT = 30.0
 SHORTER_WAITS_MS = {0: 3000, 5: 1500, 8: 800, 10: 400}  # countdown, burn, purge, vent (step index)
 
 
+def short_hotfire_config(
+    directory: Path, waits_ms: dict[int, int] = SHORTER_WAITS_MS, timeouts_ms: dict[int, int] | None = None
+) -> Path:
+    """A copy of config/stand.yaml in `directory` whose hot fire has these waits, and these timeouts of
+    its `wait_until`s (step index: ms)."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    steps = config["sequences"]["hotfire"]["steps"]
+    for index, wait_ms in waits_ms.items():
+        steps[index]["wait_ms"] = wait_ms
+    for index, timeout_ms in (timeouts_ms or {}).items():
+        steps[index]["wait_until"]["timeout_ms"] = timeout_ms
+    short = directory / "stand.yaml"
+    short.write_text(yaml.safe_dump(config))
+    return short
+
+
 @pytest.fixture
 def hotfire_stand(  # armed, an operator console sending heartbeats
     settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
 ) -> Iterator[Stand]:
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    for index, wait_ms in SHORTER_WAITS_MS.items():
-        config["sequences"]["hotfire"]["steps"][index]["wait_ms"] = wait_ms
-    short = tmp_path / "stand.yaml"
-    short.write_text(yaml.safe_dump(config))
+    short = short_hotfire_config(tmp_path)
     with running_stand(settings, mqtt_as, tmp_path, RCS_CONFIG=str(short)) as stand:
         console, _ = armed_console(stand)
         try:

@@ -141,6 +141,27 @@ class Alarms(BaseModel):
     ts: float | None = Field(description="when actuation published them; null before it has")
 
 
+class SequenceStep(BaseModel):
+    step: int = Field(description="1-based, as `step` of rcs/state/system's `sequence`")
+    phase: str | None = Field(description="the phase it runs in (kept from an earlier step)")
+    t0: bool = Field(description="T-0 is when this step starts")
+    text: str = Field(description="what it does, in order: require, hold, valves, motor, wait")
+    wait_ms: int | None = Field(description="its fixed wait; null when it waits for a condition")
+
+
+class SequenceInfo(BaseModel):
+    name: str
+    description: str
+    procedure: bool
+    requires_armed: bool
+    abort: bool = Field(description="the abort sequence: started by ABORT, never by `scenario`")
+    steps: list[SequenceStep]
+
+
+class Sequences(BaseModel):
+    sequences: list[SequenceInfo]
+
+
 class AckOut(BaseModel):
     success: bool
     acknowledged: int

@@ -38,6 +38,7 @@ SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
 # flooding client is still answered, message by message, but slowly enough that the event loop stays
 # free for everyone else (an abort on another connection); its surplus waits in its own TCP buffer.
 OVER_LIMIT_PAUSE_S = 0.001
+MAX_REASON = 200  # characters of a hold's reason, as `POST /api/hold`
 
 Handler = Callable[["Connection", dict[str, Any], str | bytes], None]
 
@@ -190,19 +191,46 @@ class Connection:
         return {"name": name, "open": wanted}
 
     def on_step_motor_command(self, message: dict[str, Any], raw: str | bytes) -> None:
-        motor_id, angle = message.get("motor_id"), number(message, "angle")
+        """A relative move (`angle`, the existing frontend's) or, instead, an absolute one (`target`)."""
+        motor_id = message.get("motor_id")
         if isinstance(motor_id, bool) or not isinstance(motor_id, int):
             raise BadMessageError("'motor_id' must be an integer")
+        if ("angle" in message) == ("target" in message):
+            raise BadMessageError("give exactly one of 'angle' (relative degrees) or 'target' (absolute)")
+        key = "angle" if "angle" in message else "target"
+        move = {key: number(message, key)}
         if self.command_allowed(raw):
-            self.spawn(self.step_motor_command(motor_id, angle, raw))
+            self.spawn(self.step_motor_command(motor_id, move, raw))
 
     def on_system_mode(self, message: dict[str, Any], raw: str | bytes) -> None:
         mode = message.get("mode")
         if mode not in SYSTEM_MODES and mode not in SOURCE_MODES:
             raise BadMessageError(f"'mode' must be one of {sorted({*SYSTEM_MODES, *SOURCE_MODES})}")
+        reason = message.get("reason")
+        if reason is not None and (not isinstance(reason, str) or not 1 <= len(reason) <= MAX_REASON):
+            raise BadMessageError(f"'reason' must be text of 1 to {MAX_REASON} characters")
         limited = mode in ("arm", "disarm", "hold", "resume")  # abort never; source modes command nothing
         if self.require_operator(raw) and (not limited or self.admit(raw)):
-            self.spawn(self.system_mode(str(mode), raw))
+            self.spawn(self.system_mode(str(mode), raw, reason))
+
+    def on_sequence(self, message: dict[str, Any], raw: str | bytes) -> None:
+        """Start a sequence of the stand by name (as `POST /api/scenario/{name}`; abort: `system_mode`)."""
+        settings = self.endpoint.settings
+        name = message.get("name")
+        startable = [n for n in settings.sequences if n != settings.abort_sequence_name]
+        if not isinstance(name, str) or name not in startable:
+            raise BadMessageError(f"'name' must be one of {', '.join(startable)} (abort: system_mode abort)")
+        if self.command_allowed(raw):
+            self.spawn(self.sequence(name, raw))
+
+    async def sequence(self, name: str, raw: str | bytes) -> None:
+        answer: dict[str, Any] = {"type": "sequence_response", "name": name}
+        try:
+            await self._actuation("sequence", {"name": name})
+        except CallFailedError as exc:
+            self.reply({**answer, "success": False, "reason": exc.reason}, raw)
+            return
+        self.reply({**answer, "success": True}, raw)
 
     def on_alarm_ack(self, message: dict[str, Any], raw: str | bytes) -> None:
         alarm_id = message.get("id")
@@ -322,13 +350,14 @@ class Connection:
             return
         self.reply({**answer, "success": True, "valves": result.get("valves")}, raw)
 
-    async def step_motor_command(self, motor_id: int, angle: float, raw: str | bytes) -> None:
-        answer: dict[str, Any] = {"type": "step_motor_response", "motor_id": motor_id, "angle": angle}
+    async def step_motor_command(self, motor_id: int, move: dict[str, float], raw: str | bytes) -> None:
+        """`move` is `{angle}` (relative) or `{target}` (absolute); the answer echoes it."""
+        answer: dict[str, Any] = {"type": "step_motor_response", "motor_id": motor_id, **move}
         try:
             result = await self._actuation(
                 "motor",
-                {"motor_id": motor_id, "angle": angle},
-                timeout=motor_timeout_s(self.endpoint.settings, angle),
+                {"motor_id": motor_id, **move},
+                timeout=motor_timeout_s(self.endpoint.settings, self._travel_deg(motor_id, move)),
             )
         except CallFailedError as exc:
             self.reply({**answer, "success": False, "response": exc.reason}, raw)
@@ -343,7 +372,18 @@ class Connection:
             raw,
         )
 
-    async def system_mode(self, mode: str, raw: str | bytes) -> None:
+    def _travel_deg(self, motor_id: int, move: dict[str, float]) -> float:
+        """How far the move goes: the angle, or from the motor's last known position to the target
+        (the full travel when it is unknown)."""
+        if "angle" in move:
+            return move["angle"]
+        motors = (self.endpoint.bus.latest(topics.STATE_MOTORS) or {}).get("motors") or []
+        known = [m.get("position_deg") for m in motors if isinstance(m, dict) and m.get("id") == motor_id]
+        if known and isinstance(known[0], int | float) and not isinstance(known[0], bool):
+            return move["target"] - float(known[0])
+        return 2 * self.endpoint.settings.motors.limit_deg
+
+    async def system_mode(self, mode: str, raw: str | bytes, reason: str | None = None) -> None:
         answer: dict[str, Any] = {"type": "system_mode_response", "mode": mode}
         if mode in SOURCE_MODES:
             self.reply({**answer, **self._source(mode)}, raw)
@@ -352,7 +392,7 @@ class Connection:
         if mode == "abort":
             body["reason"] = f"abort from {self.identity.name} ({self.origin})"
         elif mode == "hold":
-            body["reason"] = f"hold from {self.identity.name} ({self.origin})"
+            body["reason"] = reason or f"hold from {self.identity.name} ({self.origin})"
         try:
             result = await self._actuation(SYSTEM_MODES[mode], body)
         except CallFailedError as exc:
@@ -383,6 +423,7 @@ Connection.HANDLERS = {
     "step_motor_command": Connection.on_step_motor_command,
     "system_mode": Connection.on_system_mode,
     "alarm_ack": Connection.on_alarm_ack,
+    "sequence": Connection.on_sequence,
     "tare": Connection.on_tare,
     "checklist": Connection.on_checklist,
 }

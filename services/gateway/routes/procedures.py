@@ -1,6 +1,6 @@
-"""Procedure and alarm routes: hold and resume a running sequence, the alarms and their acknowledgement
-(docs/safety.md §4 and §6.1). Commands go to actuation like every other; the alarms are its retained
-`rcs/state/alarms`."""
+"""Procedure and alarm routes: the sequences and their steps, hold and resume a running sequence, the
+alarms and their acknowledgement (docs/safety.md §4 and §6.1). Commands go to actuation like every
+other; the alarms are its retained `rcs/state/alarms`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,28 @@ from fastapi import APIRouter, Body, Path, Request
 
 from services.common import topics
 from services.gateway.deps import GatewayDep, Operator, Viewer
-from services.gateway.models import LIMITED, REFUSED, UNANSWERED, AckOut, Alarms, CommandOut, HoldIn
+from services.gateway.models import (
+    LIMITED,
+    REFUSED,
+    UNANSWERED,
+    AckOut,
+    Alarms,
+    CommandOut,
+    HoldIn,
+    SequenceInfo,
+    Sequences,
+)
+from services.gateway.sequences import sequences_view
 
 router = APIRouter(tags=["commands"])
 ANSWERS = REFUSED | UNANSWERED | LIMITED
+
+
+@router.get("/api/sequences", tags=["status"])
+async def sequences(_: Viewer, gateway: GatewayDep) -> Sequences:
+    """Every sequence of config/stand.yaml with its steps, as the console lists them (start one with
+    `POST /api/scenario/{name}`; its progress is `sequence` of the system state)."""
+    return Sequences(sequences=[SequenceInfo(**s) for s in sequences_view(gateway.settings)])
 
 
 @router.post("/api/hold", responses=ANSWERS)

@@ -16,6 +16,10 @@
 //   latest      {<channel>: value}: the newest bucket's middle, a few times a second
 //   lastFrameAt performance.now() of the last telemetry frame (0: none yet)
 //   stale       true while telemetry is older than STALE_MS (or none arrived)
+//   sequences   [{name, description, procedure, requires_armed, abort, steps}]  (`GET /api/sequences`)
+//   checklist   null | {ok, items: [{id, label, kind, ok, reason}], ts} | {unavailable: reason}
+//   aborts      [{ts, reason}]: aborts this console shows until acknowledged (alarms.js)
+//   alarmSound  "quiet" | "sounding" | "muted" | "blocked" (alarms.js)
 
 export const STALE_MS = 1000;
 
