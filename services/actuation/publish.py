@@ -21,6 +21,9 @@ from services.common import audit, topics
 from services.common.codec import pack
 from services.common.mqtt import MqttClient
 
+STEP_KEY = ("name", "step", "phase", "abort")
+STEP_FIELDS = ("step", "steps", "phase", "abort", "procedure", "t0")
+
 
 class StatePublisher:
     def __init__(self, mqtt: MqttClient, service: str, valve_map: ValveMap) -> None:
@@ -29,6 +32,7 @@ class StatePublisher:
         self._valve_map = valve_map
         self.valves_state: dict[str, Any] | None = None  # as last published on rcs/state/valves
         self.alarms_state: dict[str, Any] = {"alarms": [], "ts": time.time()}  # ... on rcs/state/alarms
+        self._step: tuple[Any, ...] | None = None  # the sequence step of the last `step` event
 
     def event(self, kind: str, **fields: Any) -> None:
         self._mqtt.publish(
@@ -50,12 +54,27 @@ class StatePublisher:
             "ts": time.time(),
         }
         self._mqtt.publish(topics.STATE_SYSTEM, pack(state), qos=1, retain=True)
+        self._step_event(sequence)
+
+    def _step_event(self, sequence: dict[str, Any] | None) -> None:
+        """A `step` event when the running sequence's step, phase or T-0 changed, or it ended: the
+        record of the phases a run went through (its report's phase bands)."""
+        key = None if sequence is None else (*(sequence[k] for k in STEP_KEY), sequence["t0"] is not None)
+        if key == self._step:
+            return
+        self._step = key
+        if sequence is None:
+            self.event("step", sequence=None)
+            return
+        fields = {k: sequence[k] for k in STEP_FIELDS}
+        self.event("step", sequence=sequence["name"], **fields)
 
     def alarms(self, book: AlarmBook) -> None:
         self.alarms_state = alarms_state(book, time.time())
         self._mqtt.publish(topics.STATE_ALARMS, pack(self.alarms_state), qos=1, retain=True)
 
     def valves(self, mask: int, cause: str) -> None:
+        changed = self.valves_state is None or self.valves_state["bits"] != self._valve_map.format(mask)
         self.valves_state = {
             "names": list(self._valve_map.names),
             "bits": self._valve_map.format(mask),
@@ -65,6 +84,9 @@ class StatePublisher:
             "ts": time.time(),
         }
         self._mqtt.publish(topics.STATE_VALVES, pack(self.valves_state), qos=1, retain=True)
+        if changed:  # the valves' history in the audit trail (a run's report marks each change)
+            state = self.valves_state
+            self.event("valves", bits=state["bits"], open=state["open"], cause=cause)
 
     def motors(self, state: MotorsState) -> None:
         message = {
