@@ -30,9 +30,9 @@ class StatePublisher:
         self._mqtt = mqtt
         self._service = service
         self._valve_map = valve_map
+        self._step: tuple[Any, ...] | None = None  # the sequence step of the last `step` event
         self.valves_state: dict[str, Any] | None = None  # as last published on rcs/state/valves
         self.alarms_state: dict[str, Any] = {"alarms": [], "ts": time.time()}  # ... on rcs/state/alarms
-        self._step: tuple[Any, ...] | None = None  # the sequence step of the last `step` event
 
     def event(self, kind: str, **fields: Any) -> None:
         self._mqtt.publish(
