@@ -158,7 +158,9 @@ def _command(b: _Builder, t: float, event: dict[str, Any]) -> None:
     who = _text(event.get("who", "?"), 60)
     accepted = event.get("accepted", event.get("ok", True)) is not False
     if command == "abort":
-        b.mark(t, "abort", "command", f"abort by {who}: {_text(event.get('args', {}))}")
+        args = event.get("args")
+        reason = args.get("reason") if isinstance(args, dict) else None
+        b.mark(t, "abort", "command", f"abort by {who}" + (f": {_text(reason)}" if reason else ""))
         return
     verdict = "" if accepted else f" refused: {_text(event.get('reason', ''))}"
     b.mark(t, "command", "command", f"{command} by {who}{verdict}")
@@ -182,13 +184,8 @@ def _alarm(b: _Builder, t: float, event: dict[str, Any]) -> None:
     if not isinstance(alarm, dict):
         b.mark(t, "alarm", "alarm", "alarm (no details)")
         return
-    b.mark(
-        t,
-        "alarm",
-        "alarm",
-        f"{alarm.get('kind', 'alarm')} {alarm.get('key', alarm.get('channel', ''))}: "
-        f"{alarm.get('state')} (value {_number(alarm.get('value'))})",
-    )
+    name = alarm.get("key") or f"{alarm.get('kind', 'alarm')} {alarm.get('channel', '')}"
+    b.mark(t, "alarm", "alarm", f"{name}: {alarm.get('state')} (value {_number(alarm.get('value'))})")
 
 
 def _reason(category: Category, prefix: str) -> Callable[[_Builder, float, dict[str, Any]], None]:
