@@ -370,3 +370,15 @@ def test_the_timeline_reads_events_in_any_order_and_lists_unknown_kinds() -> Non
          "result": {"valves": [0, 0, 0, 0, 0, 0, 0, 0, 1], "bits": "000000001"}},
     ]  # fmt: skip
     assert timeline.build(commanded, names, []).openings("IGNITION") == [1.0]  # without valves events
+
+
+def test_synth_run_writes_a_run_the_report_reads(tmp_path: Path) -> None:
+    directory = tmp_path / "runs" / "20261124T130000Z-demo"
+    made = cli("synth-run", "--out", directory, "--start", "2026-11-24T13:00:00", "--abort-after", "1")
+    assert made.exit_code == 0, made.output
+    said = re.search(r"burn ([\d.]+) s, total impulse ([\d.]+) N·s", made.stdout)
+    assert said is not None and float(said[1]) == pytest.approx(0.7)  # 1 s after T-0, less the 0.3 s
+    assert cli("report", directory).exit_code == 0
+    page = (directory / "report.html").read_text()
+    assert figure(page, "burn duration") == pytest.approx(float(said[1]), rel=0.02)
+    assert json.loads((directory / "run.json").read_text())["result"] == "aborted"
