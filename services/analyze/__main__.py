@@ -1,7 +1,9 @@
-"""rcs-analyze: look into the logger's recordings (sensor_log_*.parquet): statistics, continuity,
-plots, exports, and synthetic recordings to try it all on.
+"""rcs-analyze: look into the logger's recordings (sensor_log_*.parquet) and test runs (data_dir/runs/):
+statistics, continuity, plots, exports, run reports, and synthetic recordings and runs to try it all on.
 
-FILES are recording files or directories (a directory means every sensor_log_*.parquet in it).
+FILES are recording files or directories (a directory means every sensor_log_*.parquet in it, and
+what is complete of the logger's open segment, sensor_log_*.arrows, which a note names); or, with
+--run ID, a run's samples. `report RUN` writes a run's report.html and prints its path.
 Times (--start, --end) are ISO 8601, UTC unless they carry an offset, e.g. 2026-11-24T13:07:00 or
 2026-11-24T15:07:00+02:00; --start is inclusive, --end exclusive. Exit codes: 0 fine, 1 `check`
 found gaps or duplicates (or, with --acquisition, a recording that ends before acquisition's ring
