@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from services.actuation.alarms import AlarmBook
-from services.actuation.core import StandCore
+from services.actuation.core import SequenceProgress, StandCore
 from services.actuation.motor_moves import MotorsState
 from services.actuation.progress import alarms_state, sequence_state
 from services.actuation.valve_map import ValveMap
@@ -21,8 +21,7 @@ from services.common import audit, topics
 from services.common.codec import pack
 from services.common.mqtt import MqttClient
 
-STEP_KEY = ("name", "step", "phase", "abort")
-STEP_FIELDS = ("step", "steps", "phase", "abort", "procedure", "t0")
+STEP_FIELDS = ("step", "steps", "phase", "abort", "procedure")
 
 
 class StatePublisher:
@@ -30,7 +29,6 @@ class StatePublisher:
         self._mqtt = mqtt
         self._service = service
         self._valve_map = valve_map
-        self._step: tuple[Any, ...] | None = None  # the sequence step of the last `step` event
         self.valves_state: dict[str, Any] | None = None  # as last published on rcs/state/valves
         self.alarms_state: dict[str, Any] = {"alarms": [], "ts": time.time()}  # ... on rcs/state/alarms
 
@@ -54,20 +52,18 @@ class StatePublisher:
             "ts": time.time(),
         }
         self._mqtt.publish(topics.STATE_SYSTEM, pack(state), qos=1, retain=True)
-        self._step_event(sequence)
 
-    def _step_event(self, sequence: dict[str, Any] | None) -> None:
-        """A `step` event when the running sequence's step, phase or T-0 changed, or it ended: the
+    def step(self, at: float | None, progress: SequenceProgress | None) -> None:
+        """A `step` event: a sequence started a step (`at`, monotonic), or ended (None, None). The
         record of the phases a run went through (its report's phase bands)."""
-        key = None if sequence is None else (*(sequence[k] for k in STEP_KEY), sequence["t0"] is not None)
-        if key == self._step:
-            return
-        self._step = key
-        if sequence is None:
+        if progress is None:
             self.event("step", sequence=None)
             return
-        fields = {k: sequence[k] for k in STEP_FIELDS}
-        self.event("step", sequence=sequence["name"], **fields)
+        now_mono, now_unix = time.monotonic(), time.time()
+        fields = {k: getattr(progress, k) for k in STEP_FIELDS}
+        t0 = None if progress.t0 is None else now_unix - (now_mono - progress.t0)
+        started = None if at is None else now_unix - (now_mono - at)
+        self.event("step", sequence=progress.name, **fields, t0=t0, at=started)
 
     def alarms(self, book: AlarmBook) -> None:
         self.alarms_state = alarms_state(book, time.time())

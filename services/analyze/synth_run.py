@@ -145,7 +145,7 @@ class _Simulator:
         if step.phase is not None:
             self.phase = step.phase
         fields = {"step": i + 1, "steps": steps, "phase": self.phase, "abort": sequence.abort}
-        self.event("step", sequence=name, **fields, procedure=sequence.procedure, t0=self.t0)
+        self.event("step", sequence=name, **fields, procedure=sequence.procedure, t0=self.t0, at=self.now)
         if step.sets_valves:
             self.set_valves(step.after(self.open, self.names), f"sequence {name} step {i + 1}/{steps}")
         if step.wait_until is not None:

@@ -142,7 +142,7 @@ def _phase(b: _Builder, t: float, event: dict[str, Any]) -> None:
     else:
         source = event
     name = source.get("phase") or ("abort" if source.get("abort") else None)
-    b.phase(t, str(event["kind"]), name, source.get("t0"))
+    b.phase(unix_time(source.get("at")) or t, str(event["kind"]), name, source.get("t0"))
 
 
 def _state(b: _Builder, t: float, event: dict[str, Any]) -> None:
