@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from services.analyze import continuity, report_plots, timeline
 from services.analyze.burn import BurnFigures, burn_figures
@@ -51,22 +53,42 @@ class Samples:
     """The report's channels over the run, read alone (not the recording's full width)."""
 
     t_us: npt.NDArray[np.int64]
+    seq: npt.NDArray[np.int64]
+    sessions: int
     columns: dict[str, FloatArray]
+
+    def device_clock(self, rate_hz: float) -> FloatArray | None:
+        """Seconds on the device's sample clock, `seq / rate_hz`, from the first sample; None when the
+        samples are not one session in seq order (then only the timestamps can order them)."""
+        if self.sessions != 1 or len(self.seq) == 0 or np.any(np.diff(self.seq) <= 0):
+            return None
+        clock: FloatArray = (self.seq - self.seq[0]) / rate_hz
+        return clock
 
 
 def read_samples(run: Run, channels: Sequence[str]) -> Samples:
-    """Only `channels` and the timestamps, in time order."""
+    """Only `channels`, the timestamps and seq, in time order."""
     times: list[npt.NDArray[np.int64]] = []
+    seqs: list[npt.NDArray[np.int64]] = []
+    sessions: set[str] = set()
     values: dict[str, list[FloatArray]] = {name: [] for name in channels}
-    for batch in scan([run.samples], ["timestamp", *channels]):
+    for batch in scan([run.samples], ["timestamp", "seq", "session", *channels]):
         times.append(micros(batch.column("timestamp")))
+        seqs.append(batch.column("seq").to_numpy(zero_copy_only=False).astype(np.int64))
+        sessions.update(str(s) for s in pc.unique(batch.column("session").cast(pa.string())).to_pylist())
         for name in channels:
             values[name].append(batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64))
     if not times:
-        return Samples(np.zeros(0, np.int64), {name: np.zeros(0) for name in channels})
+        empty = np.zeros(0, np.int64)
+        return Samples(empty, empty, 0, {name: np.zeros(0) for name in channels})
     t_us = np.concatenate(times)
     order = np.argsort(t_us, kind="stable")
-    return Samples(t_us[order], {name: np.concatenate(v)[order] for name, v in values.items()})
+    return Samples(
+        t_us[order],
+        np.concatenate(seqs)[order],
+        len(sessions),
+        {name: np.concatenate(v)[order] for name, v in values.items()},
+    )
 
 
 def _continuity_notes(run: Run) -> list[str]:
@@ -81,6 +103,19 @@ def _continuity_notes(run: Run) -> list[str]:
         if s.duplicates:
             notes.append(f"session {s.session}: {s.duplicates} sample(s) recorded twice")
     return notes
+
+
+def _device_clock(run: Run, samples: Samples, notes: list[str]) -> FloatArray | None:
+    """The device's sample clock (`seq / rate_hz`, run.json's rate) for durations and integrals: the
+    timestamps follow the host's clock, which acquisition slews by up to 10 % to keep with it. None
+    (the timestamps, then) without a rate, or for samples not one session in seq order."""
+    rate = run.meta.get("rate_hz")
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate > 0:
+        return None
+    clock = samples.device_clock(float(rate))
+    if clock is None:
+        notes.append("the samples are not one session in seq order: durations on their timestamps")
+    return clock
 
 
 def _axis(run: Run, line: Timeline, first_us: int) -> Axis:
@@ -122,9 +157,11 @@ def build(run: Run, settings: Settings) -> Report:
     notes.extend(_continuity_notes(run))
     first_us, last_us = int(samples.t_us[0]), int(samples.t_us[-1])
     axis = _axis(run, line, first_us)
-    t = samples.t_us / 1e6 - axis.origin_s
+    host = samples.t_us / 1e6 - axis.origin_s
+    device = _device_clock(run, samples, notes)
     figures = burn_figures(
-        t,
+        host if device is None else device,
+        clock=None if device is None else host,
         pc=samples.columns[cfg.chamber_pressure],
         thrust=samples.columns[cfg.thrust],
         ox_flow=samples.columns[cfg.ox_flow],
