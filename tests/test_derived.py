@@ -30,6 +30,8 @@ MEASURED = ("P1", "P2", "T1", "THRUST", "P3", "P4", "X")
 # (settings sources are merged key by key, so the stand's other sequences stay as they are).
 # The go/no-go checklist names channels they leave out too: none.
 SEQUENCES: dict[str, Any] = {"hotfire": {"steps": [{"valves": "000000000"}]}}
+# The report's channels must exist too: the chamber pressure and the plots become ones these keep.
+REPORT: dict[str, Any] = {"chamber_pressure": "P1", "plot_channels": ["THRUST"]}
 DERIVED = DerivedSettings(
     g0=9.80665,
     min_flow_kg_s=0.001,
@@ -52,7 +54,9 @@ def stand() -> Settings:
     channels = tuple(
         Channel(name=name, unit="u", calibration=(0.0, 1.0) if name in MEASURED else None) for name in ORDER
     )
-    return Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES, checklist=())
+    return Settings(
+        channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES, checklist=(), report=REPORT
+    )
 
 
 def measured_rows(**columns: list[float]) -> npt.NDArray[np.float64]:
@@ -186,5 +190,7 @@ def test_rejects_mismatched_shapes(stand: Settings) -> None:
 def test_rejects_an_unknown_uncalibrated_channel(stand: Settings) -> None:
     channels = (*stand.channels, Channel(name="MYSTERY", unit="u"))
     with pytest.raises(ValueError, match="MYSTERY"):
-        partial = Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES, checklist=())
+        partial = Settings(
+            channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES, checklist=(), report=REPORT
+        )
         Derivation(partial)
