@@ -50,8 +50,10 @@ log = logging.getLogger("rcs.logger.runs")
 MAX_QUEUED_BATCHES = 2000  # ~20 s of 10 ms batches (~20 MB at 10 kHz x 22 channels)
 RECENT_EVENTS = 10_000  # kept for the pre-trigger window of the next run
 END_WAIT_S = 3.0  # after a run's end, wait this long for its last live samples
+EVENTS_AFTER_S = 0.5  # events this soon after a run's end are its own (e.g. the audit of its run_stop)
 HISTORY_TIMEOUT_S = 10.0
 HISTORY_PAGE = 50_000
+PROBES = 8  # tries to find the seq of a run's first sample in the ring buffer
 WAKE_S = 0.5
 
 Job = Callable[[], None]
@@ -194,10 +196,11 @@ class RunRecorder:
         if current is not None and (not isinstance(active, dict) or active.get("id") != current.run["id"]):
             if isinstance(last, dict) and last.get("id") == current.run["id"]:
                 self._ended(last)
-            else:  # gone without an end: actuation restarted
+            elif current.ended_at is None:  # gone without an end: actuation restarted
                 self._ended(current.run | {"ended_at": time.time(), "result": "interrupted"})
                 current.problems.append("the run vanished from rcs/state/run without ending")
-            self._finalize()  # a new run may begin: this one is as complete as it gets
+            if isinstance(active, dict):
+                self._finalize()  # a new run begins: this one is as complete as it gets
         if isinstance(active, dict) and self._current is None:
             self._begin(active)
         elif isinstance(active, dict) and self._current is not None:
@@ -260,7 +263,7 @@ class RunRecorder:
         current = self._current
         if current is None or current.ended_at is None or current.end_by is None:
             return
-        past = current.seen_t >= current.ended_at
+        past = current.seen_t >= current.ended_at and time.time() >= current.ended_at + EVENTS_AFTER_S
         if past or time.monotonic() >= current.end_by:
             if not past:
                 current.problems.append("no live samples past the run's end arrived in time")
@@ -302,13 +305,40 @@ class RunRecorder:
             self._failed(str(current.run["id"]), exc)
             return
         current.session = batch.session
-        rate = batch.rate_hz if batch.rate_hz > 0 else self.settings.acquisition.rate_hz
-        back = int(np.ceil((float(batch.t[0]) - current.t_from) * rate)) + int(rate * 0.1) + 1
-        current.expected = max(0, batch.seq - back)
+        current.expected = self._seq_at(batch, current.t_from)
+        log.info(
+            "run %s: samples from seq %d (ring buffer) to %d (live)",
+            current.run["id"],
+            current.expected,
+            batch.seq,
+        )
         if current.expected < batch.seq:
             self._fetch(current.expected, batch.seq)
         current.expected = max(current.expected, batch.seq)
         self._write(batch.session, batch.seq, batch.t, batch.data)
+
+    def _seq_at(self, batch: TelemetryBatch, t_from: float) -> int:
+        """The seq of the sample taken at `t_from` (or the oldest the ring buffer holds), found by
+        probing the ring: sample times need not follow seq at the nominal rate (a device lagging
+        behind, samples it lost)."""
+        rate = batch.rate_hz if batch.rate_hz > 0 else self.settings.acquisition.rate_hz
+        seq, t = batch.seq, float(batch.t[0])
+        for _ in range(PROBES):
+            if t <= t_from:
+                return seq
+            guess = max(0, seq - int(np.ceil((t - t_from) * rate)) - int(rate * 0.01) - 1)
+            body = {"seq_from": guess, "seq_to": seq, "max_samples": 1}
+            try:
+                page = self._rpc.call(topics.ACQ_HISTORY, body, timeout=HISTORY_TIMEOUT_S)
+            except (RpcError, RpcTimeout):
+                return guess
+            if page.get("session") != batch.session or not page["n"]:
+                return guess
+            held, t = int(np.frombuffer(page["seq"], "<i8")[0]), float(np.frombuffer(page["t"], "<f8")[0])
+            if held >= seq or (held == page.get("first_seq") and t > t_from):  # the ring begins after it
+                return held
+            seq = held  # a gap in the ring, or samples that came late: another guess
+        return seq
 
     def _fetch(self, seq_from: int, seq_to: int) -> None:
         """Samples [seq_from, seq_to) of the current session from acquisition's ring buffer."""
@@ -366,8 +396,11 @@ class RunRecorder:
         line = event_line(event)
         when = float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else time.time()
         self._recent.append((when, line))
-        if self._current is not None and when >= self._current.t_from:
-            self._write_event(line)
+        current = self._current
+        if current is not None and when >= current.t_from:
+            end = current.ended_at
+            if end is None or when <= end + EVENTS_AFTER_S:
+                self._write_event(line)
 
     def _write_event(self, line: bytes) -> None:
         current = self._current
