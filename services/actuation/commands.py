@@ -23,10 +23,10 @@ from services.actuation.core import Verdict
 from services.actuation.motors import MotorController
 from services.actuation.pending import AckTimeoutError, PendingWrite, ValveWriteRefusedError
 from services.actuation.publish import StatePublisher
-from services.actuation.runs import NAME_CHARS, NOTES_CHARS
 from services.actuation.valve_map import ValveMap
 from services.common import audit
 from services.common.rpc import RpcError, RpcServer
+from services.common.runs import NAME_CHARS, NOTES_CHARS
 from services.common.settings import Settings
 
 DECISION_TIMEOUT_S = 2.0  # the control thread answers in microseconds; this only bounds a bug

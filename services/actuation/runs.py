@@ -18,8 +18,6 @@ from typing import Any
 from services.actuation.core import SequenceProgress, SystemState
 from services.common.settings import Settings
 
-NAME_CHARS = 100
-NOTES_CHARS = 2000
 _SLUG_CHARS = 40
 
 

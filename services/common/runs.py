@@ -23,6 +23,8 @@ REPORT = "report.html"
 META_RUN = "rcs.run"  # the Parquet key-value metadata holding run.json (without its `report`)
 RUN_ID = re.compile(r"\d{8}T\d{6}Z-[a-z0-9](?:[a-z0-9-]{0,60})")
 SUMMARY_LEFT_OUT = ("config_yaml",)  # what a listing leaves out of each run.json
+NAME_CHARS = 100  # a run's name (run_start)
+NOTES_CHARS = 2000  # its notes
 
 
 def valid_id(run_id: object) -> bool:
