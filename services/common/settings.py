@@ -381,6 +381,26 @@ class GatewaySettings(_Section):
         return self
 
 
+class ReportSettings(_Section):
+    """What `rcs-analyze report` computes its figures from (docs/configuration.md, `report`)."""
+
+    chamber_pressure: str = Field("P5", description="the channel whose rise above the threshold is the burn")
+    thrust: str = "THRUST"
+    ox_flow: str = Field("D1", description="oxidiser mass flow (kg/s), integrated to the oxidiser mass")
+    fuel_flow: str = Field("D2", description="fuel mass flow (kg/s), integrated to the fuel mass")
+    ignition_valve: str = Field("IGNITION", description="its opening starts the ignition delay")
+    burn_threshold_bar: float | None = Field(
+        None, gt=0, description="burning while chamber pressure is above this; None: the fraction below"
+    )
+    burn_threshold_fraction: float = Field(
+        0.5, gt=0, lt=1, description="...of the burn's steady chamber pressure (median of the upper half)"
+    )
+    burn_min_bar: float = Field(2.0, ge=0, description="the fraction's threshold is never below this")
+    burn_merge_s: float = Field(0.1, ge=0, description="dips below the threshold shorter than this")
+    plot_channels: tuple[str, ...] = ("P5", "THRUST", "P1", "P3", "D1", "D2", "Tbogaz1")
+    plot_points: int = Field(2000, ge=100, le=20000, description="min/max buckets per plot")
+
+
 class EmulatorSettings(_Section):
     gox_supply_bar: float = 45.0
     fuel_supply_bar: float = 30.0
@@ -438,6 +458,7 @@ class Settings(BaseSettings):
         "safing",
     )
     emulator: EmulatorSettings = EmulatorSettings()
+    report: ReportSettings = ReportSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -492,6 +513,27 @@ class Settings(BaseSettings):
         for ref in (gox.upstream, gox.downstream, gox.temperature, fuel.upstream, fuel.downstream):
             if ref not in measured:
                 raise ValueError(f"derived.*_orifice refers to {ref!r}, which is not a measured channel")
+        return self
+
+    @model_validator(mode="after")
+    def _report_refers_to_the_stand(self) -> Settings:
+        report, names = self.report, set(self.channel_names)
+        fields = ("chamber_pressure", "thrust", "ox_flow", "fuel_flow")
+        problems = [
+            f"report.{key}: {getattr(report, key)!r} is not a channel"
+            for key in fields
+            if getattr(report, key) not in names
+        ]
+        unknown = [name for name in report.plot_channels if name not in names]
+        if unknown:
+            problems.append(f"report.plot_channels: {unknown} are not channels")
+        if report.ignition_valve not in self.valve_names:
+            problems.append(
+                f"report.ignition_valve: {report.ignition_valve!r} is not a valve "
+                f"(valves: {', '.join(self.valve_names)})"
+            )
+        if problems:
+            raise ValueError("\n".join(f"{config_file()}: {p}" for p in problems))
         return self
 
     @model_validator(mode="after")

@@ -42,6 +42,7 @@ from services.common.recording import (
     channels_of,
     parquet_name,
     parse_name,
+    read_stream,
     recording_metadata,
     telemetry_schema,
     write_options,
@@ -248,7 +249,8 @@ def convert_segment(arrows: Path, settings: LoggerSettings) -> Path | None:
     removes the file, if it holds no rows. Never leaves a partial `.parquet`, nor on error a `.tmp`.
     ValueError if the stream is not telemetry (the file stays). Memory: about the `.arrows`'s size.
     """
-    schema, batches = _read_stream(arrows.read_bytes())
+    read = read_stream(arrows.read_bytes())
+    schema, batches = read.schema, read.batches
     channels = [] if schema is None else channels_of(schema)
     batches = [batch for batch in batches if batch.num_rows]
     if schema is None or not batches:
@@ -296,24 +298,6 @@ def recover(data_dir: Path, settings: LoggerSettings) -> list[Path]:
             log.info("recovered %s", parquet.name)
             made.append(parquet)
     return made
-
-
-def _read_stream(stream: bytes) -> tuple[pa.Schema | None, list[pa.RecordBatch]]:
-    """The schema and every complete record batch of an IPC stream; a torn tail ends it.
-
-    Parsing bytes already in memory, any error is the data's (a real read error was raised reading
-    the file), so Arrow's OSError ("expected to read N bytes") is a torn tail too.
-    """
-    try:
-        reader = pa.ipc.open_stream(pa.py_buffer(stream))
-    except (pa.ArrowInvalid, OSError):
-        return None, []
-    batches = []
-    while True:
-        try:
-            batches.append(reader.read_next_batch())
-        except (StopIteration, pa.ArrowInvalid, OSError):
-            return reader.schema, batches
 
 
 def _intervals(batches: list[pa.RecordBatch]) -> Intervals:
