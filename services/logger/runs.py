@@ -112,19 +112,33 @@ class RunRecorder:
         self._current: _Recording | None = None
         self._reports = ThreadPoolExecutor(1, thread_name_prefix="run-report")
         self._report_missing_logged = False
+        self._report_process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
         self._version = _software_version()
         self._thread = threading.Thread(target=self._run, name="runs", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Also makes the reports a previous stop left pending."""
         self._thread.start()
+        for summary in layout.list_runs(self.data_dir):
+            if (summary.get("report") or {}).get("status") == "pending":
+                run = layout.read_run(self.data_dir, str(summary["id"]))
+                if run is not None:
+                    self._reports.submit(self._report, layout.run_dir(self.data_dir, run["id"]), run)
 
     def stop(self) -> None:
-        """A run still being recorded is finalized as it stands (`interrupted` if it had not ended)."""
+        """A run still being recorded is finalized as it stands (`interrupted` if it had not ended); a
+        report being made is stopped (it stays `pending`, made at the next start)."""
+        self._stopping.set()
         self._inbox.put(None)
         self._thread.join(timeout=30)
-        self._reports.shutdown(wait=True, cancel_futures=False)
+        process = self._report_process
+        if process is not None:
+            with contextlib.suppress(OSError):
+                process.terminate()
+        self._reports.shutdown(wait=True, cancel_futures=True)
 
     # --- paho's thread: hand over ----------------------------------------------------------------
 
@@ -438,7 +452,8 @@ class RunRecorder:
             run["result"],
         )
         self._publish_event("run_recorded", id=run["id"], samples=run["samples"], result=run["result"])
-        self._reports.submit(self._report, current.dir, run)
+        if not self._stopping.is_set():
+            self._reports.submit(self._report, current.dir, run)
 
     def _run_json(self, current: _Recording) -> dict[str, Any]:
         samples = current.samples
@@ -470,14 +485,16 @@ class RunRecorder:
 
     def _report(self, directory: Path, run: dict[str, Any]) -> None:
         """`rcs-analyze report <dir>`; its outcome in run.json's `report`."""
+        if self._stopping.is_set():
+            return  # stays pending: made at the next start
         command = [sys.executable, "-m", "services.analyze", "report", str(directory)]
         try:
-            done = subprocess.run(
-                command, capture_output=True, timeout=self.settings.runs.report_timeout_s, check=False
-            )
+            done = self._run_report(command)
         except (OSError, subprocess.TimeoutExpired) as exc:
             outcome = {"status": "failed", "reason": f"rcs-analyze report: {exc}"}
         else:
+            if self._stopping.is_set() and done.returncode < 0:
+                return  # stopped with the logger: stays pending
             stderr = done.stderr.decode(errors="replace")
             if done.returncode == 0 and (directory / layout.REPORT).exists():
                 outcome = {"status": "generated", "file": layout.REPORT}
@@ -498,6 +515,20 @@ class RunRecorder:
             self._failed(str(run["id"]), exc)
             return
         self._publish_event("run_report", id=run["id"], **outcome)
+
+    def _run_report(self, command: list[str]) -> subprocess.CompletedProcess[bytes]:
+        """The report's process, which `stop` can end; killed past `runs.report_timeout_s`."""
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+            self._report_process = process
+            try:
+                stdout, stderr = process.communicate(timeout=self.settings.runs.report_timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                raise
+            finally:
+                self._report_process = None
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
     def _failed(self, run_id: str, exc: OSError) -> None:
         """The disk refused the run's files: said once per run, the run given up."""
