@@ -238,39 +238,28 @@ def run_stop(
 
 @run_app.command("list")
 def run_list() -> None:
-    """The recorded runs, newest first, and the one being recorded."""
+    """The recorded runs, newest first, and the one being recorded: one line each."""
     answer = _request("logger", topics.LOGGER_RUNS, {}, 10.0)
-    table = Table("id", "name", "procedure", "started", "duration (s)", "result", "samples", "report")
     active = answer.get("active")
     if isinstance(active, dict):
-        table.add_row(
-            active["id"],
-            active["name"],
-            active.get("procedure") or "",
-            _when(active["started_at"]),
-            "",
-            "[yellow]running[/yellow]",
-            "",
-            "",
+        started = _when(active["started_at"])
+        console.print(
+            f"{active['id']}  [yellow]running[/yellow]  {active['name']!r}  started {started}", soft_wrap=True
         )
     for run in answer["runs"]:
         ended, started = run.get("ended_at"), run.get("started_at")
-        duration = (
-            f"{ended - started:.1f}"
+        took = (
+            f"{ended - started:.1f} s"
             if isinstance(ended, int | float) and isinstance(started, int | float)
-            else ""
+            else "?"
         )
-        table.add_row(
-            run["id"],
-            run.get("name", ""),
-            run.get("procedure") or "",
-            _when(started),
-            duration,
-            str(run.get("result", "")),
-            str(run.get("samples", "")),
-            str((run.get("report") or {}).get("status", "")),
+        procedure = f"  procedure {run['procedure']}" if run.get("procedure") else ""
+        report = (run.get("report") or {}).get("status", "none")
+        console.print(
+            f"{run['id']}  {run.get('result')}  {run.get('name')!r}{procedure}  started {_when(started)}  "
+            f"{took}  {run.get('samples')} samples  report {report}",
+            soft_wrap=True,
         )
-    console.print(table)
 
 
 @run_app.command("show")
