@@ -671,17 +671,17 @@ def test_runs_start_list_stop_report_and_download_over_rest_and_rcs_ctl(
         stopped = client.post(f"/api/runs/{run_id}/stop")
         assert stopped.status_code == 200 and stopped.json()["run"]["result"] == "stopped"
 
-        recorded = lambda: viewer.get(f"/api/runs/{run_id}").json().get("result") is not None  # noqa: E731
-        wait_until(
-            lambda: recorded() and "samples" in viewer.get(f"/api/runs/{run_id}").json(), TIMEOUT, "run.json"
-        )
+        def recorded() -> bool:  # run.json written (an active run has no sample count)
+            return "samples" in viewer.get(f"/api/runs/{run_id}").json()
+
+        wait_until(recorded, TIMEOUT, "run.json")
         listed = viewer.get("/api/runs").json()
         assert listed[0]["id"] == run_id and listed[0]["samples"] > 0 and "config_yaml" not in listed[0]
         samples = viewer.get(f"/api/runs/{run_id}/samples")
         assert samples.status_code == 200 and samples.content.startswith(b"PAR1")
 
         def reported() -> bool:
-            return viewer.get(f"/api/runs/{run_id}").json()["report"]["status"] != "pending"
+            return bool(viewer.get(f"/api/runs/{run_id}").json()["report"]["status"] != "pending")
 
         wait_until(reported, REPORT_TIMEOUT, "the report")
         page = viewer.get(f"/api/runs/{run_id}/report")
