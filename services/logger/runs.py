@@ -280,8 +280,21 @@ class RunRecorder:
         past = current.seen_t >= current.ended_at and time.time() >= current.ended_at + EVENTS_AFTER_S
         if past or time.monotonic() >= current.end_by:
             if not past:
-                current.problems.append("no live samples past the run's end arrived in time")
+                self._catch_up(current, current.ended_at)
             self._finalize()
+
+    def _catch_up(self, current: _Recording, end: float) -> None:
+        """The live telemetry is late (a busy logger): the rest of the run from the ring buffer."""
+        if current.samples is None or current.session is None:
+            current.problems.append("no telemetry arrived during the run")
+            return
+        rate = self.settings.acquisition.rate_hz
+        behind = end - max(current.seen_t, current.t_from)
+        self._fetch(current.expected, current.expected + int(behind * rate * 1.2) + int(rate))
+        if current.seen_t < end:
+            current.problems.append(
+                f"samples up to the run's end missing: the last is {end - current.seen_t:.3f} s before it"
+            )
 
     def _on_batch(self, batch: TelemetryBatch) -> None:
         with self._lock:
