@@ -444,6 +444,12 @@ class RunRecorder:
         self._wanted = False
         if current is None:
             return
+        try:
+            if current.samples is not None and current.ended_at is not None:
+                current.samples.cut_after(current.ended_at)
+        except OSError as exc:
+            self._failed(str(current.run["id"]), exc, current)
+            return
         run = self._run_json(current)
         try:
             current.events.flush()
@@ -454,7 +460,7 @@ class RunRecorder:
                 current.samples.close(metadata)
             _write_json(current.dir / layout.RUN_JSON, run | {"report": {"status": "pending"}})
         except OSError as exc:
-            self._failed(str(run["id"]), exc)
+            self._failed(str(run["id"]), exc, current)
             return
         self.stats.runs_recorded_total += 1
         log.info(
@@ -543,12 +549,12 @@ class RunRecorder:
                 self._report_process = None
         return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
-    def _failed(self, run_id: str, exc: OSError) -> None:
+    def _failed(self, run_id: str, exc: OSError, recording: _Recording | None = None) -> None:
         """The disk refused the run's files: said once per run, the run given up."""
         self.stats.run_errors_total += 1
         log.error("run %s cannot be written: %s", run_id, exc)
         self._publish_event("run_error", id=run_id, reason=str(exc))
-        current, self._current = self._current, None
+        current, self._current = recording or self._current, None
         self._wanted = False
         if current is not None:
             with contextlib.suppress(OSError):
