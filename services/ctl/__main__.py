@@ -75,9 +75,15 @@ def _request(service: str, topic: str, body: dict[str, Any], timeout: float) -> 
         client.stop()
 
 
+def _command(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Actuation's result of `command`, audited with `who`."""
+    return _request(
+        "actuation", topics.actuation(command), {**body, "who": who, "origin": "rcs-ctl"}, timeout
+    )
+
+
 def _call(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) -> dict[str, Any]:
-    body = {**body, "who": who, "origin": "rcs-ctl"}
-    result = _request("actuation", topics.actuation(command), body, timeout)
+    result = _command(command, body, who, timeout)
     console.print(f"[green]ok[/green] {result}")
     return result
 
@@ -219,7 +225,7 @@ def run_start(
     who: Who = DEFAULT_WHO,
 ) -> None:
     """Start a run named NAME (refused while another is active)."""
-    run = _call("run_start", {"name": name, "notes": notes}, who)["run"]
+    run = _command("run_start", {"name": name, "notes": notes}, who)["run"]
     console.print(f"run [bold]{run['id']}[/bold] started")
 
 
@@ -232,7 +238,7 @@ def run_stop(
 ) -> None:
     """Stop the active run."""
     body = {} if run_id is None else {"id": run_id}
-    run = _call("run_stop", body, who)["run"]
+    run = _command("run_stop", body, who)["run"]
     console.print(f"run [bold]{run['id']}[/bold] stopped ({run['result']}); the logger writes its files")
 
 
