@@ -49,7 +49,8 @@ log = logging.getLogger("rcs.logger.runs")
 
 MAX_QUEUED_BATCHES = 2000  # ~20 s of 10 ms batches (~20 MB at 10 kHz x 22 channels)
 RECENT_EVENTS = 10_000  # kept for the pre-trigger window of the next run
-END_WAIT_S = 3.0  # after a run's end, wait this long for its last live samples
+END_WAIT_S = 3.0  # after a run's end, its last live samples may take this long after the previous ones
+END_WAIT_MAX_S = 120.0  # ...but the run is finalized this long after its end at the latest
 EVENTS_AFTER_S = 0.5  # events this soon after a run's end are its own (e.g. the audit of its run_stop)
 HISTORY_TIMEOUT_S = 10.0
 HISTORY_PAGE = 50_000
@@ -76,7 +77,8 @@ class _Recording:
     samples: RunSamples | None = None  # opened with the first telemetry (its channels)
     session: str | None = None
     expected: int = 0  # the next seq of `session` wanted
-    end_by: float | None = None  # monotonic: finalized then even without samples past its end
+    end_by: float | None = None  # monotonic: finalized then at the latest, samples past its end or not
+    progress_at: float = 0.0  # monotonic: when the last live batch came
     seen_t: float = 0.0  # the newest sample time seen (written or not)
     problems: list[str] = field(default_factory=list)
 
@@ -271,14 +273,17 @@ class RunRecorder:
             return
         current.run = dict(run)
         if current.end_by is None:
-            current.end_by = time.monotonic() + END_WAIT_S
+            current.end_by = time.monotonic() + END_WAIT_MAX_S
+            current.progress_at = max(current.progress_at, time.monotonic())
 
     def _end_if_due(self) -> None:
         current = self._current
         if current is None or current.ended_at is None or current.end_by is None:
             return
         past = current.seen_t >= current.ended_at and time.time() >= current.ended_at + EVENTS_AFTER_S
-        if past or time.monotonic() >= current.end_by:
+        now = time.monotonic()
+        stalled = now >= current.progress_at + END_WAIT_S  # no telemetry comes (any more)
+        if past or stalled or now >= current.end_by:
             if not past:
                 self._catch_up(current, current.ended_at)
             self._finalize()
@@ -302,6 +307,7 @@ class RunRecorder:
         current = self._current
         if current is None:
             return
+        current.progress_at = time.monotonic()
         if current.samples is None:
             self._anchor(batch)
             return
