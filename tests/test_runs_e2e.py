@@ -51,6 +51,7 @@ class RunStand:
     stand: Stand
     data_dir: Path
     config: Path
+    process: Logger
 
     def state(self) -> dict[str, Any]:
         return self.stand.seen.state(topics.STATE_RUN)
@@ -142,7 +143,7 @@ def run_stand(
     ) as stand:
         for topic in (topics.STATE_RUN, topics.status("logger")):
             stand.operator.subscribe(topic, stand.seen.on_message, qos=1)
-        with Logger(mqtt_as("logger"), tmp_path, data_dir, **env):
+        with Logger(mqtt_as("logger"), tmp_path, data_dir, **env) as logger:
             wait_until(lambda: bool(stand.seen.state(topics.STATE_RUN)), TIMEOUT, "actuation's run state")
             online = lambda: stand.seen.state(topics.status("logger")).get("state") == "online"  # noqa: E731
             wait_until(online, TIMEOUT, "the logger online")
@@ -151,7 +152,7 @@ def run_stand(
             wait_until(
                 lambda: stand.stm32.samples_generated >= ring, TIMEOUT, "a pre-trigger window of samples"
             )
-            yield RunStand(stand, data_dir, config)
+            yield RunStand(stand, data_dir, config, logger)
 
 
 @pytest.fixture
@@ -294,3 +295,31 @@ def test_an_aborted_hotfire_ends_its_run_aborted(runs: RunStand) -> None:
     assert run["result"] == "aborted"
     kinds = {e.get("kind") for e in read_events(layout.run_dir(runs.data_dir, run["id"]) / layout.EVENTS)}
     assert {"redline", "state"} <= kinds
+
+
+def test_a_logger_restarted_during_a_run_records_it_whole_from_the_ring_buffer(
+    runs: RunStand, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> None:
+    stand = runs.stand
+    run_id = stand.call("run_start", name="across a restart")["run"]["id"]
+    directory = layout.run_dir(runs.data_dir, run_id)
+    wait_until((directory / layout.EVENTS).exists, TIMEOUT, "the logger recording the run")
+    assert runs.process.stop() == 0, runs.process.tail()
+    assert not (directory / layout.RUN_JSON).exists(), "an active run is not finalized at a stop"
+    env = RUN_ENV | {"RCS_CONFIG": str(runs.config)}
+    (tmp_path / "again").mkdir()
+    with Logger(mqtt_as("logger"), tmp_path / "again", runs.data_dir, **env):
+        online = lambda: stand.seen.state(topics.status("logger")).get("state") == "online"  # noqa: E731
+        wait_until(online, TIMEOUT, "the logger online again")
+        stand.call("run_stop", id=run_id)
+        run = runs.recorded(run_id)
+    assert run["result"] == "stopped" and run["problems"] == []
+    table, _ = samples_of(directory)
+    seq = table.column("seq").to_numpy().astype(np.int64)
+    assert (seq == runs.acquired(int(seq[0]), int(seq[-1]))).all(), "every sample acquisition has, once"
+    t = table.column("timestamp").cast("int64").to_numpy() / 1e6
+    assert abs(t[0] - run["window_start"]) < 0.05 and run["ended_at"] - 0.05 <= t[-1] <= run["ended_at"]
+    commands = [
+        e.get("command") for e in read_events(directory / layout.EVENTS) if e.get("kind") == "command"
+    ]
+    assert commands.count("run_start") == 1 and commands.count("run_stop") == 1

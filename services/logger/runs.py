@@ -131,8 +131,9 @@ class RunRecorder:
                     self._reports.submit(self._report, layout.run_dir(self.data_dir, run["id"]), run)
 
     def stop(self) -> None:
-        """A run still being recorded is finalized as it stands (`interrupted` if it had not ended); a
-        report being made is stopped (it stays `pending`, made at the next start)."""
+        """A run that ended is finalized; one still active is left without run.json, for the next start
+        to record again from the ring buffer (its events appended); a report being made is stopped (it
+        stays `pending`, made at the next start)."""
         self._stopping.set()
         self._inbox.put(None)
         self._thread.join(timeout=30)
@@ -199,10 +200,19 @@ class RunRecorder:
                 self._end_if_due()
             except Exception:  # one bad job must not stop the runs
                 self._problems.warning("job", "run recorder job failed", exc_info=True)
-        if self._current is not None:
-            if self._current.ended_at is None:
-                self._current.run |= {"ended_at": time.time(), "result": "interrupted"}
-                self._current.problems.append("the logger stopped during the run")
+        current = self._current
+        if current is not None and current.ended_at is None:  # recorded again at the next start
+            log.warning(
+                "run %s is still active: its samples come from the ring buffer at the next start",
+                current.run["id"],
+            )
+            self._current, self._wanted = None, False
+            with contextlib.suppress(OSError):
+                current.events.close()  # kept: the next start appends to it
+            if current.samples is not None:
+                with contextlib.suppress(OSError):
+                    current.samples.discard()
+        elif current is not None:
             self._finalize()
 
     def _on_state(self, state: dict[str, Any]) -> None:
@@ -252,7 +262,7 @@ class RunRecorder:
         directory = layout.run_dir(self.data_dir, str(run["id"]))
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            events = (directory / layout.EVENTS).open("wb")
+            events = (directory / layout.EVENTS).open("ab")  # a restarted logger's run goes on
         except OSError as exc:
             self._failed(str(run["id"]), exc)
             return
