@@ -169,6 +169,31 @@ def test_what_cannot_be_read_is_said_in_the_report(
     assert "events.jsonl is missing" in (directory / "report.html").read_text()
 
 
+def test_durations_are_on_the_device_clock_when_the_run_names_its_rate(
+    tmp_path: Path, hotfire: tuple[Path, synth_run.Truth]
+) -> None:
+    """Acquisition slews the timestamps by up to 10 % toward the host's clock (a device running behind
+    it: an emulator starved of CPU): the device's own clock, seq / rate_hz, still counts true."""
+    source, truth = hotfire
+    table = pq.read_table(source / "samples.parquet")
+    t_us = table.column("timestamp").cast(pa.int64()).to_numpy()
+    squeezed = t_us[0] + np.rint((t_us - t_us[0]) * 0.9).astype(np.int64)  # 10 % slew all along
+    table = table.set_column(0, table.schema.field(0), pa.array(squeezed, pa.timestamp("us", tz="UTC")))
+    meta = json.loads((source / "run.json").read_text())
+    for name, rate in (("with-rate", meta["rate_hz"]), ("without-rate", None)):
+        directory = tmp_path / name
+        directory.mkdir()
+        pq.write_table(table, directory / "samples.parquet")
+        (directory / "events.jsonl").write_bytes((source / "events.jsonl").read_bytes())
+        (directory / "run.json").write_text(json.dumps({**meta, "rate_hz": rate}))
+        assert cli("report", directory).exit_code == 0
+    page = (tmp_path / "with-rate" / "report.html").read_text()
+    assert figure(page, "burn duration") == pytest.approx(truth.burn_s, rel=0.02)
+    assert figure(page, "total impulse") == pytest.approx(truth.impulse_ns, rel=0.02)
+    on_timestamps = (tmp_path / "without-rate" / "report.html").read_text()
+    assert figure(on_timestamps, "burn duration") == pytest.approx(0.9 * truth.burn_s, rel=0.02)
+
+
 def bad_run(kind: str, tmp_path: Path, good: Path) -> Path:
     directory = tmp_path / "runs" / "20261124T130700Z-bad"
     directory.mkdir(parents=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -177,8 +177,14 @@ def burn_figures(
     merge_s: float,
     g0: float,
     ignition_openings: Sequence[float] = (),
+    clock: FloatArray | None = None,
 ) -> BurnFigures:
-    """Every figure of the report from the run's arrays (`t` in seconds, the others per sample)."""
+    """Every figure of the report from the run's arrays (`t` in seconds, the others per sample).
+
+    `clock`, when given, is each sample's time on the clock of `ignition_openings` (the host's, as
+    events carry it) while `t` is the device's sample clock: durations and integrals are taken on `t`,
+    the burn window is given and the ignition delay taken on `clock`.
+    """
     threshold = burn_threshold(t, pc, threshold_bar, threshold_fraction, min_bar)
     burn = find_burn(t, pc, threshold, merge_s)
     impulse_run = integrate(t, thrust)
@@ -204,6 +210,9 @@ def burn_figures(
     span = b - a
     impulse_burn = integrate(t, thrust, a, b)
     ox, fuel = integrate(t, ox_flow, a, b), integrate(t, fuel_flow, a, b)
+    if clock is not None:
+        at = np.interp([a, b], t, clock)
+        burn = replace(burn, start_s=float(at[0]), end_s=float(at[1]))
     return BurnFigures(
         burn=burn,
         threshold=threshold,
@@ -218,5 +227,5 @@ def burn_figures(
         fuel_mass=fuel,
         mixture_ratio=_ratio(ox, fuel),
         mean_isp=_ratio(impulse_burn, (ox + fuel) * g0),
-        ignition_delay_s=ignition_delay(ignition_openings, a),
+        ignition_delay_s=ignition_delay(ignition_openings, burn.start_s),
     )

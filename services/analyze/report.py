@@ -8,42 +8,30 @@ has one, else from the run's start. Every text from the run (names, notes, event
 
 from __future__ import annotations
 
-import base64
-import html
-import json
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from services.analyze import continuity, report_plots, timeline
+from services.analyze import continuity, report_html, report_plots, timeline
 from services.analyze.burn import BurnFigures, burn_figures
 from services.analyze.load import KEY_COLUMNS, TimeWindow, micros, scan
 from services.analyze.plot import envelope
+from services.analyze.report_html import figure_rows
 from services.analyze.report_plots import Axis
 from services.analyze.run import REPORT_FILE, Run
 from services.analyze.timeline import Timeline
 from services.common.settings import Settings
 
+__all__ = ["Report", "Samples", "build", "figure_rows", "read_samples", "write"]
+
 FloatArray = npt.NDArray[np.float64]
 CLOSEUP_BEFORE_S = 1.0
 CLOSEUP_AFTER_S = 1.5
-CATEGORY_NAMES = {
-    "abort": "abort",
-    "redline": "red-line",
-    "alarm": "alarm",
-    "valve": "valves",
-    "phase": "phase",
-    "state": "state",
-    "command": "command",
-    "data": "data",
-    "other": "other",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,22 +39,42 @@ class Samples:
     """The report's channels over the run, read alone (not the recording's full width)."""
 
     t_us: npt.NDArray[np.int64]
+    seq: npt.NDArray[np.int64]
+    sessions: int
     columns: dict[str, FloatArray]
+
+    def device_clock(self, rate_hz: float) -> FloatArray | None:
+        """Seconds on the device's sample clock, `seq / rate_hz`, from the first sample; None when the
+        samples are not one session in seq order (then only the timestamps can order them)."""
+        if self.sessions != 1 or len(self.seq) == 0 or np.any(np.diff(self.seq) <= 0):
+            return None
+        clock: FloatArray = (self.seq - self.seq[0]) / rate_hz
+        return clock
 
 
 def read_samples(run: Run, channels: Sequence[str]) -> Samples:
-    """Only `channels` and the timestamps, in time order."""
+    """Only `channels`, the timestamps and seq, in time order."""
     times: list[npt.NDArray[np.int64]] = []
+    seqs: list[npt.NDArray[np.int64]] = []
+    sessions: set[str] = set()
     values: dict[str, list[FloatArray]] = {name: [] for name in channels}
-    for batch in scan([run.samples], ["timestamp", *channels]):
+    for batch in scan([run.samples], ["timestamp", "seq", "session", *channels]):
         times.append(micros(batch.column("timestamp")))
+        seqs.append(batch.column("seq").to_numpy(zero_copy_only=False).astype(np.int64))
+        sessions.update(str(s) for s in pc.unique(batch.column("session").cast(pa.string())).to_pylist())
         for name in channels:
             values[name].append(batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64))
     if not times:
-        return Samples(np.zeros(0, np.int64), {name: np.zeros(0) for name in channels})
+        empty = np.zeros(0, np.int64)
+        return Samples(empty, empty, 0, {name: np.zeros(0) for name in channels})
     t_us = np.concatenate(times)
     order = np.argsort(t_us, kind="stable")
-    return Samples(t_us[order], {name: np.concatenate(v)[order] for name, v in values.items()})
+    return Samples(
+        t_us[order],
+        np.concatenate(seqs)[order],
+        len(sessions),
+        {name: np.concatenate(v)[order] for name, v in values.items()},
+    )
 
 
 def _continuity_notes(run: Run) -> list[str]:
@@ -81,6 +89,19 @@ def _continuity_notes(run: Run) -> list[str]:
         if s.duplicates:
             notes.append(f"session {s.session}: {s.duplicates} sample(s) recorded twice")
     return notes
+
+
+def _device_clock(run: Run, samples: Samples, notes: list[str]) -> FloatArray | None:
+    """The device's sample clock (`seq / rate_hz`, run.json's rate) for durations and integrals: the
+    timestamps follow the host's clock, which acquisition slews by up to 10 % to keep with it. None
+    (the timestamps, then) without a rate, or for samples not one session in seq order."""
+    rate = run.meta.get("rate_hz")
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate > 0:
+        return None
+    clock = samples.device_clock(float(rate))
+    if clock is None:
+        notes.append("the samples are not one session in seq order: durations on their timestamps")
+    return clock
 
 
 def _axis(run: Run, line: Timeline, first_us: int) -> Axis:
@@ -104,7 +125,7 @@ class Report:
     last_us: int
 
     def html(self) -> str:
-        return _page(self)
+        return report_html.page(self)
 
 
 def build(run: Run, settings: Settings) -> Report:
@@ -122,9 +143,11 @@ def build(run: Run, settings: Settings) -> Report:
     notes.extend(_continuity_notes(run))
     first_us, last_us = int(samples.t_us[0]), int(samples.t_us[-1])
     axis = _axis(run, line, first_us)
-    t = samples.t_us / 1e6 - axis.origin_s
+    host = samples.t_us / 1e6 - axis.origin_s
+    device = _device_clock(run, samples, notes)
     figures = burn_figures(
-        t,
+        host if device is None else device,
+        clock=None if device is None else host,
         pc=samples.columns[cfg.chamber_pressure],
         thrust=samples.columns[cfg.thrust],
         ox_flow=samples.columns[cfg.ox_flow],
@@ -196,173 +219,3 @@ def write(report: Report, out: Path | None = None) -> Path:
     partial.write_text(report.html(), encoding="utf-8")
     partial.replace(path)
     return path
-
-
-# --- HTML ---------------------------------------------------------------------------------------
-
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1250px}
-h1{margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:.5em 0} td,th{padding:.2em .7em;border-bottom:1px solid #eee;
-text-align:left;vertical-align:top} td.n{text-align:right;font-variant-numeric:tabular-nums}
-.abort{color:#8b0000;font-weight:bold} .redline{color:#c00} .alarm{color:#c60}
-.notes li{color:#8a4b00} img{max-width:100%} pre{background:#f6f6f6;padding:.6em;overflow:auto}
-.result{font-weight:bold}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    if value is None or not math.isfinite(value):
-        return "—"
-    return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
-
-
-def _when(axis: Axis, unix_s: float) -> str:
-    s = axis.seconds(unix_s)
-    if axis.label == "T-0":
-        return f"T{s:+.3f} s"
-    return f"{s:+.3f} s"
-
-
-def _utc(unix_s: float | None) -> str:
-    if unix_s is None:
-        return "—"
-    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
-
-
-def _rows(rows: Iterable[Sequence[str]], header: Sequence[str] | None = None, numeric: int = -1) -> str:
-    """A table of already escaped cells; column `numeric` right-aligned."""
-    head = "" if header is None else "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="n">{c}</td>' if i == numeric else f"<td>{c}</td>" for i, c in enumerate(r))
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table>{head}{body}</table>"
-
-
-def figure_rows(report: Report) -> list[tuple[str, str, str, str]]:
-    """(figure, value, unit, how) of the figures table, values formatted, nothing escaped yet."""
-    f, cfg, axis = report.figures, report.settings.report, report.axis
-    units = {c.name: c.unit for c in report.settings.channels}
-    pc_unit, thrust_unit = units.get(cfg.chamber_pressure, ""), units.get(cfg.thrust, "")
-    burn = f.burn
-    window = "—" if burn is None else f"{burn.start_s:+.3f} … {burn.end_s:+.3f}"
-    return [
-        ("burn duration", _fmt(None if burn is None else burn.duration_s), "s",
-         f"{cfg.chamber_pressure} above {_fmt(f.threshold)} {pc_unit}"),
-        ("burn window", window, f"s from {axis.label}", "first rise to last fall through the threshold"),
-        ("peak chamber pressure", _fmt(f.peak_pc), pc_unit, f"{cfg.chamber_pressure}, over the burn"),
-        ("mean chamber pressure", _fmt(f.mean_pc), pc_unit, "time average over the burn"),
-        ("peak thrust", _fmt(f.peak_thrust), thrust_unit, f"{cfg.thrust}, over the burn"),
-        ("mean thrust", _fmt(f.mean_thrust), thrust_unit, "time average over the burn"),
-        ("total impulse", _fmt(f.impulse_run), f"{thrust_unit}·s", f"∫ {cfg.thrust} dt over the run"),
-        ("burn impulse", _fmt(f.impulse_burn), f"{thrust_unit}·s", f"∫ {cfg.thrust} dt over the burn"),
-        ("mean Isp", _fmt(f.mean_isp), "s", "burn impulse / (propellant mass · g0)"),
-        ("oxidiser mass", _fmt(f.ox_mass), "kg", f"∫ {cfg.ox_flow} dt over the burn"),
-        ("fuel mass", _fmt(f.fuel_mass), "kg", f"∫ {cfg.fuel_flow} dt over the burn"),
-        ("O/F", _fmt(f.mixture_ratio), "", "oxidiser mass / fuel mass"),
-        ("ignition delay", _fmt(f.ignition_delay_s), "s",
-         f"{cfg.ignition_valve} opening → {cfg.chamber_pressure} above the threshold"),
-    ]  # fmt: skip
-
-
-def _figures(report: Report) -> str:
-    rows = [(_e(a), _e(b), _e(c), _e(d)) for a, b, c, d in figure_rows(report)]
-    table = _rows(rows, ("figure", "value", "unit", "how"), numeric=1)
-    if report.figures.burn is None:
-        table = (
-            f"<p><b>No burn</b>: {_e(report.settings.report.chamber_pressure)} never rose above "
-            f"{_e(_fmt(report.figures.threshold))}.</p>" + table
-        )
-    safety = report.timeline.of("abort", "redline", "alarm")
-    if not safety:
-        return table + "<p>No alarm, red-line or abort.</p>"
-    rows2 = [
-        (f'<span class="{m.category}">{_e(CATEGORY_NAMES[m.category])}</span>', _e(_when(report.axis, m.t)),
-         _e(m.label))
-        for m in safety
-    ]  # fmt: skip
-    return table + "<h3>Alarms, red-lines and aborts</h3>" + _rows(rows2, ("", "time", "what"))
-
-
-def _metadata(report: Report) -> str:
-    meta, run = report.run.meta, report.run
-    operators = meta.get("operators")
-    if isinstance(operators, list):
-        operators = ", ".join(str(o) for o in operators)
-    tare = meta.get("tare")
-    rows = [
-        ("run", run.id),
-        ("name", meta.get("name", "—")),
-        ("stand", meta.get("stand", report.settings.stand_name)),
-        ("operators", operators or "—"),
-        ("procedure", meta.get("procedure") or "—"),
-        ("result", meta.get("result") or "—"),
-        ("started", _utc(run.time("started_at"))),
-        ("ended", _utc(run.time("ended_at"))),
-        ("samples", f"{report.samples} from {_utc(report.first_us / 1e6)} to {_utc(report.last_us / 1e6)}"),
-        ("time origin", f"{report.axis.label} = {_utc(report.axis.origin_s)}"),
-        ("pre-trigger", f"{meta['pretrigger_s']} s" if "pretrigger_s" in meta else "—"),
-        ("config sha256", meta.get("config_sha256", "—")),
-        ("version", meta.get("version", "—")),
-        ("tare", json.dumps(tare) if tare is not None else "—"),
-    ]
-    table = _rows((_e(k), _e(v)) for k, v in rows)
-    notes = meta.get("notes")
-    if notes:
-        table += f"<h3>Notes</h3><pre>{_e(notes)}</pre>"
-    return table
-
-
-def _events(report: Report) -> str:
-    rows = [
-        (_e(_when(report.axis, m.t)), f'<span class="{m.category}">{_e(CATEGORY_NAMES[m.category])}</span>',
-         _e(m.label))
-        for m in report.timeline.markers
-    ]  # fmt: skip
-    if not rows:
-        return "<p>No events.</p>"
-    return _rows(rows, ("time", "", "event"))
-
-
-def _images(report: Report) -> str:
-    parts = []
-    for title, png in report.plots:
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(f'<h3>{_e(title)}</h3><img alt="{_e(title)}" src="data:image/png;base64,{data}">')
-    return "".join(parts) or "<p>No channel to plot.</p>"
-
-
-def _page(report: Report) -> str:
-    meta = report.run.meta
-    title = f"{meta.get('name') or report.run.id}"
-    notes = "".join(f"<li>{_e(n)}</li>" for n in report.run.notes)
-    config = meta.get("config_yaml")
-    config_html = (
-        f"<details><summary>stand configuration of the run</summary><pre>{_e(config)}</pre></details>"
-        if config
-        else ""
-    )
-    result = meta.get("result")
-    result_html = f' · <span class="result">{_e(result)}</span>' if result else ""
-    return (
-        "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><title>Run report: {_e(title)}</title>'
-        f"<style>{STYLE}</style></head><body>"
-        f"<h1>Run report: {_e(title)}</h1>"
-        f"<p>{_e(report.run.id)} · {_e(_utc(report.run.time('started_at')))}"
-        f"{result_html}</p>"
-        f"<h2>Figures</h2>{_figures(report)}"
-        f"<h2>Plots</h2>{_images(report)}"
-        f"<h2>Run</h2>{_metadata(report)}{config_html}"
-        + (f'<h2>What could not be read</h2><ul class="notes">{notes}</ul>' if notes else "")
-        + f"<h2>Events</h2>{_events(report)}"
-        f"<p><small>rcs-analyze report, {_e(_utc(datetime.now(UTC).timestamp()))}</small></p>"
-        "</body></html>\n"
-    )

@@ -227,6 +227,7 @@ def write(settings: Settings, plan: RunPlan, directory: Path) -> Truth:
         "version": "synthetic",
         "tare": {},
         "pretrigger_s": plan.before_s,
+        "rate_hz": plan.rate_hz,
         **plan.meta,
     }
     (directory / run_dir.RUN_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
