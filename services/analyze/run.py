@@ -1,4 +1,4 @@
-"""A run directory, `data_dir/runs/<id>/`, as the logger writes it (docs/protocol.md, "Runs").
+"""A run directory, `data_dir/runs/<id>/`, as the logger writes it (docs/protocol.md, "Test runs").
 
     run.json         the run's metadata: id, name, notes, operators, stand, started_at, ended_at,
                      procedure, result, config_yaml, config_sha256, version, tare, pretrigger_s, ...

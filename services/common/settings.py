@@ -263,6 +263,9 @@ class Sequence(_Section):
         False,
         description="ends idle with isolation valves and igniter confirmed closed; manual commands refused",
     )
+    test: bool = Field(
+        False, description="a test: starting it starts a run, which ends `runs.post_s` after it ended"
+    )
     steps: tuple[Step, ...] = Field(min_length=1)
 
     def patterns(self, valve_names: tuple[str, ...]) -> tuple[frozenset[str] | None, ...]:
@@ -337,6 +340,16 @@ class LoggerSettings(_Section):
     memory_limit_bytes: int = Field(1024**3, gt=0, description="held in memory while the disk refuses writes")
     behind_after_s: float = Field(5.0, gt=0, description="oldest unrecorded telemetry older: behind")
     metrics_port: int = Field(9103, ge=0, le=65535)
+
+
+class RunsSettings(_Section):
+    pretrigger_s: float = Field(
+        10.0, ge=0, le=300, description="a run's recording starts this long before it (ring buffer)"
+    )
+    post_s: float = Field(
+        5.0, ge=0, le=600, description="a test procedure's run ends this long after the procedure"
+    )
+    report_timeout_s: float = Field(120.0, gt=0, le=3600, description="rcs-analyze report may take this long")
 
 
 class GatewaySettings(_Section):
@@ -487,6 +500,7 @@ class Settings(BaseSettings):
     motors: MotorSettings = MotorSettings()
     actuation: ActuationSettings = ActuationSettings()
     logger: LoggerSettings = LoggerSettings()
+    runs: RunsSettings = RunsSettings()
     gateway: GatewaySettings = GatewaySettings()
     sequences: dict[str, Sequence] = {}
     interlocks: tuple[Interlock, ...] = ()
@@ -607,6 +621,11 @@ class Settings(BaseSettings):
         ]
         if problems:
             raise ValueError("\n".join(f"{config_file()}: {p}" for p in problems))
+        if self.runs.pretrigger_s > self.acquisition.ring_seconds:
+            raise ValueError(
+                f"runs.pretrigger_s ({self.runs.pretrigger_s:g}) is longer than the ring buffer "
+                f"(acquisition.ring_seconds {self.acquisition.ring_seconds:g})"
+            )
         aborts = [name for name, sequence in self.sequences.items() if sequence.abort]
         if len(aborts) != 1:
             raise ValueError(f"exactly one sequence must be the abort sequence (abort: true), found {aborts}")
@@ -669,6 +688,8 @@ class Settings(BaseSettings):
                 problems.append(
                     f"{where}: the abort sequence only sets valves and waits (nothing may stop it)"
                 )
+        if sequence.test and sequence.abort:
+            problems.append(f"sequences.{name}: the abort sequence cannot be a test (test: true)")
         if sequence.procedure:
             if not sequence.requires_armed:
                 problems.append(f"sequences.{name}: a procedure must set requires_armed: true")

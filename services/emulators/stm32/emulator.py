@@ -15,14 +15,16 @@ from __future__ import annotations
 import logging
 import select
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from services.common.settings import Settings
-from services.common.stand_physics import Plant, Sensors
+from services.common.stand_physics import QUANTITIES, Plant, Sensors
 from services.emulators.device_thread import MAX_WAIT_S, DeviceThread
 from services.emulators.pty_port import PtyPort
 from services.emulators.stm32.firmware import (
@@ -33,6 +35,17 @@ from services.emulators.stm32.firmware import (
 )
 
 log = logging.getLogger("rcs.emulators.stm32")
+TRUTH_BLOCKS = 300_000  # blocks of ground truth kept: 10 minutes of 2 ms blocks
+
+
+@dataclass(frozen=True, slots=True)
+class TruthBlock:
+    """One block of samples as the plant made them (before the sensors and the ADC)."""
+
+    first: int  # the device's index of its first sample (= its `seq` while the device never reset)
+    n: int
+    impulse_ns: float  # ∫ thrust dt over the block, device time
+    above: int  # samples with the watched quantity above its threshold (`watch_above`)
 
 
 class Stm32Emulator(DeviceThread):
@@ -75,6 +88,9 @@ class Stm32Emulator(DeviceThread):
         self._measured_index = {c.name: i for i, c in enumerate(settings.measured_channels)}
         self._overrides: dict[int, float] = {}
         self._receive_taps: list[Callable[[bytes, float], None]] = []
+        self._thrust = QUANTITIES.index("THRUST")
+        self._watch: tuple[int, float] | None = None  # (quantity, threshold) of watch_above
+        self._truth: deque[TruthBlock] = deque(maxlen=TRUTH_BLOCKS)
 
     @property
     def rate_hz(self) -> float:
@@ -87,6 +103,16 @@ class Stm32Emulator(DeviceThread):
     @property
     def samples_generated(self) -> int:
         return self._samples
+
+    def watch_above(self, quantity: str, threshold: float) -> None:
+        """From now on, count in each block the samples whose `quantity` (of the plant, before the
+        sensors: e.g. `P5`) is above `threshold` (`TruthBlock.above`)."""
+        self._watch = (QUANTITIES.index(quantity), threshold)
+
+    def truth(self) -> list[TruthBlock]:
+        """What the plant did in each block generated (the last `TRUTH_BLOCKS`): the ground truth of
+        a report's burn duration and impulse."""
+        return list(self._truth)
 
     @property
     def frames_sent(self) -> int:
@@ -171,6 +197,10 @@ class Stm32Emulator(DeviceThread):
 
     def _generate(self, n: int, now: float) -> None:
         self._state, block = self._plant.advance(self._state, self._firmware.valves, n, 1 / self.rate_hz)
+        above = 0 if self._watch is None else int(np.count_nonzero(block[:, self._watch[0]] > self._watch[1]))
+        self._truth.append(
+            TruthBlock(self._samples, n, float(block[:, self._thrust].sum()) / self.rate_hz, above)
+        )
         measured = self._sensors.measure(block, self._rng)
         for index, value in self._overrides.items():
             measured[:, index] = value
