@@ -197,3 +197,14 @@ class ParquetData(BaseModel):
     offset: int
     reduced: bool = Field(description="min/max buckets (`points`) rather than the rows themselves")
     data: dict[str, list[float | int | str | None]]
+
+
+class Limit(BaseModel):
+    channel: str
+    kind: Literal["warning", "redline"]
+    direction: Literal["above", "below"]
+    value: float
+
+
+class Limits(BaseModel):
+    limits: list[Limit] = Field(description="config/stand.yaml's warning limits and red-lines")

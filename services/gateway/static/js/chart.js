@@ -1,0 +1,142 @@
+// One channel as a min/max band (uPlot), with its warning and red-line limits and event markers
+// drawn on it: what the live plots and the review of recordings and runs both draw.
+//
+// `limits`: [{kind: "warning" | "redline", direction: "above" | "below", value}] (GET /api/limits).
+// `markers()`: [{t, kind: "valve" | "alarm" | "abort", label}] in UNIX seconds, read at each draw.
+// `onZoom(t0, t1)`: the user dragged over the plot (the plot's x scale is then the caller's).
+
+const uPlot = globalThis.uPlot;
+
+export const MARKER_COLOURS = { valve: "#2b7bd6", alarm: "#e08a00", abort: "#d00000" };
+const LIMIT_STYLE = { warning: { colour: "#e08a00", dash: [6, 4] }, redline: { colour: "#d00000", dash: [] } };
+const NEAR = 0.5; // a limit is drawn inside the plot once the data reach this fraction of it
+
+export function hms(t) {
+  return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+// The y range: the data's, widened to a limit the data come near (else the limit is only named).
+function yRange(limits) {
+  return (u, lo, hi) => {
+    if (lo === null || hi === null || !Number.isFinite(lo) || !Number.isFinite(hi)) return [0, 1];
+    let a = lo;
+    let b = hi;
+    for (const l of limits) {
+      const near = l.direction === "above" ? hi >= l.value * NEAR : lo <= l.value / NEAR;
+      if (near) {
+        a = Math.min(a, l.value);
+        b = Math.max(b, l.value);
+      }
+    }
+    const pad = (b - a) * 0.05 || Math.abs(b) * 0.05 || 1;
+    return [a - pad, b + pad];
+  };
+}
+
+function drawLimits(u, limits) {
+  const { ctx } = u;
+  const { left, top, width, height } = u.bbox;
+  const [y0, y1] = [u.scales.y.min, u.scales.y.max];
+  const px = devicePixelRatio || 1;
+  ctx.save();
+  ctx.font = 11 * px + "px system-ui, sans-serif";
+  let offScale = 0;
+  for (const l of limits) {
+    const style = LIMIT_STYLE[l.kind];
+    const name = (l.kind === "redline" ? "red-line " : "warning ") + (l.direction === "above" ? "> " : "< ") + l.value;
+    ctx.fillStyle = style.colour;
+    if (l.value < y0 || l.value > y1) {
+      // not within the data's range: named in the corner, so nobody thinks there is none
+      ctx.textAlign = "right";
+      ctx.fillText(name + (l.value > y1 ? " ↑" : " ↓"), left + width - 4 * px, top + (12 + 12 * offScale++) * px);
+      continue;
+    }
+    const y = Math.round(u.valToPos(l.value, "y", true));
+    ctx.strokeStyle = style.colour;
+    ctx.lineWidth = 1.5 * px;
+    ctx.setLineDash(style.dash.map((d) => d * px));
+    ctx.beginPath();
+    ctx.moveTo(left, y);
+    ctx.lineTo(left + width, y);
+    ctx.stroke();
+    ctx.textAlign = "left";
+    ctx.fillText(name, left + 4 * px, y - 3 * px);
+  }
+  ctx.restore();
+}
+
+function drawMarkers(u, markers) {
+  const { ctx } = u;
+  const { left, top, width, height } = u.bbox;
+  const [x0, x1] = [u.scales.x.min, u.scales.x.max];
+  const px = devicePixelRatio || 1;
+  ctx.save();
+  ctx.font = 10 * px + "px system-ui, sans-serif";
+  ctx.textAlign = "left";
+  for (const m of markers) {
+    if (m.t < x0 || m.t > x1) continue;
+    const x = Math.round(u.valToPos(m.t, "x", true));
+    ctx.strokeStyle = MARKER_COLOURS[m.kind] || "#666";
+    ctx.fillStyle = ctx.strokeStyle;
+    ctx.lineWidth = (m.kind === "abort" ? 2 : 1) * px;
+    ctx.setLineDash(m.kind === "valve" ? [3 * px, 3 * px] : []);
+    ctx.beginPath();
+    ctx.moveTo(x, top);
+    ctx.lineTo(x, top + height);
+    ctx.stroke();
+    if (m.label && x < left + width - 20 * px) ctx.fillText(m.label, x + 2 * px, top + height - 4 * px);
+  }
+  ctx.restore();
+}
+
+// A band plot of one channel in `div`; returns the uPlot. `xRange()` gives [t0, t1] (null: auto).
+export function bandPlot(div, { title, unit, limits, markers, xRange, onZoom, width, height }) {
+  const opts = {
+    title: unit ? title + " [" + unit + "]" : title,
+    width: width || 400,
+    height: height || 190,
+    scales: {
+      x: { time: true, range: (u, lo, hi) => (xRange && xRange()) || [lo, hi] },
+      y: { range: yRange(limits || []) },
+    },
+    series: [
+      {},
+      { label: "min", stroke: "#1f77b4", width: 1 },
+      { label: "max", stroke: "#1f77b4", width: 1 },
+    ],
+    bands: [{ series: [2, 1], fill: "rgba(31,119,180,0.3)" }],
+    axes: [{ space: 70, values: (u, ticks) => ticks.map(hms) }, { size: 56 }],
+    legend: { show: false },
+    cursor: { drag: { x: true, y: false, setScale: false } },
+    hooks: {
+      draw: [(u) => { drawLimits(u, limits || []); drawMarkers(u, markers ? markers() : []); }],
+      setSelect: [(u) => {
+        if (u.select.width < 3 || !onZoom) return;
+        const t0 = u.posToVal(u.select.left, "x");
+        const t1 = u.posToVal(u.select.left + u.select.width, "x");
+        u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+        onZoom(t0, t1);
+      }],
+    },
+  };
+  return new uPlot(opts, [[], [], []], div);
+}
+
+// {t, min: {ch: []}, max: {ch: []}} answers (history, series) → columns for one channel.
+export function columns(answer, name) {
+  const lo = (answer.min && answer.min[name]) || [];
+  const hi = (answer.max && answer.max[name]) || [];
+  return [answer.t, answer.t.map((_, i) => (lo[i] === undefined ? null : lo[i])),
+    answer.t.map((_, i) => (hi[i] === undefined ? null : hi[i]))];
+}
+
+// fetch(path) → JSON with the page's token; throws Error("HTTP <status>: <detail>").
+export async function getJson(path, token) {
+  const r = await fetch(path, { headers: token ? { Authorization: "Bearer " + token } : {} });
+  if (!r.ok) {
+    let detail = "";
+    try { detail = (await r.json()).detail || ""; } catch (e) { /* not JSON */ }
+    throw new Error("HTTP " + r.status + (detail ? ": " + detail : ""));
+  }
+  return r.json();
+}
