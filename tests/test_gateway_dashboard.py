@@ -50,6 +50,7 @@ def test_vendor_assets_served(client: TestClient) -> None:
         "/static/vendor/uPlot.min.css",
         "/static/vendor/msgpack.min.js",
         "/static/dashboard.js",
+        "/static/js/connection.js",
     ):
         response = client.get(path)
         assert response.status_code == 200, path
@@ -68,9 +69,11 @@ def test_only_same_origin_assets(client: TestClient) -> None:
 
 def test_no_external_urls_in_static() -> None:
     static = Path(__file__).parent.parent / "services" / "gateway" / "static"
-    for name in ("index.html", "dashboard.js", "dashboard.css"):
-        text = (static / name).read_text()
-        assert "http://" not in text and "https://" not in text, name
+    pages = [*static.glob("*.html"), *static.glob("*.css"), *static.glob("*.js"), *static.glob("js/*.js")]
+    assert len(pages) > 3
+    for path in pages:
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text, path.name
 
 
 def test_websocket_accepts_the_pages_own_origin(client: TestClient) -> None:
