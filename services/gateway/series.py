@@ -87,7 +87,8 @@ def reduce(
     points: int,
     max_cells: int,
 ) -> Series:
-    """`channels` between `start` and `end` (UNIX s; None: the recording's ends) in `points` buckets."""
+    """`channels` between `start` and `end` (UNIX s; None: the recording's ends) in at most `points`
+    buckets (fewer when the range holds less than two samples per bucket)."""
     parquet = pq.ParquetFile(path)
     names = channels_of(parquet, channels)
     if points * 2 * len(names) > max_cells:
@@ -101,16 +102,17 @@ def reduce(
     hi = end if end is not None else (whole[1] if whole else lo)
     if hi < lo:
         raise BadQueryError("end is before start")
+    points = _buckets(parquet, whole, hi - lo, points)
     width = max(hi - lo, 1e-6) / points
     low = np.full((points, len(names)), np.nan, dtype=np.float32)
     high = np.full((points, len(names)), np.nan, dtype=np.float32)
     n_source = 0
-    for t, values in _blocks(parquet, names, lo, hi):
+    for t, block in _blocks(parquet, names, lo, hi):
         which = np.minimum(((t - lo) / width).astype(np.int64), points - 1)
         order = np.argsort(which, kind="stable")  # a bucket once per fold, even if time steps back
-        which, values = which[order], values[order]
+        which = which[order]
         starts = np.flatnonzero(np.r_[True, which[1:] != which[:-1]])
-        fold_runs(low, high, which[starts], values, starts)
+        fold_runs(low, high, which[starts], block[order], starts)
         n_source += len(t)
     return Series(
         channels=names,
@@ -125,7 +127,9 @@ def reduce(
     )
 
 
-def csv_chunks(path: Path, *, channels: Sequence[str] | None, start: float | None, end: float | None) -> Iterator[bytes]:
+def csv_chunks(
+    path: Path, *, channels: Sequence[str] | None, start: float | None, end: float | None
+) -> Iterator[bytes]:
     """The rows between `start` and `end` as CSV (`timestamp` ISO-8601 UTC, `seq`, `session`, the
     channels), one chunk per row group; the header first even when no row falls in the range."""
     parquet = pq.ParquetFile(path)
@@ -155,7 +159,17 @@ def _csv(table: pa.Table, header: bool) -> bytes:
 
 def _micros(seconds: float) -> int:
     bound = float(np.clip(seconds, -1e12, 1e12))  # ±inf: beyond any sample
-    return int(round(bound * 1e6))
+    return round(bound * 1e6)
+
+
+def _buckets(parquet: pq.ParquetFile, whole: tuple[float, float] | None, seconds: float, points: int) -> int:
+    """`points`, or fewer so that a bucket holds about two samples at the recording's mean rate: finer
+    buckets would be empty between samples, which reads as gaps."""
+    rows = parquet.metadata.num_rows
+    if whole is None or whole[1] <= whole[0] or rows < 2:
+        return points
+    rate = (rows - 1) / (whole[1] - whole[0])
+    return max(2, min(points, int(seconds * rate / 2)))
 
 
 def _blocks(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow.parquet as pq
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -21,7 +21,9 @@ from services.gateway.routes.recordings import MAX_COLUMNS_QUERY
 from services.gateway.routes.telemetry import MAX_POINTS
 
 DEFAULT_POINTS = 1000
-NOT_FOUND = {404: {"model": Detail, "description": "no such recording or run"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Detail, "description": "no such recording or run"}
+}
 MAX_TIME = 1e11  # UNIX seconds: beyond year 5000, a bound that keeps arithmetic finite
 
 router = APIRouter(tags=["review"])
@@ -57,7 +59,13 @@ def _wanted(channels: str | None) -> list[str] | None:
 
 
 def _reduced(
-    path: Path, gateway: GatewayDep, channels: str | None, start: float | None, end: float | None, points: int
+    path: Path,
+    gateway: GatewayDep,
+    *,
+    channels: str | None,
+    start: float | None,
+    end: float | None,
+    points: int,
 ) -> Response:
     with gateway.heavy.take():
         try:
@@ -81,6 +89,7 @@ def _reduced(
 def _download(
     path: Path,
     gateway: GatewayDep,
+    *,
     fmt: str,
     download_name: str,
     channels: str | None,
@@ -88,7 +97,8 @@ def _download(
     end: float | None,
 ) -> Response:
     if fmt == "parquet":
-        return FileResponse(path, media_type="application/vnd.apache.parquet", filename=download_name + ".parquet")
+        parquet = "application/vnd.apache.parquet"
+        return FileResponse(path, media_type=parquet, filename=download_name + ".parquet")
     wanted = _wanted(channels)
     try:
         series.channels_of(pq.ParquetFile(path), wanted)  # a bad name is a 422 before streaming starts
@@ -110,6 +120,7 @@ def recording_series(
     _: Viewer,
     gateway: GatewayDep,
     filename: str,
+    *,
     channels: Channels = None,
     start: Start = None,
     end: End = None,
@@ -118,7 +129,8 @@ def recording_series(
     """`channels` of a recording from `start` to `end` (UNIX s; default its whole length) in
     `points` buckets of equal time: `{channels, first, last, start, end, n_source, t, min, max}`,
     `first`/`last` the recording's own ends; an empty bucket (a gap) is null."""
-    return _reduced(_find(_recording, gateway, filename), gateway, channels, start, end, points)
+    path = _find(_recording, gateway, filename)
+    return _reduced(path, gateway, channels=channels, start=start, end=end, points=points)
 
 
 @router.get("/api/parquet_files/{filename}/download", responses=NOT_FOUND | BUSY)
@@ -126,14 +138,17 @@ def recording_download(
     _: Viewer,
     gateway: GatewayDep,
     filename: str,
-    format: Format = "parquet",  # noqa: A002 - the query parameter's name
+    *,
+    format: Format = "parquet",
     channels: Channels = None,
     start: Start = None,
     end: End = None,
 ) -> Response:
     """The file as it is (`parquet`) or its rows from `start` to `end` as CSV (streamed)."""
     path = _find(_recording, gateway, filename)
-    return _download(path, gateway, format, path.stem, channels, start, end)
+    return _download(
+        path, gateway, fmt=format, download_name=path.stem, channels=channels, start=start, end=end
+    )
 
 
 @router.get("/api/runs/{run_id}/series", responses=NOT_FOUND | BUSY)
@@ -141,13 +156,16 @@ def run_series(
     _: Viewer,
     gateway: GatewayDep,
     run_id: str,
+    *,
     channels: Channels = None,
     start: Start = None,
     end: End = None,
     points: Points = DEFAULT_POINTS,
 ) -> Response:
-    """As `/api/parquet_files/{filename}/series`, for a run's samples (`data_dir/runs/<id>/samples.parquet`)."""
-    return _reduced(_find(_run, gateway, run_id), gateway, channels, start, end, points)
+    """As `/api/parquet_files/{filename}/series`, for a run's samples
+    (`data_dir/runs/<id>/samples.parquet`)."""
+    path = _find(_run, gateway, run_id)
+    return _reduced(path, gateway, channels=channels, start=start, end=end, points=points)
 
 
 @router.get("/api/runs/{run_id}/download", responses=NOT_FOUND | BUSY)
@@ -155,14 +173,16 @@ def run_download(
     _: Viewer,
     gateway: GatewayDep,
     run_id: str,
-    format: Format = "parquet",  # noqa: A002 - the query parameter's name
+    *,
+    format: Format = "parquet",
     channels: Channels = None,
     start: Start = None,
     end: End = None,
 ) -> Response:
     """A run's samples as Parquet or CSV, as `/api/parquet_files/{filename}/download`."""
     path = _find(_run, gateway, run_id)
-    return _download(path, gateway, format, f"run_{run_id}", channels, start, end)
+    name = f"run_{run_id}"
+    return _download(path, gateway, fmt=format, download_name=name, channels=channels, start=start, end=end)
 
 
 @router.get("/api/limits")

@@ -82,7 +82,7 @@ async def events(
     """Events seen on `rcs/events` since the gateway started (audit, red-lines, gaps …), newest
     first; `kind` and `who` keep only the events of that kind and of that person (`who`)."""
     kept = gateway.bus.events(EVENTS_KEPT)
-    chosen = [e for e in kept if (kind is None or e.get("kind") == kind) and (who is None or e.get("who") == who)]
+    chosen = [e for e in kept if kind in (None, e.get("kind")) and who in (None, e.get("who"))]
     return Events(events=[jsonable(event) for event in chosen[:limit]])
 
 

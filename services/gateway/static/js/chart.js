@@ -5,15 +5,13 @@
 // `markers()`: [{t, kind: "valve" | "alarm" | "abort", label}] in UNIX seconds, read at each draw.
 // `onZoom(t0, t1)`: the user dragged over the plot (the plot's x scale is then the caller's).
 
+import { hms } from "./util.js";
+
 const uPlot = globalThis.uPlot;
 
 export const MARKER_COLOURS = { valve: "#2b7bd6", alarm: "#e08a00", abort: "#d00000" };
 const LIMIT_STYLE = { warning: { colour: "#e08a00", dash: [6, 4] }, redline: { colour: "#d00000", dash: [] } };
 const NEAR = 0.5; // a limit is drawn inside the plot once the data reach this fraction of it
-
-export function hms(t) {
-  return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
-}
 
 // The y range: the data's, widened to a limit the data come near (else the limit is only named).
 function yRange(limits) {
@@ -89,6 +87,28 @@ function drawMarkers(u, markers) {
   ctx.restore();
 }
 
+// What an audit event says happened, as a marker {kind, label} (or null): aborts, alarms raised.
+const MARKER_OF = {
+  state: (e) => (e.new === "aborting" ? { kind: "abort", label: "abort" } : null),
+  redline: (e) => ({ kind: "abort", label: "red-line " + e.channel }),
+  alarm: (e) => (e.alarm && e.alarm.state === "active-unacknowledged"
+    ? { kind: "alarm", label: (e.alarm.kind === "redline" ? "red-line " : "warning ") + e.alarm.channel } : null),
+  command: (e) => (["valves", "valve"].includes(e.command) && e.ok ? { kind: "valve", label: "valves" } : null),
+};
+
+export function markerOf(e) {
+  const make = e && MARKER_OF[e.kind];
+  const m = make ? make(e) : null;
+  return m && Number.isFinite(e.ts) ? Object.assign({ t: e.ts }, m) : null;
+}
+
+// Limits by channel: {channel: [{kind, direction, value}]} from `GET /api/limits`.
+export function limitsByChannel(answer) {
+  const by = {};
+  for (const l of (answer && answer.limits) || []) (by[l.channel] = by[l.channel] || []).push(l);
+  return by;
+}
+
 // A band plot of one channel in `div`; returns the uPlot. `xRange()` gives [t0, t1] (null: auto).
 export function bandPlot(div, { title, unit, limits, markers, xRange, onZoom, width, height }) {
   const opts = {
@@ -128,15 +148,4 @@ export function columns(answer, name) {
   const hi = (answer.max && answer.max[name]) || [];
   return [answer.t, answer.t.map((_, i) => (lo[i] === undefined ? null : lo[i])),
     answer.t.map((_, i) => (hi[i] === undefined ? null : hi[i]))];
-}
-
-// fetch(path) → JSON with the page's token; throws Error("HTTP <status>: <detail>").
-export async function getJson(path, token) {
-  const r = await fetch(path, { headers: token ? { Authorization: "Bearer " + token } : {} });
-  if (!r.ok) {
-    let detail = "";
-    try { detail = (await r.json()).detail || ""; } catch (e) { /* not JSON */ }
-    throw new Error("HTTP " + r.status + (detail ? ": " + detail : ""));
-  }
-  return r.json();
 }

@@ -7,7 +7,7 @@
 // Pause freezes what is shown while data keep arriving; dragging over a plot zooms every plot to that
 // span and pauses, reading the span again from the ring buffer at a finer resolution; Live resumes.
 // URL options: `?channels=P1,P5` (plots shown), `?window=60` (seconds, one of WINDOWS).
-import { bandPlot, columns } from "./chart.js";
+import { bandPlot, columns, limitsByChannel, markerOf } from "./chart.js";
 import { api, on } from "./connection.js";
 import { store } from "./store.js";
 import { POINTS, WINDOWS, buf, history, setWindow } from "./telemetry.js";
@@ -32,14 +32,6 @@ let zoomGeneration = 0;
 const ui = {}; // toolbar elements
 const paintListeners = [];
 
-// What an audit event says happened, as a marker (or null).
-const MARKER_OF = {
-  state: (e) => (e.new === "aborting" ? { kind: "abort", label: "abort" } : null),
-  redline: (e) => ({ kind: "abort", label: "red-line " + e.channel }),
-  alarm: (e) => (e.alarm && e.alarm.state === "active-unacknowledged"
-    ? { kind: "alarm", label: (e.alarm.kind === "redline" ? "red-line " : "warning ") + e.alarm.channel } : null),
-};
-
 function addMarker(t, kind, label) {
   if (!Number.isFinite(t) || markers.some((m) => m.kind === kind && Math.abs(m.t - t) < 0.05)) return;
   markers.push({ t, kind, label });
@@ -48,23 +40,20 @@ function addMarker(t, kind, label) {
   drawn = -1;
 }
 
-function onEvent(e) {
-  const make = e && MARKER_OF[e.kind];
-  const m = make ? make(e) : null;
-  if (m) addMarker(e.ts, m.kind, m.label);
+// Aborts and alarms; valve commands only from before this page connected (then `valve_state`).
+function onEvent(e, past) {
+  const m = markerOf(e);
+  if (m && (past || m.kind !== "valve")) addMarker(m.t, m.kind, m.label);
 }
 
-// Valve changes the STM32 acknowledged; before this page connected, the accepted valve commands.
+// Valve changes the STM32 acknowledged.
 function onValveState(m) {
   if (m.ts) addMarker(m.ts, "valve", m.cause || "valves");
 }
 
 async function loadMarkers() {
   try {
-    for (const e of (await api("/api/events?limit=500")).events) {
-      onEvent(e);
-      if (e.kind === "command" && ["valves", "valve"].includes(e.command) && e.ok) addMarker(e.ts, "valve", "valves");
-    }
+    for (const e of (await api("/api/events?limit=500")).events) onEvent(e, true);
   } catch (e) {
     // the live events still arrive
   }
@@ -72,8 +61,7 @@ async function loadMarkers() {
 
 async function loadLimits() {
   try {
-    limits = {};
-    for (const l of (await api("/api/limits")).limits) (limits[l.channel] = limits[l.channel] || []).push(l);
+    limits = limitsByChannel(await api("/api/limits"));
     remake();
   } catch (e) {
     info("no limits for the plots (" + e.message + ")");
@@ -337,7 +325,7 @@ export function mount(root) {
     if (frozen) return;
     say(h.loading ? "reading " + h.seconds + " s of history…" : h.error ? "no history: " + h.error : "");
   });
-  on("event", (m) => onEvent(m.data || {}));
+  on("event", (m) => onEvent(m.data || {}, false));
   on("valve_state", onValveState);
   on("authenticated", () => {
     loadLimits();
