@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from paho.mqtt.client import Client
@@ -18,6 +19,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from services.common.settings import MqttSettings, Settings, load_settings
 from services.devstack.broker import BASE_ACL, Broker
+
+if TYPE_CHECKING:  # tests.browser imports this module (wait_until): imported inside the fixtures below
+    from playwright.sync_api import Browser
+
+    from tests.browser import Consoles, ConsoleStand
 
 # Test-only grants, around (never instead of) the project's ACL: the MQTT client tests publish on
 # topics and under service names of their own, partly anonymously. Nothing here touches a topic the
@@ -137,3 +143,38 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = 
         if time.monotonic() > give_up:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+# -- the operator console in a real browser (tests/browser.py) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium through Playwright, one per test module."""
+    from tests.browser import chromium  # noqa: PLC0415 (tests.browser imports this module)
+
+    with chromium() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def console_stand(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStand]:
+    """The whole emulated stand with its gateway (tests/browser.py), one per test module."""
+    from tests.browser import console_stand as running  # noqa: PLC0415 (tests.browser imports this module)
+
+    with running(broker, tmp_path_factory.mktemp("console")) as stand:
+        yield stand
+
+
+@pytest.fixture
+def consoles(
+    browser: Browser, console_stand: ConsoleStand, request: pytest.FixtureRequest
+) -> Iterator[Consoles]:
+    """`consoles.open("operator" | "viewer" | None)`: console pages; the test fails on any console or
+    page error they showed; screenshots in test-artifacts/console/<test>.png."""
+    from tests.browser import Consoles  # noqa: PLC0415 (tests.browser imports this module)
+
+    opened = Consoles(browser, console_stand, request.node.name)
+    yield opened
+    errors = opened.close()
+    assert not errors, "the console showed errors:\n" + "\n".join(errors)

@@ -134,6 +134,23 @@ class Logger(ServiceProcess):
         )
 
 
+class Gateway(ServiceProcess):
+    """rcs-gateway on 127.0.0.1:`port` (`RCS_HTTP_PORT`); `mqtt` must be the `gateway` user.
+
+    Started again on the same port (a restart), a page that was open reconnects to it.
+    """
+
+    def __init__(self, mqtt: MqttSettings, tmp: Path, port: int, **env: str) -> None:
+        super().__init__("services.gateway", "gateway", mqtt, tmp, RCS_HTTP_PORT=str(port), **env)
+        self.port = port
+
+    def stop(self) -> int:
+        """As ServiceProcess.stop; uvicorn re-raises the SIGTERM it handled once it has shut down
+        cleanly (so the exit status shows the signal): that exit is reported as 0."""
+        code = super().stop()
+        return 0 if code == -signal.SIGTERM else code
+
+
 @dataclass
 class CliOutcome:
     returncode: int | None = None

@@ -393,6 +393,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # the gateway's, as operators know them: RCS_HTTP_PORT, RCS_AUTH, RCS_OPERATOR_TOKEN, RCS_VIEWER_TOKEN
     http_port: int = Field(5001, ge=1, le=65535)
+    http_host: str = Field("0.0.0.0", min_length=1, description="the address the gateway listens on")
     auth: Literal["on", "off"] = Field("on", description="off: legacy frontend mode, no tokens (logged)")
     operator_token: SecretStr | None = None
     viewer_token: SecretStr | None = None

@@ -11,7 +11,7 @@ from services.common.settings import Settings
 
 
 def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """uvicorn's configuration for `app` on 0.0.0.0:`settings.http_port` (`overrides` win).
+    """uvicorn's configuration for `app` on `settings.http_host`:`settings.http_port` (`overrides` win).
 
     uvloop: the fan-out is mostly socket writes, which it does at a fraction of asyncio's cost; no
     per-message deflate: float telemetry barely compresses, and it would be paid per client per frame.
@@ -19,7 +19,7 @@ def server_config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn
     buffered whole.
     """
     options: dict[str, Any] = {
-        "host": "0.0.0.0",
+        "host": settings.http_host,
         "port": settings.http_port,
         "loop": "uvloop",
         "http": "httptools",
