@@ -45,14 +45,16 @@ def _gateway_up(url: str) -> bool:
 class ConsoleStand:
     """What `console_stand` yields: the stand, and a gateway that can be restarted on its port."""
 
-    def __init__(self, broker: Broker, tmp: Path, devices: Stand, stack: ExitStack) -> None:
+    def __init__(self, broker: Broker, tmp: Path, devices: Stand, stack: ExitStack, data_dir: Path) -> None:
         accounts = tmp / "gateway-accounts"
         self.tokens = {name: add_account(accounts, name, role) for name, role in ACCOUNTS.items()}
         self.devices = devices
         self._broker = broker
         self._tmp = tmp
         self._stack = stack
+        self.data_dir = data_dir  # the logger's recordings and runs, which the gateway serves
         self._env = {
+            "RCS_DATA_DIR": str(data_dir),
             "RCS_HTTP_HOST": "127.0.0.1",
             "RCS_AUTH": "on",
             "RCS_GATEWAY_SECRETS_FILE": str(accounts),
@@ -92,7 +94,7 @@ def console_stand(broker: Broker, tmp: Path) -> Iterator[ConsoleStand]:
     with ExitStack() as stack:
         devices = stack.enter_context(running_stand(settings, broker.settings, tmp))
         stack.enter_context(Logger(broker.settings("logger"), tmp, data_dir))
-        yield ConsoleStand(broker, tmp, devices, stack)
+        yield ConsoleStand(broker, tmp, devices, stack, data_dir)
 
 
 @contextmanager

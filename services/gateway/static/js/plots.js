@@ -80,6 +80,7 @@ function xRange() {
 function makePlot(name) {
   const div = el("div", "plot");
   div.dataset.channel = name;
+  div.dataset.limits = String((limits[name] || []).length);
   grid.appendChild(div);
   const u = bandPlot(div, {
     title: name,
@@ -141,6 +142,10 @@ function redraw() {
     for (const [name, p] of Object.entries(plots)) {
       if (data.lo[name]) p.u.setData([data.t, data.lo[name], data.hi[name]]);
     }
+    // what is drawn, for people and tests to read: buckets and their first and last time
+    grid.dataset.points = String(data.t.length);
+    grid.dataset.first = String(data.t.length ? data.t[0] : "");
+    grid.dataset.last = String(data.t.length ? data.t[data.t.length - 1] : "");
     if (!frozen && paintListeners.length) {
       const frame = { received: buf.received, sampleT: buf.sampleT };
       // painted: the first task after this animation frame was rendered
