@@ -4,7 +4,7 @@
 import { onPainted } from "./plots.js";
 import { el } from "./util.js";
 
-const FRAMES = 600;
+const FRAMES = 5000; // about 2.5 min at 30 frames/s
 const SHOW_EVERY_MS = 1000;
 
 // window.rcsBench: frame → painted (ms) and sample → painted (ms, the sample's UNIX time against

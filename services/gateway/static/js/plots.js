@@ -10,7 +10,7 @@
 import { bandPlot, columns, limitsByChannel, markerOf } from "./chart.js";
 import { api, on } from "./connection.js";
 import { store } from "./store.js";
-import { POINTS, WINDOWS, buf, history, setWindow } from "./telemetry.js";
+import { POINTS, WINDOWS, buf, readHistory, setWindow } from "./telemetry.js";
 import { el, fmt, hms, info } from "./util.js";
 
 const PLOT_HEIGHT = 190;
@@ -207,7 +207,7 @@ async function zoomTo(t0, t1) {
   }
   say("zoomed " + span + ": reading detail…");
   try {
-    const h = await history(seconds, points);
+    const h = await readHistory(seconds, points);
     if (mine !== zoomGeneration) return;
     const lo = {};
     const hi = {};

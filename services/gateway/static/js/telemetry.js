@@ -172,7 +172,7 @@ export function setWindow(seconds) {
 }
 
 // `GET /api/history` for `seconds` back from now in `points` buckets (a zoom's finer detail).
-export function history(seconds, points) {
+export function readHistory(seconds, points) {
   return api("/api/history?seconds=" + seconds.toFixed(3) + "&points=" + points);
 }
 
