@@ -45,8 +45,9 @@ function drawLimits(u, limits) {
     ctx.fillStyle = style.colour;
     if (l.value < y0 || l.value > y1) {
       // not within the data's range: named in the corner, so nobody thinks there is none
-      ctx.textAlign = "right";
-      ctx.fillText(name + (l.value > y1 ? " ↑" : " ↓"), left + width - 4 * px, top + (12 + 12 * offScale++) * px);
+      ctx.textAlign = "left"; // top left: live data come in on the right
+      ctx.fillText(name + (l.value > y1 ? " (above the plot)" : " (below the plot)"), left + 4 * px,
+        top + (12 + 12 * offScale++) * px);
       continue;
     }
     const y = Math.round(u.valToPos(l.value, "y", true));

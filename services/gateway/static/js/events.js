@@ -39,6 +39,7 @@ const ROWS = {
     const a = e.alarm || {};
     return [a.acknowledged_by || e.service, a.kind + " " + (a.key || a.channel), a.state, ""];
   },
+  gap: (e) => [e.service, "gap: " + e.size + " samples lost (seq " + e.seq_from + "–" + e.seq_to + ")", "", e.reason || ""],
   deadman: (e) => [e.service, "deadman", "abort", e.reason || ""],
   status: (e) => [e.service, "service " + e.state, e.state === "online" ? "" : "offline", e.reason || ""],
   run_start: (e) => [e.who || e.service, "run start " + (e.name || e.id || ""), "", e.reason || ""],

@@ -10,7 +10,7 @@
 import { bandPlot, columns, limitsByChannel, markerOf } from "./chart.js";
 import { api, on } from "./connection.js";
 import { store } from "./store.js";
-import { POINTS, WINDOWS, buf, readHistory, setWindow } from "./telemetry.js";
+import { POINTS, WINDOWS, buf, bucketS, readHistory, setWindow } from "./telemetry.js";
 import { el, fmt, hms, info } from "./util.js";
 
 const PLOT_HEIGHT = 190;
@@ -48,7 +48,7 @@ function onEvent(e, past) {
 
 // Valve changes the STM32 acknowledged.
 function onValveState(m) {
-  if (m.ts) addMarker(m.ts, "valve", m.cause || "valves");
+  if (m.ts) addMarker(m.ts, "valve", "valves");
 }
 
 async function loadMarkers() {
@@ -300,7 +300,11 @@ function showLatest(latest) {
 
 function windowTitle(seconds) {
   const h2 = grid.parentElement.querySelector("h2");
-  if (h2) h2.firstChild.textContent = "Last " + (seconds < 60 ? seconds + " s " : seconds / 60 + " min ");
+  if (!h2) return;
+  h2.firstChild.textContent = "Last " + (seconds < 60 ? seconds + " s " : seconds / 60 + " min ");
+  const small = h2.querySelector("small");
+  const ms = Math.round(bucketS() * 1000);
+  if (small) small.textContent = "min/max band per " + ms + " ms · click a channel under Latest values to add or remove its plot";
 }
 
 export function mount(root) {
