@@ -76,6 +76,7 @@ RETAINED_BY_OWNER = {
         "rcs/state/system",
         "rcs/state/motors",
         "rcs/state/alarms",
+        "rcs/state/run",
     ),
     "logger": ("rcs/status/logger",),
     "gateway": ("rcs/status/gateway",),

@@ -20,6 +20,8 @@ MEASURED = ("P1", "P2", "P3", "P4", "T1", "THRUST")
 # The hot fire's conditions name channels these settings leave out: its steps become one, all closed
 # (settings sources are merged key by key, so the stand's other sequences stay as they are).
 SEQUENCES: dict[str, Any] = {"hotfire": {"steps": [{"valves": "000000000"}]}}
+# The report's channels must exist too: the chamber pressure and the plots become ones these keep.
+REPORT: dict[str, Any] = {"chamber_pressure": "P1", "plot_channels": ["THRUST"]}
 
 
 def settings_with(polynomials: list[tuple[float, ...]]) -> Settings:
@@ -27,7 +29,7 @@ def settings_with(polynomials: list[tuple[float, ...]]) -> Settings:
     measured = [Channel(name=n, unit="u", calibration=p) for n, p in zip(MEASURED, polynomials, strict=True)]
     derived = [Channel(name=n, unit="u") for n in DERIVED_CHANNELS]
     channels = [c for pair in zip(measured, derived, strict=False) for c in pair] + measured[len(derived) :]
-    return Settings(channels=tuple(channels), redlines=(), sequences=SEQUENCES)
+    return Settings(channels=tuple(channels), redlines=(), sequences=SEQUENCES, report=REPORT)
 
 
 def reference(raw: npt.NDArray[np.uint16], polynomials: list[tuple[float, ...]]) -> npt.NDArray[np.float64]:

@@ -29,6 +29,8 @@ MEASURED = ("P1", "P2", "T1", "THRUST", "P3", "P4", "X")
 # The hot fire's conditions name channels these settings leave out: its steps become one, all closed
 # (settings sources are merged key by key, so the stand's other sequences stay as they are).
 SEQUENCES: dict[str, Any] = {"hotfire": {"steps": [{"valves": "000000000"}]}}
+# The report's channels must exist too: the chamber pressure and the plots become ones these keep.
+REPORT: dict[str, Any] = {"chamber_pressure": "P1", "plot_channels": ["THRUST"]}
 DERIVED = DerivedSettings(
     g0=9.80665,
     min_flow_kg_s=0.001,
@@ -51,7 +53,7 @@ def stand() -> Settings:
     channels = tuple(
         Channel(name=name, unit="u", calibration=(0.0, 1.0) if name in MEASURED else None) for name in ORDER
     )
-    return Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES)
+    return Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES, report=REPORT)
 
 
 def measured_rows(**columns: list[float]) -> npt.NDArray[np.float64]:
@@ -185,4 +187,6 @@ def test_rejects_mismatched_shapes(stand: Settings) -> None:
 def test_rejects_an_unknown_uncalibrated_channel(stand: Settings) -> None:
     channels = (*stand.channels, Channel(name="MYSTERY", unit="u"))
     with pytest.raises(ValueError, match="MYSTERY"):
-        Derivation(Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES))
+        Derivation(
+            Settings(channels=channels, derived=DERIVED, redlines=(), sequences=SEQUENCES, report=REPORT)
+        )

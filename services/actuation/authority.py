@@ -28,6 +28,7 @@ from services.actuation.pending import AckTimeoutError, PendingWrite, PendingWri
 from services.actuation.progress import alarms_state_entry, batch_values
 from services.actuation.publish import StatePublisher
 from services.actuation.redlines import RedlineMonitor, Trip
+from services.actuation.runs import RunBook
 from services.actuation.valve_map import ValveMap
 from services.common import topics
 from services.common.codec import pack, publish_properties
@@ -73,6 +74,7 @@ class Authority:
         self.redlines = RedlineMonitor(settings)
         self.warnings = RedlineMonitor(settings, settings.warning_limits)
         self.alarms = AlarmBook()
+        self.runs = RunBook(settings)
         self._motors = motors
         self._post = post
         self._published_progress: object = None
@@ -100,18 +102,28 @@ class Authority:
             self._publisher.event("valve_ack_timeout", cmd_no=late.cmd_no, reason=reason)
             self.apply(self.core.on_write_failed(reason, now))
         self.apply(self.core.tick(now))
+        self._follow_runs(now)
         tripped = self.deadman.check(now, self.core.state)
         if tripped is not None:
             self._stats.deadman_trips_total += 1
             self._publisher.event("deadman", reason=tripped)
             self.abort(tripped, "deadman", now)
-        candidates = [self.core.next_due(), self.pending.next_deadline(), now + DEADMAN_PERIOD_S]
+        candidates = [
+            self.core.next_due(),
+            self.pending.next_deadline(),
+            self.runs.next_due(),
+            now + DEADMAN_PERIOD_S,
+        ]
         return min(c for c in candidates if c is not None)
 
     def decide(self, decide: Callable[[str, float], Verdict], who: str) -> tuple[Verdict, list[PendingWrite]]:
         """A command's decision `decide(who, now)`, carried out; the verdict and the writes it sent."""
         verdict = decide(who, time.monotonic())
-        return verdict, self.apply(verdict)
+        if verdict.accepted:
+            self.runs.commanded(who)
+        sent = self.apply(verdict)
+        self._follow_runs(time.monotonic())  # after it: a test procedure's run names who started it
+        return verdict, sent
 
     def apply(self, verdict: Verdict) -> list[PendingWrite]:
         for transition in verdict.transitions:
@@ -126,6 +138,33 @@ class Authority:
             self._published_progress = self.core.sequence
             self._publisher.system(self.core)
         return sent
+
+    # --- test runs ---------------------------------------------------------------------------------
+
+    def _follow_runs(self, now: float) -> None:
+        """A test procedure's start starts its run, its end ends the run `runs.post_s` later."""
+        if self.runs.follow(self.core.sequence, self.core.state, now, time.time()):
+            self._publish_runs()
+
+    def _publish_runs(self) -> None:
+        state = self.runs.state(time.time())
+        self._publisher.run(state)
+        active, last = state["active"], state["last"]
+        log.info("runs: active %s, last %s", active and active["id"], last and last["id"])
+
+    def start_run(self, name: str, notes: str, who: str) -> Verdict:
+        refusal = self.runs.start(name, notes, who, time.time())
+        if refusal is not None:
+            return Verdict(False, refusal)
+        self._publish_runs()
+        return Verdict(True, "run started")
+
+    def stop_run(self, run_id: str | None, who: str) -> Verdict:
+        refusal = self.runs.stop(run_id, who, time.time())
+        if refusal is not None:
+            return Verdict(False, refusal)
+        self._publish_runs()
+        return Verdict(True, "run stopped")
 
     def _start_move(self, request: MotorRequest) -> None:
         """A sequence step's motor move; its outcome goes back to the core on the control thread."""

@@ -26,6 +26,7 @@ from services.actuation.publish import StatePublisher
 from services.actuation.valve_map import ValveMap
 from services.common import audit
 from services.common.rpc import RpcError, RpcServer
+from services.common.runs import NAME_CHARS, NOTES_CHARS
 from services.common.settings import Settings
 
 DECISION_TIMEOUT_S = 2.0  # the control thread answers in microseconds; this only bounds a bug
@@ -73,6 +74,8 @@ class Commands:
             "resume": self.resume,
             "alarms": self.alarms,
             "ack": self.ack,
+            "run_start": self.run_start,
+            "run_stop": self.run_stop,
         }
 
     # --- the handlers ------------------------------------------------------------------------
@@ -151,6 +154,36 @@ class Commands:
             raise RpcError("'id' must be an alarm's integer id")
         sent = self._decide("ack", body, lambda who, _now: self._authority.acknowledge(alarm_id, who))
         return self._finish("ack", body, sent, acknowledged=alarm_id)
+
+    def run_start(self, body: dict[str, Any]) -> dict[str, Any]:
+        name, notes = body.get("name"), body.get("notes", "")
+        if not isinstance(name, str) or not name.strip() or len(name) > NAME_CHARS:
+            raise RpcError(f"'name' must be a non-empty text of at most {NAME_CHARS} characters")
+        if not isinstance(notes, str) or len(notes) > NOTES_CHARS:
+            raise RpcError(f"'notes' must be a text of at most {NOTES_CHARS} characters")
+        runs = self._authority.runs
+        sent = self._decide(
+            "run_start", body, lambda who, _now: self._authority.start_run(name.strip(), notes, who)
+        )
+        return self._finish("run_start", body, sent, run=self._run_record(lambda: runs.active))
+
+    def run_stop(self, body: dict[str, Any]) -> dict[str, Any]:
+        wanted = body.get("id")
+        if wanted is not None and not isinstance(wanted, str):
+            raise RpcError("'id' must be a run id (or absent: the active run)")
+        runs = self._authority.runs
+        sent = self._decide("run_stop", body, lambda who, _now: self._authority.stop_run(wanted, who))
+        return self._finish("run_stop", body, sent, run=self._run_record(lambda: runs.last))
+
+    def _run_record(self, which: Callable[[], Any]) -> dict[str, Any] | None:
+        """A run's record as the control thread holds it (after the command was decided)."""
+
+        def record() -> dict[str, Any] | None:
+            run = which()
+            return None if run is None else dict(run.record())
+
+        result: dict[str, Any] | None = self._control.call(record).result(timeout=DECISION_TIMEOUT_S)
+        return result
 
     def _sequence_name(self) -> str | None:
         sequence = self._core.sequence

@@ -1,5 +1,6 @@
 """Everything actuation publishes: its events on `rcs/events/actuation` and its retained state
-topics (`rcs/state/system`, `rcs/state/valves`, `rcs/state/motors`, `rcs/state/alarms`); formats in
+topics (`rcs/state/system`, `rcs/state/valves`, `rcs/state/motors`, `rcs/state/alarms`,
+`rcs/state/run`); formats in
 docs/protocol.md.
 
 `StatePublisher` only formats and publishes: what to publish, and when, is decided by its callers
@@ -29,6 +30,7 @@ class StatePublisher:
         self._valve_map = valve_map
         self.valves_state: dict[str, Any] | None = None  # as last published on rcs/state/valves
         self.alarms_state: dict[str, Any] = {"alarms": [], "ts": time.time()}  # ... on rcs/state/alarms
+        self.run_state: dict[str, Any] = {"active": None, "last": None, "ts": time.time()}  # rcs/state/run
 
     def event(self, kind: str, **fields: Any) -> None:
         self._mqtt.publish(
@@ -55,6 +57,10 @@ class StatePublisher:
         self.alarms_state = alarms_state(book, time.time())
         self._mqtt.publish(topics.STATE_ALARMS, pack(self.alarms_state), qos=1, retain=True)
 
+    def run(self, state: dict[str, Any]) -> None:
+        self.run_state = state
+        self._mqtt.publish(topics.STATE_RUN, pack(state), qos=1, retain=True)
+
     def valves(self, mask: int, cause: str) -> None:
         self.valves_state = {
             "names": list(self._valve_map.names),
@@ -80,6 +86,7 @@ class StatePublisher:
         not re-stamped)."""
         self.system(core)
         self._mqtt.publish(topics.STATE_ALARMS, pack(self.alarms_state), qos=1, retain=True)
+        self._mqtt.publish(topics.STATE_RUN, pack(self.run_state), qos=1, retain=True)
         if self.valves_state is not None:
             self._mqtt.publish(topics.STATE_VALVES, pack(self.valves_state), qos=1, retain=True)
         self.motors(motors)

@@ -31,8 +31,11 @@ from rich import box
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from services.analyze import continuity, export, plot, synth
+from services.analyze import report as run_report
+from services.analyze import run as run_dir
 from services.analyze.load import (
     KEY_COLUMNS,
     Recording,
@@ -56,16 +59,30 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 Files = Annotated[
-    list[Path], typer.Argument(help="recording files and/or directories", metavar="FILES", show_default=False)
+    list[Path] | None,
+    typer.Argument(help="recording files and/or directories", metavar="FILES", show_default=False),
+]
+RunOption = Annotated[
+    str | None,
+    typer.Option("--run", help="a run (id under DATA_DIR/runs, or its directory) instead of FILES"),
+]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="where runs are (default: data_dir of the stand's settings)")
 ]
 Start = Annotated[str | None, typer.Option(help="from this UTC time (ISO 8601, inclusive)")]
 End = Annotated[str | None, typer.Option(help="until this UTC time (ISO 8601, exclusive)")]
 ChannelList = Annotated[str | None, typer.Option(help="comma-separated channels, e.g. P1,P5 (default: all)")]
 
 
-def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {message}")
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr (never wrapped, never markup), then exit with `code`."""
+    err.print(Text.assemble(("error:", "bold red"), " ", " ".join(message.split())), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _note(message: str) -> None:
+    """Data read differently, or not read, and why: one line on stderr."""
+    err.print(Text.assemble(("note:", "bold yellow"), " ", message), soft_wrap=True)
 
 
 def _settings() -> Settings:
@@ -96,9 +113,25 @@ def _ring_status() -> dict[str, Any]:
         client.stop()
 
 
-def _open(files: Sequence[Path]) -> list[Recording]:
+def _data_dir(option: Path | None) -> Path:
+    return option if option is not None else _settings().data_dir
+
+
+def _open(
+    files: Sequence[Path] | None, run: str | None = None, data_dir: Path | None = None
+) -> list[Recording]:
+    """The recordings of FILES, or of the run `--run` names (exactly one of the two)."""
+    if run is not None and files:
+        _fail("give FILES or --run, not both")
+    if run is not None:
+        try:
+            files = [run_dir.samples_path(run_dir.resolve(run, _data_dir(data_dir)))]
+        except run_dir.RunError as exc:
+            _fail(str(exc))
+    if not files:
+        _fail("give recording FILES (or a directory), or --run")
     try:
-        return find_recordings(files)
+        return find_recordings(files, _note)
     except RecordingError as exc:
         _fail(str(exc))
 
@@ -163,9 +196,17 @@ def _number(value: float) -> str:
 
 
 @app.command()
-def stats(files: Files, *, start: Start = None, end: End = None, channels: ChannelList = None) -> None:
+def stats(
+    files: Files = None,
+    *,
+    run: RunOption = None,
+    data_dir: DataDir = None,
+    start: Start = None,
+    end: End = None,
+    channels: ChannelList = None,
+) -> None:
     """Per channel: unit, count of values, NaN count, min, max, mean, standard deviation (population)."""
-    recordings = _open(files)
+    recordings = _open(files, run, data_dir)
     window = _window(start, end)
     names = _channels(channels, channel_union(recordings))
     units = {c.name: c.unit for c in _settings().channels}
@@ -236,7 +277,10 @@ def _print_ring_tail(tail: continuity.RingTail) -> None:
 
 @app.command()
 def check(
-    files: Files,
+    files: Files = None,
+    *,
+    run: RunOption = None,
+    data_dir: DataDir = None,
     largest: Annotated[int, typer.Option(min=1, help="list this many of each session's largest gaps")] = 5,
     acquisition: Annotated[
         bool,
@@ -249,7 +293,7 @@ def check(
 ) -> None:
     """Continuity by seq, per session: gaps (samples lost) and duplicates; with --acquisition, also a
     recording that ends before acquisition's ring buffer. Exit code 1 if any."""
-    recordings = _open(files)
+    recordings = _open(files, run, data_dir)
     ring = _ring_status() if acquisition else None
     with _work() as progress:
         keys = continuity.read_keys(scan(recordings, list(KEY_COLUMNS), progress=progress))
@@ -280,8 +324,10 @@ def check(
 
 @app.command("plot")
 def plot_command(
-    files: Files,
+    files: Files = None,
     *,
+    run: RunOption = None,
+    data_dir: DataDir = None,
     channels: Annotated[str, typer.Option(help="comma-separated channels, e.g. P1,P5")],
     out_path: Annotated[Path, typer.Option("--out", help="PNG file to write")] = Path("plot.png"),
     start: Start = None,
@@ -289,7 +335,7 @@ def plot_command(
     points: Annotated[int, typer.Option(min=10, help="time buckets (min/max of each is drawn)")] = 4000,
 ) -> None:
     """Channels against UTC time, one axis per unit, red-lines from the stand dashed; as PNG."""
-    recordings = _open(files)
+    recordings = _open(files, run, data_dir)
     window = _window(start, end)
     names = _channels(channels, channel_union(recordings))
     settings = _settings()
@@ -316,8 +362,10 @@ class OutputFormat(StrEnum):
 
 @app.command("export")
 def export_command(
-    files: Files,
+    files: Files = None,
     *,
+    run: RunOption = None,
+    data_dir: DataDir = None,
     out_path: Annotated[Path, typer.Option("--out", help="file to write")],
     start: Start = None,
     end: End = None,
@@ -328,7 +376,7 @@ def export_command(
 ) -> None:
     """Merge files and cut a time range: sorted by (session, seq), duplicates dropped; as a recording
     (Parquet, the logger's format) or CSV (ISO 8601 UTC timestamps). The cut is sorted in memory."""
-    recordings = _open(files)
+    recordings = _open(files, run, data_dir)
     if out_path.resolve() in {r.path.resolve() for r in recordings}:
         _fail(f"--out {out_path} is one of the input files")
     window = _window(start, end)
@@ -343,6 +391,34 @@ def export_command(
     out.print(
         f"wrote {merged.table.num_rows} rows to {out_path} ({merged.duplicates} duplicate rows dropped)"
     )
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[str, typer.Argument(help="the run: its directory, or its id under DATA_DIR/runs")],
+    *,
+    data_dir: DataDir = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="HTML file to write (default: report.html in the run)")
+    ] = None,
+) -> None:
+    """The run's report: one self-contained HTML page with its figures (burn duration, chamber pressure,
+    thrust, impulse, Isp, propellant masses and O/F, ignition delay), every alarm, red-line and abort,
+    plots with phase bands and event markers, and every event. Prints the page's path."""
+    settings = _settings()
+    try:
+        directory = run_dir.resolve(run, data_dir if data_dir is not None else settings.data_dir)
+        loaded = run_dir.load(directory)
+        path = run_report.write(run_report.build(loaded, settings), out_path)
+    except (run_dir.RunError, RecordingError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the report: {exc}")
+    except ValueError as exc:
+        _fail(f"{run}: {exc}")
+    for note in loaded.notes:
+        _note(note)
+    out.print(str(path), soft_wrap=True)
 
 
 @app.command("synth")

@@ -7,7 +7,7 @@ memory at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -110,38 +110,86 @@ def open_recording(path: Path) -> Recording:
         raise RecordingError(f"{path}: no such file")
     try:
         # pre_buffer would read every selected row group's column chunks up front: the whole file
-        file = pq.ParquetFile(path, pre_buffer=False)
-        channels = tuple(recording.channels_of(file.schema_arrow))
-        metadata = file.metadata
-        spans = [
-            _statistics_span(metadata.row_group(i).column(0).statistics)
-            for i in range(metadata.num_row_groups)
-        ]
-        if any(span is None for span in spans):
-            t = micros(file.read(columns=["timestamp"]).column(0))
-            span_us = (int(t.min()), int(t.max())) if len(t) else None
-        else:
-            known = [span for span in spans if span is not None]
-            span_us = (min(s[0] for s in known), max(s[1] for s in known)) if known else None
+        return _recording(path, pq.ParquetFile(path, pre_buffer=False))
     except (OSError, pa.ArrowException) as exc:
         raise RecordingError(f"{path}: cannot read it as Parquet ({exc})") from exc
     except ValueError as exc:  # channels_of: some other table
         raise RecordingError(f"{path}: not an rcs recording ({exc})") from exc
+
+
+def _recording(path: Path, file: pq.ParquetFile) -> Recording:
+    channels = tuple(recording.channels_of(file.schema_arrow))
+    metadata = file.metadata
+    spans = [
+        _statistics_span(metadata.row_group(i).column(0).statistics) for i in range(metadata.num_row_groups)
+    ]
+    if any(span is None for span in spans):
+        t = micros(file.read(columns=["timestamp"]).column(0))
+        span_us = (int(t.min()), int(t.max())) if len(t) else None
+    else:
+        known = [span for span in spans if span is not None]
+        span_us = (min(s[0] for s in known), max(s[1] for s in known)) if known else None
     return Recording(path, file, channels, span_us)
 
 
-def find_recordings(paths: Sequence[Path]) -> list[Recording]:
-    """Files as given, directories as every `sensor_log_*.parquet` in them; in time order, each once."""
+def open_segment(path: Path) -> tuple[Recording | None, str]:
+    """The logger's open segment (an Arrow IPC stream it is still appending to, or one a crash left):
+    its complete record batches as a recording held in memory, and a line saying what was read.
+
+    Reading never disturbs the logger (read-only, and a batch it is writing is a torn tail, left out).
+    """
+    try:
+        read = recording.read_stream(path.read_bytes())
+    except OSError as exc:
+        raise RecordingError(f"{path}: cannot read it ({exc})") from exc
+    rows = sum(b.num_rows for b in read.batches)
+    torn = " (a batch being written, or torn by a crash, left out)" if read.torn else ""
+    if read.schema is None or rows == 0:
+        return None, f"{path.name}: the logger's open segment holds no complete samples yet{torn}: skipped"
+    try:
+        recording.channels_of(read.schema)
+    except ValueError as exc:
+        raise RecordingError(f"{path}: not an rcs open segment ({exc})") from exc
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_batches(read.batches, read.schema), buffer, row_group_size=BATCH_ROWS)
+    in_memory = pq.ParquetFile(pa.BufferReader(buffer.getvalue()))
+    opened = _recording(path, in_memory)
+    last = "" if opened.span_us is None else f" up to {from_micros(opened.span_us[1]):%H:%M:%S.%f} UTC"
+    note = (
+        f"{path.name}: the logger's open segment (still being written): "
+        f"read its {rows} complete rows{last}{torn}"
+    )
+    return opened, note
+
+
+def find_recordings(paths: Sequence[Path], on_note: Callable[[str], None] | None = None) -> list[Recording]:
+    """Files as given, directories as every `sensor_log_*.parquet` in them, and their open segments
+    (`sensor_log_*.arrows`: what is complete of them, each said to `on_note`); in time order, each once."""
     files: dict[Path, None] = {}
+    segments: dict[Path, None] = {}
     for path in paths:
         if path.is_dir():
             found = [p for p in path.glob(recording.FILE_PATTERN) if recording.is_recording_name(p.name)]
-            if not found:
+            open_ = [
+                p
+                for p in path.glob(recording.SEGMENT_PATTERN)
+                if recording.is_recording_name(p.with_suffix(".parquet").name)
+            ]
+            if not found and not open_:
                 raise RecordingError(f"{path}: no {recording.FILE_PATTERN} in this directory")
             files.update(dict.fromkeys(p.resolve() for p in found))
+            segments.update(dict.fromkeys(p.resolve() for p in open_))
+        elif path.suffix == ".arrows":
+            segments[path.resolve() if path.exists() else path] = None
         else:
             files[path.resolve() if path.exists() else path] = None
     recordings = [open_recording(path) for path in files]
+    for path in sorted(segments):
+        segment, note = open_segment(path)
+        if on_note is not None:
+            on_note(note)
+        if segment is not None:
+            recordings.append(segment)
     return sorted(recordings, key=lambda r: (r.span_us or (2**63, 2**63), str(r.path)))
 
 

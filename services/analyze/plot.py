@@ -19,6 +19,7 @@ import matplotlib.dates as mdates
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -88,13 +89,48 @@ def envelope(
     return Envelope(start_us, end_us, centres, counts, breaks, low, high)
 
 
-def _trace(env: Envelope, name: str) -> tuple[npt.NDArray[np.datetime64], FloatArray]:
-    """x, y of the min/max line: per bucket with samples (min, max, NaN if a gap follows else max)."""
+def trace(env: Envelope, name: str) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """x (UTC µs), y of the min/max line: per bucket with samples (min, max, NaN if a gap follows else
+    max)."""
     keep = env.counts > 0
-    x = np.repeat(env.t_us[keep].astype("datetime64[us]"), 3)
+    x = np.repeat(env.t_us[keep], 3)
     high = env.high[name][keep]
     y = np.column_stack((env.low[name][keep], high, np.where(env.breaks[keep], np.nan, high))).ravel()
     return x, y
+
+
+def by_unit(channels: Sequence[str], units: Mapping[str, str]) -> dict[str, list[str]]:
+    """Channels grouped by unit (one axis each), in order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for name in channels:
+        groups.setdefault(units.get(name, ""), []).append(name)
+    return groups
+
+
+def draw_redlines(ax: Axes, name: str, unit: str, redlines: Sequence[Redline]) -> None:
+    """`name`'s red-lines as dashed lines, each labelled at the right edge."""
+    for line in (r for r in redlines if r.channel == name):
+        limit = line.above if line.above is not None else line.below
+        if limit is None:
+            continue
+        sign = ">" if line.above is not None else "<"
+        ax.axhline(
+            limit,
+            color=REDLINE_COLOR,
+            linestyle="--",
+            linewidth=1.3,
+            label=f"{name} red-line {sign} {limit:g} {unit}",
+        )
+        ax.text(  # which line is whose, where several share an axis
+            0.995,
+            limit,
+            f"{name} {sign} {limit:g}",
+            transform=ax.get_yaxis_transform(),
+            color=REDLINE_COLOR,
+            fontsize="small",
+            ha="right",
+            va="bottom",
+        )
 
 
 def draw(
@@ -107,36 +143,15 @@ def draw(
     out: Path,
 ) -> None:
     """One axis per unit (channels sharing a unit share it), red-lines dashed, written to `out`."""
-    by_unit: dict[str, list[str]] = {}
-    for name in channels:
-        by_unit.setdefault(units.get(name, ""), []).append(name)
-    figure = Figure(figsize=(13, 1.2 + 3.2 * len(by_unit)), dpi=110, layout="constrained")
-    axes = figure.subplots(len(by_unit), 1, sharex=True, squeeze=False)[:, 0]
+    groups = by_unit(channels, units)
+    figure = Figure(figsize=(13, 1.2 + 3.2 * len(groups)), dpi=110, layout="constrained")
+    axes = figure.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]
     colors = iter(LINE_COLORS * (len(channels) // len(LINE_COLORS) + 1))
-    for ax, (unit, names) in zip(axes, by_unit.items(), strict=True):
+    for ax, (unit, names) in zip(axes, groups.items(), strict=True):
         for name in names:
-            x, y = _trace(env, name)
-            ax.plot(x, y, color=next(colors), linewidth=0.8, label=name)
-            for line in (r for r in redlines if r.channel == name):
-                limit = line.above if line.above is not None else line.below
-                sign = ">" if line.above is not None else "<"
-                ax.axhline(
-                    limit,
-                    color=REDLINE_COLOR,
-                    linestyle="--",
-                    linewidth=1.3,
-                    label=f"{name} red-line {sign} {limit:g} {unit}",
-                )
-                ax.text(  # which line is whose, where several share an axis
-                    0.995,
-                    limit,
-                    f"{name} {sign} {limit:g}",
-                    transform=ax.get_yaxis_transform(),
-                    color=REDLINE_COLOR,
-                    fontsize="small",
-                    ha="right",
-                    va="bottom",
-                )
+            x, y = trace(env, name)
+            ax.plot(x.astype("datetime64[us]"), y, color=next(colors), linewidth=0.8, label=name)
+            draw_redlines(ax, name, unit, redlines)
         ax.set_ylabel(f"{', '.join(names)} [{unit}]" if unit else ", ".join(names))
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize="small")  # never over the data

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 FORMAT_VERSION = "1"
 FILE_PATTERN = "sensor_log_*.parquet"
+SEGMENT_PATTERN = "sensor_log_*.arrows"  # the logger's open segment (services/logger/segments.py)
 FIXED_COLUMNS = ("timestamp", "seq", "session")
 META_FORMAT = "rcs.format"
 META_CHANNELS = "rcs.channels"
@@ -173,3 +175,33 @@ def read_intervals(path: Path) -> Intervals:
         raise ValueError(f"{path}: no {META_SESSIONS} metadata (not a recording?)")
     sessions = json.loads(raw)
     return {session: [(int(a), int(b)) for a, b in runs] for session, runs in sessions.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRead:
+    """What an Arrow IPC stream (an open segment) holds: its schema (None: not even that), every
+    complete record batch, and whether it ended in a torn batch (a crash, or a write under way)."""
+
+    schema: pa.Schema | None
+    batches: list[pa.RecordBatch]
+    torn: bool
+
+
+def read_stream(stream: bytes) -> StreamRead:
+    """The schema and every complete record batch of an IPC stream; a torn tail ends it.
+
+    Parsing bytes already in memory, any error is the data's (a real read error was raised reading
+    the file), so Arrow's OSError ("expected to read N bytes") is a torn tail too.
+    """
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(stream))
+    except (pa.ArrowInvalid, OSError):
+        return StreamRead(None, [], bool(stream))
+    batches = []
+    while True:
+        try:
+            batches.append(reader.read_next_batch())
+        except StopIteration:
+            return StreamRead(reader.schema, batches, False)
+        except (pa.ArrowInvalid, OSError):
+            return StreamRead(reader.schema, batches, True)

@@ -260,6 +260,9 @@ class Sequence(_Section):
         False,
         description="ends idle with isolation valves and igniter confirmed closed; manual commands refused",
     )
+    test: bool = Field(
+        False, description="a test: starting it starts a run, which ends `runs.post_s` after it ended"
+    )
     steps: tuple[Step, ...] = Field(min_length=1)
 
     def patterns(self, valve_names: tuple[str, ...]) -> tuple[frozenset[str] | None, ...]:
@@ -336,6 +339,16 @@ class LoggerSettings(_Section):
     metrics_port: int = Field(9103, ge=0, le=65535)
 
 
+class RunsSettings(_Section):
+    pretrigger_s: float = Field(
+        10.0, ge=0, le=300, description="a run's recording starts this long before it (ring buffer)"
+    )
+    post_s: float = Field(
+        5.0, ge=0, le=600, description="a test procedure's run ends this long after the procedure"
+    )
+    report_timeout_s: float = Field(120.0, gt=0, le=3600, description="rcs-analyze report may take this long")
+
+
 class GatewaySettings(_Section):
     secrets_file: Path | None = Field(None, description="named accounts, hashed tokens: written by rcs-users")
     cors_origins: tuple[str, ...] = ("http://localhost:3000", "http://localhost:5173")
@@ -366,6 +379,26 @@ class GatewaySettings(_Section):
                 "gateway.tls_cert_file and gateway.tls_key_file go together: set both or neither"
             )
         return self
+
+
+class ReportSettings(_Section):
+    """What `rcs-analyze report` computes its figures from (docs/configuration.md, `report`)."""
+
+    chamber_pressure: str = Field("P5", description="the channel whose rise above the threshold is the burn")
+    thrust: str = "THRUST"
+    ox_flow: str = Field("D1", description="oxidiser mass flow (kg/s), integrated to the oxidiser mass")
+    fuel_flow: str = Field("D2", description="fuel mass flow (kg/s), integrated to the fuel mass")
+    ignition_valve: str = Field("IGNITION", description="its opening starts the ignition delay")
+    burn_threshold_bar: float | None = Field(
+        None, gt=0, description="burning while chamber pressure is above this; None: the fraction below"
+    )
+    burn_threshold_fraction: float = Field(
+        0.5, gt=0, lt=1, description="...of the burn's steady chamber pressure (median of the upper half)"
+    )
+    burn_min_bar: float = Field(2.0, ge=0, description="the fraction's threshold is never below this")
+    burn_merge_s: float = Field(0.1, ge=0, description="dips below the threshold shorter than this")
+    plot_channels: tuple[str, ...] = ("P5", "THRUST", "P1", "P3", "D1", "D2", "Tbogaz1")
+    plot_points: int = Field(2000, ge=100, le=20000, description="min/max buckets per plot")
 
 
 class EmulatorSettings(_Section):
@@ -410,6 +443,7 @@ class Settings(BaseSettings):
     motors: MotorSettings = MotorSettings()
     actuation: ActuationSettings = ActuationSettings()
     logger: LoggerSettings = LoggerSettings()
+    runs: RunsSettings = RunsSettings()
     gateway: GatewaySettings = GatewaySettings()
     sequences: dict[str, Sequence] = {}
     interlocks: tuple[Interlock, ...] = ()
@@ -425,6 +459,7 @@ class Settings(BaseSettings):
         "safing",
     )
     emulator: EmulatorSettings = EmulatorSettings()
+    report: ReportSettings = ReportSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -482,6 +517,27 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _report_refers_to_the_stand(self) -> Settings:
+        report, names = self.report, set(self.channel_names)
+        fields = ("chamber_pressure", "thrust", "ox_flow", "fuel_flow")
+        problems = [
+            f"report.{key}: {getattr(report, key)!r} is not a channel"
+            for key in fields
+            if getattr(report, key) not in names
+        ]
+        unknown = [name for name in report.plot_channels if name not in names]
+        if unknown:
+            problems.append(f"report.plot_channels: {unknown} are not channels")
+        if report.ignition_valve not in self.valve_names:
+            problems.append(
+                f"report.ignition_valve: {report.ignition_valve!r} is not a valve "
+                f"(valves: {', '.join(self.valve_names)})"
+            )
+        if problems:
+            raise ValueError("\n".join(f"{config_file()}: {p}" for p in problems))
+        return self
+
+    @model_validator(mode="after")
     def _safety_config_consistent(self) -> Settings:
         names, roles = set(self.valve_names), {v.role for v in self.valves}
         for rule in self.interlocks:
@@ -507,6 +563,11 @@ class Settings(BaseSettings):
         ]
         if problems:
             raise ValueError("\n".join(f"{config_file()}: {p}" for p in problems))
+        if self.runs.pretrigger_s > self.acquisition.ring_seconds:
+            raise ValueError(
+                f"runs.pretrigger_s ({self.runs.pretrigger_s:g}) is longer than the ring buffer "
+                f"(acquisition.ring_seconds {self.acquisition.ring_seconds:g})"
+            )
         aborts = [name for name, sequence in self.sequences.items() if sequence.abort]
         if len(aborts) != 1:
             raise ValueError(f"exactly one sequence must be the abort sequence (abort: true), found {aborts}")
@@ -541,6 +602,8 @@ class Settings(BaseSettings):
                 problems.append(
                     f"{where}: the abort sequence only sets valves and waits (nothing may stop it)"
                 )
+        if sequence.test and sequence.abort:
+            problems.append(f"sequences.{name}: the abort sequence cannot be a test (test: true)")
         if sequence.procedure:
             if not sequence.requires_armed:
                 problems.append(f"sequences.{name}: a procedure must set requires_armed: true")

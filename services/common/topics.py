@@ -9,6 +9,7 @@ STATE_VALVES = "rcs/state/valves"
 STATE_MOTORS = "rcs/state/motors"
 STATE_SYSTEM = "rcs/state/system"
 STATE_ALARMS = "rcs/state/alarms"
+STATE_RUN = "rcs/state/run"  # the active test run and the last one (actuation)
 
 # actuation -> acquisition (the broker's ACL lets only actuation publish here)
 STM32_VALVES = "rcs/stm32/cmd/valves"
@@ -24,11 +25,13 @@ ACQ_HISTORY_REDUCED = "rcs/rpc/acquisition/history_reduced"
 
 LOGGER_SAVE = "rcs/rpc/logger/save"  # rotate now; the reply names the file
 LOGGER_STATUS = "rcs/rpc/logger/status"
+LOGGER_RUNS = "rcs/rpc/logger/runs"  # the recorded runs, newest first
+LOGGER_RUN = "rcs/rpc/logger/run"  # one run's run.json
 
 
 def actuation(command: str) -> str:
     """Request topic of an actuation command: valves, valve, motor, sequence, cancel, hold, resume, arm,
-    disarm, abort, alarms, ack."""
+    disarm, abort, alarms, ack, run_start, run_stop."""
     return f"rcs/rpc/actuation/{command}"
 
 

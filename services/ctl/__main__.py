@@ -58,22 +58,26 @@ def _connect(*, announce: bool = False) -> MqttClient:
     return client
 
 
-def _call(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) -> dict[str, Any]:
+def _request(service: str, topic: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """A service's result; a refusal or no answer ends the command (exit 1 or 2) saying so."""
     client = _connect()
     rpc = RpcClient(client)
     try:
-        result = rpc.call(
-            topics.actuation(command), {**body, "who": who, "origin": "rcs-ctl"}, timeout=timeout
-        )
+        return rpc.call(topic, body, timeout=timeout)
     except RpcError as exc:
         console.print(f"[bold red]refused:[/bold red] {exc}")
         raise typer.Exit(1) from exc
     except RpcTimeout as exc:
-        console.print("[bold red]no answer from actuation[/bold red] (is it running?)")
+        console.print(f"[bold red]no answer from {service}[/bold red] (is it running?)")
         raise typer.Exit(2) from exc
     finally:
         rpc.close()
         client.stop()
+
+
+def _call(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) -> dict[str, Any]:
+    body = {**body, "who": who, "origin": "rcs-ctl"}
+    result = _request("actuation", topics.actuation(command), body, timeout)
     console.print(f"[green]ok[/green] {result}")
     return result
 
@@ -195,6 +199,87 @@ def status(wait: float = 1.0) -> None:
     for topic in sorted(latest):
         table.add_row(topic, ", ".join(f"{k}={v}" for k, v in latest[topic].items() if k != "ts"))
     console.print(table)
+
+
+run_app = typer.Typer(
+    help="Test runs: a named test's own recording and report (docs/protocol.md, Test runs).",
+    no_args_is_help=True,
+)
+app.add_typer(run_app, name="run")
+
+
+def _when(ts: Any) -> str:
+    return "" if not isinstance(ts, int | float) else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+@run_app.command("start")
+def run_start(
+    name: str,
+    notes: Annotated[str, typer.Option(help="what this test is for")] = "",
+    who: Who = DEFAULT_WHO,
+) -> None:
+    """Start a run named NAME (refused while another is active)."""
+    run = _call("run_start", {"name": name, "notes": notes}, who)["run"]
+    console.print(f"run [bold]{run['id']}[/bold] started")
+
+
+@run_app.command("stop")
+def run_stop(
+    run_id: Annotated[
+        str | None, typer.Argument(help="the active run's id (default: whichever is active)")
+    ] = None,
+    who: Who = DEFAULT_WHO,
+) -> None:
+    """Stop the active run."""
+    body = {} if run_id is None else {"id": run_id}
+    run = _call("run_stop", body, who)["run"]
+    console.print(f"run [bold]{run['id']}[/bold] stopped ({run['result']}); the logger writes its files")
+
+
+@run_app.command("list")
+def run_list() -> None:
+    """The recorded runs, newest first, and the one being recorded."""
+    answer = _request("logger", topics.LOGGER_RUNS, {}, 10.0)
+    table = Table("id", "name", "procedure", "started", "duration (s)", "result", "samples", "report")
+    active = answer.get("active")
+    if isinstance(active, dict):
+        table.add_row(
+            active["id"],
+            active["name"],
+            active.get("procedure") or "",
+            _when(active["started_at"]),
+            "",
+            "[yellow]running[/yellow]",
+            "",
+            "",
+        )
+    for run in answer["runs"]:
+        ended, started = run.get("ended_at"), run.get("started_at")
+        duration = (
+            f"{ended - started:.1f}"
+            if isinstance(ended, int | float) and isinstance(started, int | float)
+            else ""
+        )
+        table.add_row(
+            run["id"],
+            run.get("name", ""),
+            run.get("procedure") or "",
+            _when(started),
+            duration,
+            str(run.get("result", "")),
+            str(run.get("samples", "")),
+            str((run.get("report") or {}).get("status", "")),
+        )
+    console.print(table)
+
+
+@run_app.command("show")
+def run_show(run_id: str) -> None:
+    """One run's record (run.json without the copy of stand.yaml)."""
+    run = _request("logger", topics.LOGGER_RUN, {"id": run_id}, 10.0)
+    for key, value in run.items():
+        if key != "config_yaml":
+            console.print(f"[bold]{key}[/bold]: {value}")
 
 
 def main() -> None:

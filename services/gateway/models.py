@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.common import runs
 from services.gateway.problems import Problem
 
 Number = float | None
@@ -143,6 +144,36 @@ class Alarms(BaseModel):
 class AckOut(BaseModel):
     success: bool
     acknowledged: int
+
+
+class RunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=runs.NAME_CHARS, description="the test's name (its id's slug)")
+    notes: str = Field("", max_length=runs.NOTES_CHARS)
+
+
+class Run(BaseModel):
+    """A run: as in `rcs/state/run` while active; its run.json (without the copy of stand.yaml) once
+    recorded (docs/protocol.md, Test runs)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    name: str
+    notes: str = ""
+    stand: str | None = None
+    started_at: float
+    ended_at: float | None = None
+    started_by: str | None = None
+    stopped_by: str | None = None
+    procedure: str | None = None
+    operators: list[str] = []
+    result: str | None = Field(None, description="completed, aborted, cancelled, stopped, interrupted")
+    active: bool = Field(False, description="still running (not yet recorded)")
+
+
+class RunOut(BaseModel):
+    success: bool
+    run: Run
 
 
 class SaveOut(BaseModel):

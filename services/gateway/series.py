@@ -10,7 +10,6 @@ few seconds of a 10-minute file reads a few row groups. The reduction is service
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,12 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from services.common import recording
+from services.common import recording, runs
 from services.common.minmax import fold_runs
 from services.gateway.recordings import BadQueryError, Cell, TooLargeError
-
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-RUN_SAMPLES = "samples.parquet"
 
 
 @dataclass(frozen=True)
@@ -45,13 +41,12 @@ class Series:
 
 
 def resolve_run(data_dir: Path, run_id: str) -> Path:
-    """`data_dir/runs/<run_id>/samples.parquet`; BadQueryError for an id that is no run's name,
-    FileNotFoundError when that run has no samples."""
-    if not RUN_ID.fullmatch(run_id):
-        raise BadQueryError("a run id is letters, digits, '_', '-' and '.', at most 128")
-    root = (data_dir / "runs").resolve()
-    path = (root / run_id / RUN_SAMPLES).resolve()
-    if path.parent.parent != root or not path.is_file():
+    """A recorded run's `samples.parquet`; BadQueryError for an id that is no run id,
+    FileNotFoundError when that run has no samples (unknown, or still recording)."""
+    if not runs.valid_id(run_id):
+        raise BadQueryError("not a run id (e.g. 20261202T014501Z-hotfire)")
+    path = runs.run_dir(data_dir, run_id) / runs.SAMPLES
+    if runs.read_run(data_dir, run_id) is None or not path.is_file():
         raise FileNotFoundError(run_id)
     return path
 

@@ -49,6 +49,7 @@ PUSHED_STATES = {
     topics.STATE_MOTORS: "motor_state",
     topics.STATE_STM32: "stm32_state",
     topics.STATE_ALARMS: "alarms",
+    topics.STATE_RUN: "run_state",
 }
 
 

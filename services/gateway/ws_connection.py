@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from services.common import topics
+from services.common import runs, topics
 from services.gateway.auth import Identity
 from services.gateway.calls import CallFailedError, call_service, motor_timeout_s
 from services.gateway.hub import Client
@@ -199,6 +199,31 @@ class Connection:
             return
         self.reply({**answer, "success": True}, raw)
 
+    def on_run_start(self, message: dict[str, Any], raw: str | bytes) -> None:
+        name, notes = message.get("name"), message.get("notes", "")
+        if not isinstance(name, str) or not name.strip() or len(name) > runs.NAME_CHARS:
+            raise BadMessageError(f"'name' must be a non-empty text of at most {runs.NAME_CHARS} characters")
+        if not isinstance(notes, str) or len(notes) > runs.NOTES_CHARS:
+            raise BadMessageError(f"'notes' must be a text of at most {runs.NOTES_CHARS} characters")
+        if self.command_allowed(raw):
+            self.spawn(self.run_command("run_start", {"name": name, "notes": notes}, raw))
+
+    def on_run_stop(self, message: dict[str, Any], raw: str | bytes) -> None:
+        run_id = message.get("id")
+        if run_id is not None and not runs.valid_id(run_id):
+            raise BadMessageError("'id' must be a run id (e.g. 20261202T014501Z-hotfire), or absent")
+        if self.command_allowed(raw):
+            self.spawn(self.run_command("run_stop", {} if run_id is None else {"id": run_id}, raw))
+
+    async def run_command(self, command: str, body: dict[str, Any], raw: str | bytes) -> None:
+        answer: dict[str, Any] = {"type": "run_response", "command": command}
+        try:
+            result = await self._actuation(command, body)
+        except CallFailedError as exc:
+            self.reply({**answer, "success": False, "reason": exc.reason}, raw)
+            return
+        self.reply({**answer, "success": True, "run": result.get("run")}, raw)
+
     def on_subscribe(self, message: dict[str, Any], raw: str | bytes) -> None:
         hub, mode = self.endpoint.hub, message.get("mode", "full")
         wants = message.get("sensor_data")
@@ -322,4 +347,6 @@ Connection.HANDLERS = {
     "step_motor_command": Connection.on_step_motor_command,
     "system_mode": Connection.on_system_mode,
     "alarm_ack": Connection.on_alarm_ack,
+    "run_start": Connection.on_run_start,
+    "run_stop": Connection.on_run_stop,
 }

@@ -4,7 +4,8 @@ This module wires the parts to MQTT. Threads: paho's (decodes and hands over; ne
 recorder (services/logger/recorder.py: the only one touching the open segment, the coverage and the
 event log), the converter (open segment -> Parquet, off the recorder's path: conversion.py), the
 repairer (asks acquisition's ring buffer for what is missing: repair.py) and the request handlers
-(save now, status), which post to the recorder.
+(save now, status), which post to the recorder. Test runs (rcs/state/run) are recorded apart, on
+the run recorder's thread (runs.py), which never delays the continuous recording.
 
 What is wrong is in the retained status: `disk`/`disk_error` while writing fails (disk.py),
 `behind_s` while the oldest telemetry not yet recorded is older than `logger.behind_after_s`
@@ -26,6 +27,7 @@ from services.common.rpc import RpcClient, RpcServer
 from services.common.settings import Settings
 from services.common.telemetry import decode_batch
 from services.logger.recorder import Recorder
+from services.logger.runs import RunRecorder
 from services.logger.stats import LoggerStats
 
 SERVICE = "logger"
@@ -49,15 +51,21 @@ class Logger:
             set_status=self.mqtt.set_status,
         )
         self.repairer = self.recorder.repairer
+        self.runs = RunRecorder(settings, self.rpc_client, publish_event=self._publish_event)
         self.mqtt.subscribe(topics.TELEMETRY, self._on_telemetry)
         self.mqtt.subscribe(topics.EVENTS, self._on_event, qos=1)
+        self.mqtt.subscribe(topics.STATE_RUN, self._on_run_state, qos=1)
+        self.mqtt.subscribe(topics.TELEMETRY_META, self._on_meta, qos=1)
         self.rpc_server.serve(topics.LOGGER_SAVE, lambda _request: self.recorder.save_now())
         self.rpc_server.serve(topics.LOGGER_STATUS, lambda _request: self.recorder.status())
+        self.rpc_server.serve(topics.LOGGER_RUNS, self.runs.list_runs)
+        self.rpc_server.serve(topics.LOGGER_RUN, self.runs.get_run)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.recorder.start()
+        self.runs.start()
         self.repairer.start()
         self.mqtt.start()
 
@@ -66,6 +74,7 @@ class Logger:
         self.rpc_server.close()
         self.repairer.stop()
         self.mqtt.stop()
+        self.runs.stop()
         self.recorder.stop()
         self.rpc_client.close()
 
@@ -78,6 +87,7 @@ class Logger:
         if batch is None:
             return
         self.recorder.take_batch(batch)
+        self.runs.take_batch(batch)
 
     def _on_event(self, message: Message) -> None:
         event = self._decode(unpack_map, message.payload, "malformed-event", "event")
@@ -87,6 +97,21 @@ class Logger:
         if forged:
             self.stats.forged_events_total += 1
         self.recorder.take_event(attributed)
+        self.runs.take_event(attributed)
+
+    def _on_run_state(self, message: Message) -> None:
+        if not message.payload:
+            return  # the retained state cleared
+        state = self._decode(unpack_map, message.payload, "malformed-run-state", "run state")
+        if state is not None:
+            self.runs.take_state(state)
+
+    def _on_meta(self, message: Message) -> None:
+        if not message.payload:
+            return
+        meta = self._decode(unpack_map, message.payload, "malformed-meta", "telemetry meta")
+        if meta is not None:
+            self.runs.take_meta(meta)
 
     def _publish_event(self, kind: str, **fields: Any) -> None:
         self.mqtt.publish(topics.events(SERVICE), audit.event_payload(SERVICE, kind, fields), qos=1)
@@ -97,6 +122,7 @@ class Logger:
             "disk_ok": float(self.recorder.disk.error is None),
             "behind": float(self.recorder.lag.behind),
             "repair_pending_samples": float(self.repairer.pending_samples),
+            **self.runs.metrics(),
         }
 
 

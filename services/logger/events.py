@@ -76,10 +76,9 @@ class EventLog:
 
     def append(self, event: dict[str, Any]) -> None:
         """Hold `event` for the next `flush`; beyond `max_pending` held, the oldest is dropped."""
-        line = json.dumps(_json_value(event), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
         day = _day(event.get("ts"), self._clock())
         with self._lock:
-            self._pending.append((day, line.encode("ascii") + b"\n"))
+            self._pending.append((day, event_line(event)))
             self._trim()
 
     def flush(self) -> None:
@@ -172,6 +171,12 @@ class EventLog:
         if self._fd is not None:
             fd, self._fd, self._fd_day = self._fd, None, None
             os.close(fd)
+
+
+def event_line(event: dict[str, Any]) -> bytes:
+    """One event as a line of an events file (the table in the module docstring), with its newline."""
+    line = json.dumps(_json_value(event), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return line.encode("ascii") + b"\n"
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:

@@ -42,6 +42,7 @@ from services.common.recording import (
     channels_of,
     parquet_name,
     parse_name,
+    read_stream,
     recording_metadata,
     telemetry_schema,
     write_options,
@@ -55,7 +56,9 @@ TMP_SUFFIX = ".tmp"
 
 
 @dataclass(frozen=True, slots=True)
-class _Chunk:
+class Chunk:
+    """Consecutive samples of one session: seq `first_seq`, `first_seq + 1`, ..."""
+
     session: str
     first_seq: int
     t: NDArray[np.float64]
@@ -98,7 +101,7 @@ class SegmentWriter:
 
     def _new_segment(self) -> None:
         self._start: float | None = None  # clock() at the segment's first append
-        self._chunks: list[_Chunk] = []
+        self._chunks: list[Chunk] = []
         self._chunk_rows = 0
         self._sink = _Pending()
         self._sink_rows = 0
@@ -141,7 +144,7 @@ class SegmentWriter:
             return
         if self._start is None:
             self._start = self._clock()
-        self._chunks.append(_Chunk(session, first_seq, np.array(t, np.float64), np.array(data, np.float32)))
+        self._chunks.append(Chunk(session, first_seq, np.array(t, np.float64), np.array(data, np.float32)))
         self._chunk_rows += n
         self._intervals.add(session, first_seq, first_seq + n - 1)
         self._unwritten.add(session, first_seq, first_seq + n - 1)
@@ -212,27 +215,7 @@ class SegmentWriter:
         self._path, self._fd, self._last_stem = path, fd, (start, n)
 
     def _record_batch(self) -> pa.RecordBatch:
-        chunks = self._chunks
-        lengths = np.array([len(c.t) for c in chunks])
-        t = np.concatenate([c.t for c in chunks])
-        micros = np.round(t * 1e6)
-        finite = np.isfinite(micros)
-        timestamps = pa.array(
-            np.where(finite, micros, 0).astype(np.int64),
-            type=self._schema.field("timestamp").type,
-            mask=None if finite.all() else ~finite,
-        )
-        # row i of the batch, in chunk k: seq = first_seq[k] + i - (rows before chunk k)
-        first_seq = np.array([c.first_seq for c in chunks], np.int64)
-        offsets = np.repeat(first_seq - (np.cumsum(lengths) - lengths), lengths)
-        seq = pa.array((offsets + np.arange(len(t), dtype=np.int64)).astype(np.uint64))
-        names = list(dict.fromkeys(c.session for c in chunks))
-        codes = np.repeat(np.array([names.index(c.session) for c in chunks], np.int32), lengths)
-        session = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
-        columns = np.ascontiguousarray(np.concatenate([c.data for c in chunks]).T)
-        return pa.record_batch(
-            [timestamps, seq, session, *(pa.array(column) for column in columns)], schema=self._schema
-        )
+        return rows_batch(self._schema, self._chunks)
 
     def _write_pending(self) -> None:
         """The sink's bytes at the file's durable end, then fsync. A failed attempt is overwritten by
@@ -266,7 +249,8 @@ def convert_segment(arrows: Path, settings: LoggerSettings) -> Path | None:
     removes the file, if it holds no rows. Never leaves a partial `.parquet`, nor on error a `.tmp`.
     ValueError if the stream is not telemetry (the file stays). Memory: about the `.arrows`'s size.
     """
-    schema, batches = _read_stream(arrows.read_bytes())
+    read = read_stream(arrows.read_bytes())
+    schema, batches = read.schema, read.batches
     channels = [] if schema is None else channels_of(schema)
     batches = [batch for batch in batches if batch.num_rows]
     if schema is None or not batches:
@@ -316,29 +300,35 @@ def recover(data_dir: Path, settings: LoggerSettings) -> list[Path]:
     return made
 
 
-def _read_stream(stream: bytes) -> tuple[pa.Schema | None, list[pa.RecordBatch]]:
-    """The schema and every complete record batch of an IPC stream; a torn tail ends it.
-
-    Parsing bytes already in memory, any error is the data's (a real read error was raised reading
-    the file), so Arrow's OSError ("expected to read N bytes") is a torn tail too.
-    """
-    try:
-        reader = pa.ipc.open_stream(pa.py_buffer(stream))
-    except (pa.ArrowInvalid, OSError):
-        return None, []
-    batches = []
-    while True:
-        try:
-            batches.append(reader.read_next_batch())
-        except (StopIteration, pa.ArrowInvalid, OSError):
-            return reader.schema, batches
-
-
 def _intervals(batches: list[pa.RecordBatch]) -> Intervals:
     intervals = IntervalSet()
     for batch in batches:
         intervals.add_batch(batch)
     return intervals.intervals()
+
+
+def rows_batch(schema: pa.Schema, chunks: Sequence[Chunk]) -> pa.RecordBatch:
+    """The chunks, in order, as one record batch of the telemetry schema `schema`."""
+    lengths = np.array([len(c.t) for c in chunks])
+    t = np.concatenate([c.t for c in chunks])
+    micros = np.round(t * 1e6)
+    finite = np.isfinite(micros)
+    timestamps = pa.array(
+        np.where(finite, micros, 0).astype(np.int64),
+        type=schema.field("timestamp").type,
+        mask=None if finite.all() else ~finite,
+    )
+    # row i of the batch, in chunk k: seq = first_seq[k] + i - (rows before chunk k)
+    first_seq = np.array([c.first_seq for c in chunks], np.int64)
+    offsets = np.repeat(first_seq - (np.cumsum(lengths) - lengths), lengths)
+    seq = pa.array((offsets + np.arange(len(t), dtype=np.int64)).astype(np.uint64))
+    names = list(dict.fromkeys(c.session for c in chunks))
+    codes = np.repeat(np.array([names.index(c.session) for c in chunks], np.int32), lengths)
+    session = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
+    columns = np.ascontiguousarray(np.concatenate([c.data for c in chunks]).T)
+    return pa.record_batch(
+        [timestamps, seq, session, *(pa.array(column) for column in columns)], schema=schema
+    )
 
 
 def _write_parquet(

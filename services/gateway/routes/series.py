@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import pyarrow.parquet as pq
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -24,6 +24,8 @@ DEFAULT_POINTS = 1000
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Detail, "description": "no such recording or run"}
 }
+PARQUET = "application/vnd.apache.parquet"
+CSV: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {}}}}
 MAX_TIME = 1e11  # UNIX seconds: beyond year 5000, a bound that keeps arithmetic finite
 
 router = APIRouter(tags=["review"])
@@ -34,7 +36,6 @@ Channels = Annotated[
 Start = Annotated[float | None, Query(ge=0, le=MAX_TIME, allow_inf_nan=False, description="UNIX s")]
 End = Annotated[float | None, Query(ge=0, le=MAX_TIME, allow_inf_nan=False, description="UNIX s")]
 Points = Annotated[int, Query(ge=2, le=MAX_POINTS, description="buckets of equal time")]
-Format = Annotated[Literal["parquet", "csv"], Query()]
 
 
 def _recording(data_dir: Path, name: str) -> Path:
@@ -86,19 +87,15 @@ def _reduced(
         return Response(json.dumps(asdict(found), allow_nan=False), media_type="application/json")
 
 
-def _download(
+def _csv(
     path: Path,
     gateway: GatewayDep,
-    *,
-    fmt: str,
     download_name: str,
+    *,
     channels: str | None,
     start: float | None,
     end: float | None,
 ) -> Response:
-    if fmt == "parquet":
-        parquet = "application/vnd.apache.parquet"
-        return FileResponse(path, media_type=parquet, filename=download_name + ".parquet")
     wanted = _wanted(channels)
     try:
         series.channels_of(pq.ParquetFile(path), wanted)  # a bad name is a 422 before streaming starts
@@ -133,22 +130,31 @@ def recording_series(
     return _reduced(path, gateway, channels=channels, start=start, end=end, points=points)
 
 
-@router.get("/api/parquet_files/{filename}/download", responses=NOT_FOUND | BUSY)
-def recording_download(
+@router.get(
+    "/api/parquet_files/{filename}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {PARQUET: {}}}, **NOT_FOUND},
+)
+def recording_download(_: Viewer, gateway: GatewayDep, filename: str) -> FileResponse:
+    """The recording's Parquet file as it is."""
+    path = _find(_recording, gateway, filename)
+    return FileResponse(path, media_type=PARQUET, filename=path.name)
+
+
+@router.get("/api/parquet_files/{filename}/csv", responses=CSV | NOT_FOUND | BUSY)
+def recording_csv(
     _: Viewer,
     gateway: GatewayDep,
     filename: str,
     *,
-    format: Format = "parquet",
     channels: Channels = None,
     start: Start = None,
     end: End = None,
 ) -> Response:
-    """The file as it is (`parquet`) or its rows from `start` to `end` as CSV (streamed)."""
+    """The recording's rows from `start` to `end` (UNIX s, inclusive; default: all) as CSV, streamed:
+    `timestamp` (UTC), `seq`, `session`, then `channels` (default: every channel)."""
     path = _find(_recording, gateway, filename)
-    return _download(
-        path, gateway, fmt=format, download_name=path.stem, channels=channels, start=start, end=end
-    )
+    return _csv(path, gateway, path.stem, channels=channels, start=start, end=end)
 
 
 @router.get("/api/runs/{run_id}/series", responses=NOT_FOUND | BUSY)
@@ -168,21 +174,20 @@ def run_series(
     return _reduced(path, gateway, channels=channels, start=start, end=end, points=points)
 
 
-@router.get("/api/runs/{run_id}/download", responses=NOT_FOUND | BUSY)
-def run_download(
+@router.get("/api/runs/{run_id}/csv", responses=CSV | NOT_FOUND | BUSY)
+def run_csv(
     _: Viewer,
     gateway: GatewayDep,
     run_id: str,
     *,
-    format: Format = "parquet",
     channels: Channels = None,
     start: Start = None,
     end: End = None,
 ) -> Response:
-    """A run's samples as Parquet or CSV, as `/api/parquet_files/{filename}/download`."""
+    """A run's samples as CSV, as `/api/parquet_files/{filename}/csv` (its Parquet file:
+    `/api/runs/{run_id}/samples`)."""
     path = _find(_run, gateway, run_id)
-    name = f"run_{run_id}"
-    return _download(path, gateway, fmt=format, download_name=name, channels=channels, start=start, end=end)
+    return _csv(path, gateway, f"{run_id}-samples", channels=channels, start=start, end=end)
 
 
 @router.get("/api/limits")

@@ -3,7 +3,7 @@
 // (`GET /api/runs/{id}/series`, `/api/parquet_files/{name}/series`: min/max buckets the gateway
 // reduces), where dragging over a plot zooms and reads that span again in finer detail. Downloads:
 // the Parquet file as it is, or the shown span as CSV.
-import { bandPlot, columns, limitsByChannel, markerOf } from "./chart.js";
+import { bandPlot, columns, limitsByChannel } from "./chart.js";
 import { api, on, token } from "./connection.js";
 import { store } from "./store.js";
 import { el, fmt, hms } from "./util.js";
@@ -14,7 +14,7 @@ const DEFAULT_CHANNELS = ["P1", "P5", "THRUST", "Tbogaz1"];
 const RESULT_CLASS = { completed: "ok", aborted: "bad", interrupted: "bad", cancelled: "warn", stopped: "" };
 
 const ui = {};
-let opened = null; // {kind: "run" | "recording", id, label, base, channels, shown, answer, markers}
+let opened = null; // {kind: "run" | "recording", id, label, base, channels, shown, answer}
 let limits = {};
 let generation = 0;
 
@@ -80,12 +80,15 @@ function runRow(run) {
   tr.dataset.run = run.id;
   const name = el("td", "", run.name || run.id);
   name.title = [run.id, run.procedure ? "procedure " + run.procedure : "", run.notes || ""].filter(Boolean).join(" · ");
-  const result = el("td", "result " + (RESULT_CLASS[run.result] || ""), run.result || "—");
+  const result = el("td", "result " + (RESULT_CLASS[run.result] || ""), run.active ? "running" : run.result || "—");
   const actions = el("td", "actions");
-  actions.append(
-    button("report", "the run's report", () => openReport(run)),
-    button("plot", "plot the run's samples", () => openSource({ kind: "run", id: run.id, label: "run " + (run.name || run.id) })),
-  );
+  const report = button("report", "the run's report", () => openReport(run));
+  const plot = button("plot", "plot the run's samples", () => openSource({ kind: "run", id: run.id, label: "run " + (run.name || run.id) }));
+  for (const b of [report, plot]) {
+    b.disabled = Boolean(run.active);
+    if (run.active) b.title = "the run is still recording";
+  }
+  actions.append(report, plot);
   tr.append(name, el("td", "", dateTime(started)), el("td", "num", duration(ended !== null && started !== null ? ended - started : NaN)),
     result, actions);
   return tr;
@@ -142,25 +145,12 @@ function base(what) {
 async function openSource(what) {
   const chosen = opened ? opened.shown : (new URLSearchParams(location.search).get("channels") || "").split(",").filter(Boolean);
   opened = Object.assign({ base: base(what), channels: [], shown: chosen.length ? chosen : DEFAULT_CHANNELS.slice(),
-    answer: null, markers: [] }, what);
+    answer: null }, what);
   ui.viewer.hidden = false;
   ui.viewerTitle.textContent = what.label;
   ui.viewer.dataset.open = what.kind + ":" + what.id;
-  if (what.kind === "run") loadRunMarkers(opened);
   await read(null, null);
   ui.viewer.scrollIntoView({ block: "nearest" });
-}
-
-// The run's own events (GET /api/runs/{id}: `events`, when the gateway gives them) as markers.
-async function loadRunMarkers(what) {
-  try {
-    const run = await api(what.base);
-    const events = Array.isArray(run.events) ? run.events : [];
-    what.markers = events.map(markerOf).filter(Boolean);
-    drawPlots();
-  } catch (e) {
-    // markers are a help, not the data
-  }
 }
 
 // Reads [start, end] (null: the whole length) of the shown channels, min/max reduced by the gateway.
@@ -233,7 +223,6 @@ function drawPlots() {
       title: name,
       unit: units[name],
       limits: limits[name] || [],
-      markers: () => what.markers,
       xRange: () => range,
       onZoom: (t0, t1) => read(t0, t1),
       width: Math.max(200, div.clientWidth - 8),
@@ -248,15 +237,13 @@ function drawPlots() {
 async function download(format) {
   const a = opened && opened.answer;
   if (!a) return;
-  const query = new URLSearchParams({ format });
-  if (format === "csv") {
-    query.set("start", a.start.toFixed(6));
-    query.set("end", a.end.toFixed(6));
-    query.set("channels", a.channels.join(","));
-  }
+  // Parquet: the file as it is; CSV: the span and channels shown
+  const query = new URLSearchParams({ start: a.start.toFixed(6), end: a.end.toFixed(6), channels: a.channels.join(",") });
+  const path = format === "csv" ? opened.base + "/csv?" + query.toString().replace(/%2C/g, ",")
+    : opened.base + (opened.kind === "run" ? "/samples" : "/download");
   say("downloading " + format + "…");
   try {
-    const r = await fetch(opened.base + "/download?" + query.toString().replace(/%2C/g, ","), {
+    const r = await fetch(path, {
       headers: token() ? { Authorization: "Bearer " + token() } : {},
     });
     if (!r.ok) throw new Error("HTTP " + r.status);

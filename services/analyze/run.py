@@ -1,0 +1,141 @@
+"""A run directory, `data_dir/runs/<id>/`, as the logger writes it (docs/protocol.md, "Runs").
+
+    run.json         the run's metadata: id, name, notes, operators, stand, started_at, ended_at,
+                     procedure, result, config_yaml, config_sha256, version, tare, pretrigger_s, ...
+    samples.parquet  its samples, a recording in the logger's format (services/common/recording.py)
+    events.jsonl     its events, one JSON object per line, as the logger's event files
+
+What cannot be read is said, never skipped silently: a run directory without run.json or samples is a
+`RunError`; an events line that is not a JSON object, a torn last line or a missing events file is a
+note the report shows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from services.analyze.load import Recording, RecordingError, open_recording
+
+RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.parquet"
+EVENTS_FILE = "events.jsonl"
+RUNS_DIR = "runs"
+REPORT_FILE = "report.html"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]*")
+
+
+class RunError(Exception):
+    """A run directory that is missing or that lacks what every run has."""
+
+
+@dataclass(slots=True)
+class Run:
+    path: Path
+    meta: dict[str, Any]
+    samples: Recording
+    events: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)  # what could not be read, and why
+
+    @property
+    def id(self) -> str:
+        return str(self.meta.get("id") or self.path.name)
+
+    def time(self, key: str) -> float | None:
+        """A time of run.json (`started_at`, `ended_at`, ...) as UNIX seconds, if it is one."""
+        return unix_time(self.meta.get(key))
+
+
+def unix_time(value: Any) -> float | None:
+    """UNIX seconds from a number or an ISO 8601 string (UTC unless it has an offset); else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
+def resolve(run: str, data_dir: Path) -> Path:
+    """A run directory given as a path, or as an id under `data_dir/runs/`."""
+    as_path = Path(run)
+    if as_path.is_dir():
+        return as_path
+    if _RUN_ID.fullmatch(run) is None:
+        raise RunError(f"{run}: no such run directory")
+    path = data_dir / RUNS_DIR / run
+    if not path.is_dir():
+        raise RunError(f"no run {run!r}: {path} is not a directory")
+    return path
+
+
+def samples_path(directory: Path) -> Path:
+    return directory / SAMPLES_FILE
+
+
+def load(directory: Path) -> Run:
+    """The run in `directory`; RunError naming what is missing or unreadable."""
+    if not directory.is_dir():
+        raise RunError(f"{directory}: not a directory")
+    meta = _meta(directory / RUN_FILE)
+    try:
+        samples = open_recording(samples_path(directory))
+    except RecordingError as exc:
+        raise RunError(f"{directory} is not a complete run: {exc}") from exc
+    notes: list[str] = []
+    events = read_events(directory / EVENTS_FILE, notes)
+    return Run(directory, meta, samples, events, notes)
+
+
+def _meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise RunError(f"{path.parent} is not a run: no {RUN_FILE}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: cannot read it ({exc})") from exc
+    except ValueError as exc:
+        raise RunError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise RunError(f"{path}: not a JSON object")
+    return meta
+
+
+def read_events(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """Every event of an events.jsonl; what is skipped (and why) goes to `notes`."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        notes.append(f"{path.name} is missing: the run's events (valves, phases, alarms, aborts) are unknown")
+        return []
+    except OSError as exc:
+        notes.append(f"{path.name} cannot be read ({exc}): the run's events are unknown")
+        return []
+    lines = data.split(b"\n")
+    torn = lines.pop()  # after the last newline: empty, or a line never completed
+    if torn.strip():
+        notes.append(f"{path.name}: its last line is incomplete ({len(torn)} bytes, a crash?): skipped")
+    events, bad = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        if isinstance(event, dict):
+            events.append(event)
+        else:
+            bad.append(number)
+    if bad:
+        listed = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+        notes.append(f"{path.name}: {len(bad)} line(s) are not JSON objects, skipped (lines {listed})")
+    return events

@@ -1,0 +1,236 @@
+"""Test runs end to end: real Mosquitto, the STM32 and Arduino emulators behind ptys, rcs-acquisition,
+rcs-actuation and rcs-logger as processes, an operator commanding over MQTT request/response.
+
+A run started by hand, and the runs the hot-fire procedure (`test: true`) starts and ends by itself,
+land in `data_dir/runs/<id>/` as samples (with the pre-trigger window taken from acquisition's ring
+buffer, seq contiguous), events and run.json; the continuous recording goes on untouched. The
+procedure runs with the shorter waits of tests/test_hotfire_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from services.common import runs as layout
+from services.common import topics
+from services.common.rpc import RpcError
+from services.common.settings import DEFAULT_CONFIG, MqttSettings, Settings
+from services.logger.events import read_events
+from tests.conftest import wait_until
+from tests.processes import Logger
+from tests.test_actuation_e2e import Stand, armed_console, running_stand
+from tests.test_hotfire_e2e import SHORTER_WAITS_MS, in_phase
+
+TIMEOUT = 40.0
+PRETRIGGER_S = 2.0
+POST_S = 1.0
+REPORT_TIMEOUT = 180.0
+RUN_ENV = {"RCS_RUNS_PRETRIGGER_S": str(PRETRIGGER_S), "RCS_RUNS_POST_S": str(POST_S)}
+
+
+@dataclass
+class RunStand:
+    stand: Stand
+    data_dir: Path
+    config: Path
+
+    def state(self) -> dict[str, Any]:
+        return self.stand.seen.state(topics.STATE_RUN)
+
+    def logger(self, topic: str, **body: Any) -> dict[str, Any]:
+        """A request to a service (the logger's, or acquisition's history) as the operator."""
+        return self.stand.rpc.call(topic, body, timeout=10)
+
+    def acquired(self, first: int, last: int) -> npt.NDArray[np.int64]:
+        """The seqs first..last acquisition's ring buffer holds (the device may have lost some under
+        load: gaps nobody can fill)."""
+        seqs, seq_from = [], first
+        while seq_from <= last:
+            page = self.logger(topics.ACQ_HISTORY, seq_from=seq_from, seq_to=last + 1)
+            seqs.append(np.frombuffer(page["seq"], "<i8"))
+            seq_from = page["next_seq"]
+        return np.concatenate(seqs)
+
+    def recorded(self, run_id: str, *, reported: bool = False) -> dict[str, Any]:
+        """run.json, once the logger wrote it (`reported`: and tried its report, a process of its own
+        that takes long on a loaded machine)."""
+        path = layout.run_dir(self.data_dir, run_id) / layout.RUN_JSON
+
+        def written() -> bool:
+            return path.exists() and (
+                not reported or json.loads(path.read_text())["report"]["status"] != "pending"
+            )
+
+        wait_until(written, REPORT_TIMEOUT if reported else TIMEOUT, f"run {run_id} recorded")
+        run: dict[str, Any] = json.loads(path.read_text())
+        return run
+
+
+def short_hotfire(tmp_path: Path) -> Path:
+    """stand.yaml with the hot fire's countdown, burn, purge and vent shortened."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    for index, wait_ms in SHORTER_WAITS_MS.items():
+        config["sequences"]["hotfire"]["steps"][index]["wait_ms"] = wait_ms
+    short = tmp_path / "stand.yaml"
+    short.write_text(yaml.safe_dump(config))
+    return short
+
+
+@contextmanager
+def run_stand(
+    settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path
+) -> Iterator[RunStand]:
+    config = short_hotfire(tmp_path)
+    data_dir = tmp_path / "data"
+    env = RUN_ENV | {"RCS_CONFIG": str(config)}
+    with running_stand(settings, mqtt_as, tmp_path, **env) as stand:
+        for topic in (topics.STATE_RUN, topics.status("logger")):
+            stand.operator.subscribe(topic, stand.seen.on_message, qos=1)
+        with Logger(mqtt_as("logger"), tmp_path, data_dir, **env):
+            wait_until(lambda: bool(stand.seen.state(topics.STATE_RUN)), TIMEOUT, "actuation's run state")
+            online = lambda: stand.seen.state(topics.status("logger")).get("state") == "online"  # noqa: E731
+            wait_until(online, TIMEOUT, "the logger online")
+            # the ring buffer holds a whole pre-trigger window before any run starts
+            ring = stand.stm32.samples_generated + round((PRETRIGGER_S + 0.5) * stand.stm32.rate_hz)
+            wait_until(
+                lambda: stand.stm32.samples_generated >= ring, TIMEOUT, "a pre-trigger window of samples"
+            )
+            yield RunStand(stand, data_dir, config)
+
+
+@pytest.fixture
+def runs(settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path) -> Iterator[RunStand]:
+    with run_stand(settings, mqtt_as, tmp_path) as running:
+        yield running
+
+
+def samples_of(directory: Path) -> tuple[Any, dict[bytes, bytes]]:
+    table = pq.read_table(directory / layout.SAMPLES)
+    metadata = pq.read_metadata(directory / layout.SAMPLES).metadata or {}
+    return table, metadata
+
+
+def test_a_manual_run_records_its_samples_with_the_pretrigger_window_its_events_and_metadata(
+    runs: RunStand,
+) -> None:
+    stand = runs.stand
+    started = stand.call("run_start", name="Cold flow #3", notes="GOX line leak check")["run"]
+    run_id = started["id"]
+    assert layout.valid_id(run_id) and run_id.endswith("-cold-flow-3"), run_id
+    wait_until(lambda: (runs.state().get("active") or {}).get("id") == run_id, TIMEOUT, "the active run")
+    with pytest.raises(RpcError, match=f"run {run_id} is active: stop it first"):
+        stand.call("run_start", name="another")
+    stand.call("alarms")  # a read: its asker is no operator of the run
+    one_second = stand.stm32.samples_generated + round(stand.stm32.rate_hz)
+    wait_until(lambda: stand.stm32.samples_generated >= one_second, TIMEOUT, "a second of the run")
+    with pytest.raises(RpcError, match="is not active"):
+        stand.call("run_stop", id="20200101T000000Z-other")
+    stopped = stand.call("run_stop", id=run_id)["run"]
+    assert stopped["id"] == run_id and stopped["result"] == "stopped"
+    with pytest.raises(RpcError, match="no run is active"):
+        stand.call("run_stop")
+
+    run = runs.recorded(run_id)
+    assert run["name"] == "Cold flow #3" and run["notes"] == "GOX line leak check"
+    assert run["operators"] == ["operator"] and run["stand"] == "rcs-stand-1"
+    assert run["result"] == "stopped" and run["procedure"] is None
+    assert run["config_yaml"] == runs.config.read_text()
+    assert len(run["config_sha256"]) == 64 and run["version"].startswith("0.1.0")
+    assert run["pretrigger_s"] == PRETRIGGER_S
+    assert run["report"] == {"status": "pending"}
+
+    directory = layout.run_dir(runs.data_dir, run_id)
+    table, metadata = samples_of(directory)
+    seq = table.column("seq").to_numpy().astype(np.int64)
+    assert len(seq) == run["samples"] and seq[0] == run["first_seq"] and seq[-1] == run["last_seq"]
+    assert (seq == runs.acquired(int(seq[0]), int(seq[-1]))).all(), "every sample acquisition has, once"
+    t = table.column("timestamp").cast("int64").to_numpy() / 1e6
+    assert abs(t[0] - (run["started_at"] - PRETRIGGER_S)) < 0.05, "begins pretrigger_s before the start"
+    assert run["ended_at"] - 0.02 <= t[-1] <= run["ended_at"], "ends at the run's end (within a batch)"
+    assert run["problems"] == []
+    assert json.loads(metadata[layout.META_RUN.encode()]) == {k: v for k, v in run.items() if k != "report"}
+
+    events = list(read_events(directory / layout.EVENTS))
+    commands = [(e["command"], e["accepted"]) for e in events if e.get("kind") == "command"]
+    assert ("run_start", True) in commands and ("run_stop", True) in commands
+    assert all(e["ts"] >= run["started_at"] - PRETRIGGER_S for e in events)
+
+    # the continuous recording went on: it holds every sample of the run too
+    def continuous_holds_the_run() -> bool:
+        (intervals,) = runs.logger(topics.LOGGER_STATUS)["sessions"].values()
+        held = np.concatenate([np.arange(first, last + 1) for first, last in intervals])
+        return bool(np.isin(seq, held).all())
+
+    wait_until(continuous_holds_the_run, TIMEOUT, "the continuous recording to hold the run's samples")
+
+    # the logger's run list and run
+    listed = runs.logger(topics.LOGGER_RUNS)
+    assert [r["id"] for r in listed["runs"]] == [run_id] and "config_yaml" not in listed["runs"][0]
+    assert runs.logger(topics.LOGGER_RUN, id=run_id)["config_sha256"] == run["config_sha256"]
+    with pytest.raises(RpcError, match="no run 20200101T000000Z-nothing"):
+        runs.logger(topics.LOGGER_RUN, id="20200101T000000Z-nothing")
+    with pytest.raises(RpcError, match="'id' must be a run id"):
+        runs.logger(topics.LOGGER_RUN, id="../../etc")
+
+    report = runs.recorded(run_id, reported=True)["report"]
+    assert report["status"] in ("generated", "unavailable"), report
+
+
+def test_the_hotfire_starts_its_run_and_ends_it_after_the_procedure(runs: RunStand) -> None:
+    stand = runs.stand
+    console, _ = armed_console(stand)
+    try:
+        stand.call("sequence", name="hotfire")
+        wait_until(
+            lambda: (runs.state().get("active") or {}).get("procedure") == "hotfire", TIMEOUT, "its run"
+        )
+        active = runs.state()["active"]
+        assert active["auto"] is True and active["name"] == "hotfire" and active["started_by"] == "operator"
+        with pytest.raises(RpcError, match="is active: stop it first"):
+            stand.call("run_start", name="another")
+        wait_until(lambda: stand.system_state() == "idle", TIMEOUT, "the procedure to end")
+        ended_at = stand.seen.state(topics.STATE_SYSTEM)["ts"]
+        wait_until(lambda: runs.state().get("active") is None, TIMEOUT, "the run to end after the tail")
+    finally:
+        console.stop()
+    last = runs.state()["last"]
+    assert last["result"] == "completed" and last["stopped_by"] == "procedure hotfire"
+    assert POST_S - 0.2 <= last["ended_at"] - ended_at <= POST_S + 1.0
+    run = runs.recorded(last["id"])
+    assert run["result"] == "completed" and run["procedure"] == "hotfire"
+    table, _ = samples_of(layout.run_dir(runs.data_dir, run["id"]))
+    seq = table.column("seq").to_numpy().astype(np.int64)
+    assert (seq == runs.acquired(int(seq[0]), int(seq[-1]))).all(), "every sample acquisition has, once"
+    assert float(np.nanmax(table.column("THRUST").to_numpy())) > 100, "the burn is in the run's samples"
+
+
+def test_an_aborted_hotfire_ends_its_run_aborted(runs: RunStand) -> None:
+    stand = runs.stand
+    console, _ = armed_console(stand)
+    try:
+        stand.call("sequence", name="hotfire")
+        in_phase(stand, "mainstage")
+        stand.stm32.override("P5", 30.0)  # red-line: above 25 bar
+        wait_until(lambda: stand.system_state() == "aborting", TIMEOUT, "the red-line to abort")
+        stand.stm32.override("P5", None)
+        wait_until(lambda: stand.system_state() == "idle", TIMEOUT, "the abort to end")
+        wait_until(lambda: runs.state().get("active") is None, TIMEOUT, "the run to end")
+    finally:
+        console.stop()
+    last = runs.state()["last"]
+    assert last["result"] == "aborted"
+    run = runs.recorded(last["id"])
+    assert run["result"] == "aborted"
+    kinds = {e.get("kind") for e in read_events(layout.run_dir(runs.data_dir, run["id"]) / layout.EVENTS)}
+    assert {"redline", "state"} <= kinds
