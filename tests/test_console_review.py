@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Any
 
 import httpx
 import pyarrow.parquet as pq
 from playwright.sync_api import Page, expect
 
+from services.common import runs as layout
 from tests.browser import Consoles, ConsoleStand
+from tests.conftest import wait_until
 
 TIMEOUT_MS = 20_000
 TIMEOUT_S = 20.0
+REPORT_TIMEOUT_S = 180.0  # rcs-analyze report is a process of its own: slow on a loaded machine
 
 
 def _drag_across(page: Page, plot: str, start: float, end: float) -> None:
@@ -38,7 +42,6 @@ def test_plots_receive_data_the_window_goes_to_10_minutes_with_history_and_zoom_
     consoles: Consoles,
 ) -> None:
     page = consoles.open("operator", query="channels=P1,P5,THRUST,Tbogaz1").page
-    consoles.pages[-1].allow_console_error("404")  # TEMP: until the runs branch's /api/runs is merged
     grid = page.locator("#plots")
     expect(page.locator("#plots .plot")).to_have_count(4)
     page.wait_for_function("() => Number(document.getElementById('plots').dataset.points) > 50")
@@ -83,7 +86,6 @@ def test_a_recording_opens_plots_its_whole_length_zoom_rereads_and_downloads(
     rows = pq.ParquetFile(console_stand.data_dir / name).metadata.num_rows
 
     page = consoles.open("operator", query="channels=P5,THRUST").page
-    consoles.pages[-1].allow_console_error("404")  # TEMP: until the runs branch's /api/runs is merged
     row = page.locator(f'#recordings tr[data-recording="{name}"]')
     expect(row).to_be_visible()
     with page.expect_response(lambda r: f"/api/parquet_files/{name}/series?" in r.url) as answered:
@@ -123,7 +125,6 @@ def test_the_events_log_shows_who_did_what_with_the_result_and_filters(
     consoles: Consoles, console_stand: ConsoleStand
 ) -> None:
     page = consoles.open("operator").page
-    consoles.pages[-1].allow_console_error("404")  # TEMP: until the runs branch's /api/runs is merged
     refused = _api(console_stand, "POST", "/api/valves", json={"valves": [0, 0, 0, 0, 0, 0, 0, 0, 1]})
     assert refused.status_code == 409, refused.text
     opened = _api(console_stand, "POST", "/api/valves", json={"valves": [0, 0, 0, 0, 0, 0, 1, 1, 0]})
@@ -151,3 +152,47 @@ def test_the_events_log_shows_who_did_what_with_the_result_and_filters(
         page.select_option("#events-who", "alice")
     expect(page.locator('#events tr:not([data-who="alice"])')).to_have_count(0)
     expect(events).to_have_count(3)
+
+
+def _recorded_run(stand: ConsoleStand, name: str) -> dict[str, Any]:
+    """A run of about a second started and stopped as alice; its run.json once its report was tried."""
+    started = _api(stand, "POST", "/api/runs", json={"name": name, "notes": "console review"})
+    assert started.status_code == 200, started.text
+    run_id = started.json()["run"]["id"]
+    stm32 = stand.devices.stm32
+    one_second = stm32.samples_generated + round(stm32.rate_hz)
+    wait_until(lambda: stm32.samples_generated >= one_second, TIMEOUT_S, "a second of the run")
+    stopped = _api(stand, "POST", f"/api/runs/{run_id}/stop")
+    assert stopped.status_code == 200, stopped.text
+    path = layout.run_dir(stand.data_dir, run_id) / layout.RUN_JSON
+
+    def reported() -> bool:
+        return path.exists() and json.loads(path.read_text())["report"]["status"] != "pending"
+
+    wait_until(reported, REPORT_TIMEOUT_S, f"run {run_id} recorded and its report tried")
+    run: dict[str, Any] = json.loads(path.read_text())
+    return run
+
+
+def test_a_run_is_listed_with_its_result_its_report_opens_and_it_plots(
+    consoles: Consoles, console_stand: ConsoleStand
+) -> None:
+    run = _recorded_run(console_stand, "Console review")
+    assert run["report"]["status"] == "generated", run["report"]
+    page = consoles.open("viewer", query="channels=P5").page
+    row = page.locator(f'#runs tr[data-run="{run["id"]}"]')
+    expect(row).to_contain_text("Console review")
+    expect(row.locator(".result")).to_have_text("stopped")
+    expect(row).to_contain_text(" s")  # its duration
+
+    row.get_by_role("button", name="report").click()
+    report = page.frame_locator("#report iframe")
+    expect(report.locator("body")).to_contain_text("Console review", timeout=TIMEOUT_MS)
+
+    with page.expect_response(lambda r: f"/api/runs/{run['id']}/series?" in r.url) as answered:
+        row.get_by_role("button", name="plot").click()
+    assert answered.value.json()["n_source"] == run["samples"], "the whole run: every sample"
+    expect(page.locator("#viewer .plot")).to_have_count(1)
+    with page.expect_download() as download:
+        page.click("#download-parquet")
+    assert pq.ParquetFile(download.value.path()).metadata.num_rows == run["samples"]
