@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement per window")
     parser.add_argument("--windows", type=int, nargs="*", default=list(WINDOWS_S), help="plotted windows (s)")
     args = parser.parse_args()
+    load_before = round(os.getloadavg()[0], 2)  # the machine is shared: how busy it was
     workdir = Path(tempfile.mkdtemp(prefix="rcs-bench-dashboard-"))
     http_port = free_port()
     runs = []
@@ -186,6 +187,7 @@ def main() -> None:
                 f"(script {run['page_cpu_percent']['script']} %), gateway CPU {run['gateway_cpu_percent']} %"
             )
     results = {
+        "load_average_1min_before": load_before,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
