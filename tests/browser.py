@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Error,
+    Page,
+    expect,
+    sync_playwright,
+)
 
 from services.common.settings import PROJECT_ROOT, load_settings
 from services.devstack.broker import Broker, free_port
@@ -29,9 +37,14 @@ from tests.test_actuation_e2e import Stand, running_stand
 from tests.test_gateway_rest import add_account
 
 TIMEOUT = 20.0
+START_TIMEOUT = 60.0  # a process's imports alone can take this long on a loaded 2-core machine
+ACK_TIMEOUT_MS = "5000"
+GATEWAY_TIMEOUT_S = "10"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "console"
 ACCOUNTS = {"alice": "operator", "bob": "viewer"}
 Role = Literal["operator", "viewer"]
+
+expect.set_options(timeout=TIMEOUT * 1000)  # liveness bounds, as wait_until's: a loaded machine is slow
 
 
 def _gateway_up(url: str) -> bool:
@@ -58,6 +71,8 @@ class ConsoleStand:
             "RCS_HTTP_HOST": "127.0.0.1",
             "RCS_AUTH": "on",
             "RCS_GATEWAY_SECRETS_FILE": str(accounts),
+            # longer than actuation's ack deadline: the page sees actuation's verdict, not a timeout
+            "RCS_GATEWAY_COMMAND_TIMEOUT_S": GATEWAY_TIMEOUT_S,
         }
         self.port = free_port()
         self.gateway = self._start_gateway()
@@ -73,7 +88,7 @@ class ConsoleStand:
         gateway = self._stack.enter_context(
             Gateway(self._broker.settings("gateway"), self._tmp, self.port, **self._env)
         )
-        wait_until(lambda: _gateway_up(self.url), TIMEOUT, "the gateway to answer")
+        wait_until(lambda: _gateway_up(self.url), START_TIMEOUT, "the gateway to answer")
         return gateway
 
     def stop_gateway(self) -> None:
@@ -92,7 +107,10 @@ def console_stand(broker: Broker, tmp: Path) -> Iterator[ConsoleStand]:
     data_dir = tmp / "data"
     data_dir.mkdir()
     with ExitStack() as stack:
-        devices = stack.enter_context(running_stand(settings, broker.settings, tmp))
+        # a loaded machine (a browser next to the stand) can exceed the default ack deadline
+        devices = stack.enter_context(
+            running_stand(settings, broker.settings, tmp, RCS_ACTUATION_ACK_TIMEOUT_MS=ACK_TIMEOUT_MS)
+        )
         stack.enter_context(Logger(broker.settings("logger"), tmp, data_dir))
         yield ConsoleStand(broker, tmp, devices, stack, data_dir)
 

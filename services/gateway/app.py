@@ -37,7 +37,7 @@ from services.gateway.deps import Gateway
 from services.gateway.limits import BodyLimit, ReadSlots
 from services.gateway.models import Detail
 from services.gateway.rate_limits import CommandLimits
-from services.gateway.routes import commands, procedures, recordings, runs, series, status, telemetry
+from services.gateway.routes import commands, console, procedures, recordings, runs, series, status, telemetry
 from services.gateway.ws import WebSocketEndpoint
 
 log = logging.getLogger("rcs.gateway.http")
@@ -75,7 +75,7 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
     )
     app.state.gateway = gateway
     _add_middleware(app, gateway)
-    for module in (status, telemetry, recordings, series, commands, procedures, runs):
+    for module in (status, telemetry, recordings, series, commands, procedures, runs, console):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     websocket = WebSocketEndpoint(bus, auth, settings, gateway.limits)

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common import runs
+from services.common.settings import ValveRole
 from services.gateway.problems import Problem
 
 Number = float | None
@@ -230,12 +231,47 @@ class ParquetData(BaseModel):
     data: dict[str, list[float | int | str | None]]
 
 
-class Limit(BaseModel):
+class WhoAmI(BaseModel):
+    login: str = Field(description="the account the token belongs to (what the audit trail records)")
+    role: Literal["viewer", "operator"]
+
+
+class ConsoleValve(BaseModel):
+    name: str
+    role: ValveRole
+    confirm: bool = Field(description="the console asks for a confirmation before opening it")
+
+
+class ConsoleChannel(BaseModel):
+    name: str
+    unit: str
+    description: str
+    warn_above: Number = None
+    warn_below: Number = None
+
+
+class ConsoleRedline(BaseModel):
     channel: str
-    kind: Literal["warning", "redline"]
-    direction: Literal["above", "below"]
-    value: float
+    above: Number = None
+    below: Number = None
+    states: list[str]
+    while_open: list[str]
 
 
-class Limits(BaseModel):
-    limits: list[Limit] = Field(description="config/stand.yaml's warning limits and red-lines")
+class ConsoleConfig(BaseModel):
+    stand: str
+    valves: list[ConsoleValve] = Field(description="in valve order (the bit order of every pattern)")
+    channels: list[ConsoleChannel]
+    redlines: list[ConsoleRedline]
+    schematic: str = Field(
+        description="the stand's schematic (SVG): elements `valve-<name>`, `channel-<name>`"
+    )
+
+
+class Storage(BaseModel):
+    data_dir: str
+    free_bytes: int | None = Field(description="free space where the recordings go; null if unreadable")
+    total_bytes: int | None
+    open_segment: str | None = Field(description="the file the logger is writing; null if none or no answer")
+    disk_error: str | None
+    logger_reason: str | None = Field(description="why the logger's status is unknown; null when it answered")

@@ -162,11 +162,25 @@ class Connection:
         self.reply({"type": "authenticated", "name": identity.name, "role": identity.role}, raw)
 
     def on_valve_command(self, message: dict[str, Any], raw: str | bytes) -> None:
-        valves = message.get("valves")
-        if not isinstance(valves, list | str):
-            raise BadMessageError("'valves' must be a list of 0/1 (or a string of digits)")
+        """The whole pattern (`valves`), or one valve (`name`, `open`: the rest as it is)."""
+        if "name" in message:
+            body = self._one_valve(message)
+        else:
+            valves = message.get("valves")
+            if not isinstance(valves, list | str):
+                raise BadMessageError("'valves' must be a list of 0/1 (or a string of digits)")
+            body = {"valves": valves}
         if self.command_allowed(raw):
-            self.spawn(self.valve_command(valves, raw))
+            self.spawn(self.valve_command(body, raw))
+
+    def _one_valve(self, message: dict[str, Any]) -> dict[str, Any]:
+        name, wanted = message.get("name"), message.get("open")
+        names = self.endpoint.settings.valve_names
+        if not isinstance(name, str) or name not in names:  # the name is not repeated: it may be anything
+            raise BadMessageError(f"'name' must be a valve of this stand: {', '.join(names)}")
+        if not isinstance(wanted, bool):
+            raise BadMessageError("'open' must be true or false")
+        return {"name": name, "open": wanted}
 
     def on_step_motor_command(self, message: dict[str, Any], raw: str | bytes) -> None:
         motor_id, angle = message.get("motor_id"), number(message, "angle")
@@ -272,19 +286,20 @@ class Connection:
             self.endpoint.bus, "actuation", topics.actuation(command), {**body, **self.audit}, timeout=timeout
         )
 
-    async def valve_command(self, valves: list[Any] | str, raw: str | bytes) -> None:
+    async def valve_command(self, body: dict[str, Any], raw: str | bytes) -> None:
         """Answered with the valves as the STM32 last acknowledged them, whatever the outcome: the
-        existing frontend shows `valves` as the stand's state (never the refused pattern)."""
+        existing frontend shows `valves` as the stand's state (never the refused pattern). A one-valve
+        command's answer repeats its `name` and `open`."""
+        answer: dict[str, Any] = {"type": "valve_response"}
+        if "name" in body:
+            answer |= {"name": body["name"], "open": body["open"]}
         try:
-            result = await self._actuation("valves", {"valves": valves})
+            result = await self._actuation("valve" if "name" in body else "valves", body)
         except CallFailedError as exc:
             acknowledged = (self.endpoint.bus.latest(topics.STATE_VALVES) or {}).get("valves")
-            self.reply(
-                {"type": "valve_response", "success": False, "valves": acknowledged, "reason": exc.reason},
-                raw,
-            )
+            self.reply({**answer, "success": False, "valves": acknowledged, "reason": exc.reason}, raw)
             return
-        self.reply({"type": "valve_response", "success": True, "valves": result.get("valves")}, raw)
+        self.reply({**answer, "success": True, "valves": result.get("valves")}, raw)
 
     async def step_motor_command(self, motor_id: int, angle: float, raw: str | bytes) -> None:
         answer: dict[str, Any] = {"type": "step_motor_response", "motor_id": motor_id, "angle": angle}

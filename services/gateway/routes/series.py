@@ -1,5 +1,5 @@
 """Review routes: a recording or a run's samples over a time range (min/max reduced) for plotting, and
-downloads of either as Parquet or CSV; the limits the console draws on its plots."""
+downloads of either as Parquet or CSV."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from services.gateway import recordings, series
 from services.gateway.deps import GatewayDep, Viewer, invalid
-from services.gateway.models import BUSY, Detail, Limit, Limits
+from services.gateway.models import BUSY, Detail
 from services.gateway.routes.recordings import MAX_COLUMNS_QUERY
 from services.gateway.routes.telemetry import MAX_POINTS
 
@@ -188,17 +188,3 @@ def run_csv(
     `/api/runs/{run_id}/samples`)."""
     path = _find(_run, gateway, run_id)
     return _csv(path, gateway, f"{run_id}-samples", channels=channels, start=start, end=end)
-
-
-@router.get("/api/limits")
-async def limits(_: Viewer, gateway: GatewayDep) -> Limits:
-    """The warning limits and red-lines of config/stand.yaml, per channel, for plots to draw."""
-    settings = gateway.settings
-    found = [
-        Limit(channel=line.channel, kind=kind, direction=side, value=value)
-        for kind, lines in (("warning", settings.warning_limits), ("redline", settings.redlines))
-        for line in lines
-        for side, value in (("above", line.above), ("below", line.below))
-        if value is not None
-    ]
-    return Limits(limits=found)

@@ -1,7 +1,7 @@
 // One channel as a min/max band (uPlot), with its warning and red-line limits and event markers
 // drawn on it: what the live plots and the review of recordings and runs both draw.
 //
-// `limits`: [{kind: "warning" | "redline", direction: "above" | "below", value}] (GET /api/limits).
+// `limits`: [{kind: "warning" | "redline", direction: "above" | "below", value}] (limitsByChannel).
 // `markers()`: [{t, kind: "valve" | "alarm" | "abort", label}] in UNIX seconds, read at each draw.
 // `onZoom(t0, t1)`: the user dragged over the plot (the plot's x scale is then the caller's).
 
@@ -103,10 +103,21 @@ export function markerOf(e) {
   return m && Number.isFinite(e.ts) ? Object.assign({ t: e.ts }, m) : null;
 }
 
-// Limits by channel: {channel: [{kind, direction, value}]} from `GET /api/limits`.
-export function limitsByChannel(answer) {
+// Limits by channel, {channel: [{kind, direction, value}]}, from `GET /api/config` (the store's
+// `config`): each channel's warning limits and its red-lines.
+export function limitsByChannel(config) {
   const by = {};
-  for (const l of (answer && answer.limits) || []) (by[l.channel] = by[l.channel] || []).push(l);
+  const add = (channel, kind, direction, value) => {
+    if (Number.isFinite(value)) (by[channel] = by[channel] || []).push({ kind, direction, value });
+  };
+  for (const c of (config && config.channels) || []) {
+    add(c.name, "warning", "above", c.warn_above);
+    add(c.name, "warning", "below", c.warn_below);
+  }
+  for (const r of (config && config.redlines) || []) {
+    add(r.channel, "redline", "above", r.above);
+    add(r.channel, "redline", "below", r.below);
+  }
   return by;
 }
 

@@ -1,4 +1,5 @@
-// Identity panel: who this page is logged in as and their role, the login form, log out.
+// Identity panel: who this page is logged in as and their role (the named account of the token, as
+// the audit trail records it), the login form, log out.
 import { connect, setToken, token } from "./connection.js";
 import { store } from "./store.js";
 import { badge, el } from "./util.js";
@@ -24,9 +25,18 @@ export function mount(root) {
   logout.hidden = true;
   root.append(who, form, logout);
 
-  form.addEventListener("submit", (ev) => {
+  // The token is checked (`GET /api/whoami`) before it is kept: a wrong one is said at once.
+  form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    setToken(input.value);
+    const offered = input.value;
+    const r = await fetch("/api/whoami", { headers: offered ? { Authorization: "Bearer " + offered } : {} })
+      .catch(() => null);
+    if (r && r.status === 401) {
+      badge(who, "token refused", "off");
+      input.select();
+      return;
+    }
+    setToken(offered);
     input.value = "";
     connect();
   });

@@ -2,7 +2,7 @@
 // the buckets and reads the history a window needs), and the latest value of every channel (click a
 // row to add or remove its plot).
 //
-// Each plot draws its channel's warning limit and red-line (`GET /api/limits`) and markers for valve
+// Each plot draws its channel's warning limits and red-lines (`GET /api/config`, the store's `config`) and markers for valve
 // changes, alarms and aborts (`valve_state` and `event` messages, and `GET /api/events` on connecting).
 // Pause freezes what is shown while data keep arriving; dragging over a plot zooms every plot to that
 // span and pauses, reading the span again from the ring buffer at a finer resolution; Live resumes.
@@ -56,15 +56,6 @@ async function loadMarkers() {
     for (const e of (await api("/api/events?limit=500")).events) onEvent(e, true);
   } catch (e) {
     // the live events still arrive
-  }
-}
-
-async function loadLimits() {
-  try {
-    limits = limitsByChannel(await api("/api/limits"));
-    remake();
-  } catch (e) {
-    info("no limits for the plots (" + e.message + ")");
   }
 }
 
@@ -336,9 +327,10 @@ export function mount(root) {
   });
   on("event", (m) => onEvent(m.data || {}, false));
   on("valve_state", onValveState);
-  on("authenticated", () => {
-    loadLimits();
-    loadMarkers();
+  on("authenticated", loadMarkers);
+  store.watch("config", (config) => {
+    limits = limitsByChannel(config);
+    remake();
   });
   setChosen(chosen);
   window.addEventListener("resize", resizePlots);

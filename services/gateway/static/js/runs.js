@@ -322,14 +322,8 @@ export function mount(root) {
   ui.viewer.append(viewerBar, ui.picker, ui.status, el("p", "muted", "drag over a plot to zoom: the span is read again in finer detail"), ui.plots);
 
   root.append(bar, lists, ui.report, ui.viewer);
-  on("authenticated", async () => {
-    refresh();
-    try {
-      limits = limitsByChannel(await api("/api/limits"));
-    } catch (e) {
-      limits = {};
-    }
-  });
+  on("authenticated", refresh);
+  store.watch("config", (config) => (limits = limitsByChannel(config)));
   window.addEventListener("resize", () => {
     for (const p of ui.plotted) p.u.setSize({ width: Math.max(200, p.div.clientWidth - 8), height: PLOT_HEIGHT });
   });
