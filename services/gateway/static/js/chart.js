@@ -45,9 +45,16 @@ function drawLimits(u, limits) {
     ctx.fillStyle = style.colour;
     if (l.value < y0 || l.value > y1) {
       // not within the data's range: named in the corner, so nobody thinks there is none
-      ctx.textAlign = "left"; // top left: live data come in on the right
-      ctx.fillText(name + (l.value > y1 ? " (above the plot)" : " (below the plot)"), left + 4 * px,
-        top + (12 + 12 * offScale++) * px);
+      // top left (live data come in on the right), on a light box so the band does not hide it
+      const text = name + (l.value > y1 ? " (above the plot)" : " (below the plot)");
+      const y = top + (4 + 14 * offScale++) * px;
+      ctx.fillStyle = "rgba(255,255,255,0.8)";
+      ctx.fillRect(left + 2 * px, y, ctx.measureText(text).width + 4 * px, 13 * px);
+      ctx.fillStyle = style.colour;
+      ctx.textAlign = "left";
+      ctx.textBaseline = "top";
+      ctx.fillText(text, left + 4 * px, y + 1 * px);
+      ctx.textBaseline = "alphabetic";
       continue;
     }
     const y = Math.round(u.valToPos(l.value, "y", true));

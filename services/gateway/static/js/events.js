@@ -133,8 +133,13 @@ export function mount(root) {
   scroll.append(table);
   root.append(bar, scroll);
   on("event", (m) => addEvent(m.data || {}));
+  // a service's status is republished as its details change (a logger behind, say): a row when it
+  // goes online or offline only
+  const states = {};
   on("service_status", (m) => {
     const d = m.data || {};
+    if (states[m.service] === d.state) return;
+    states[m.service] = d.state;
     addEvent({ ts: d.ts, service: m.service, kind: "status", state: d.state, reason: d.reason });
   });
   on("authenticated", () => {

@@ -215,7 +215,7 @@ function drawPlots() {
   const units = {};
   for (const c of ((store.get("meta") || {}).channels) || []) units[c.name] = c.unit || "";
   const range = [what.answer.start, what.answer.end];
-  for (const name of what.answer.channels) {
+  for (const name of what.shown.filter((c) => what.answer.channels.includes(c))) {
     const div = el("div", "plot");
     div.dataset.channel = name;
     ui.plots.append(div);
@@ -238,7 +238,7 @@ async function download(format) {
   const a = opened && opened.answer;
   if (!a) return;
   // Parquet: the file as it is; CSV: the span and channels shown
-  const query = new URLSearchParams({ start: a.start.toFixed(6), end: a.end.toFixed(6), channels: a.channels.join(",") });
+  const query = new URLSearchParams({ start: a.start.toFixed(6), end: a.end.toFixed(6), channels: opened.shown.join(",") });
   const path = format === "csv" ? opened.base + "/csv?" + query.toString().replace(/%2C/g, ",")
     : opened.base + (opened.kind === "run" ? "/samples" : "/download");
   say("downloading " + format + "…");
