@@ -28,7 +28,10 @@ def _next_frames(page: Page) -> None:
 
 def _drag_across(page: Page, plot: str, start: float, end: float) -> None:
     """Drag over the plot area of `plot` from `start` to `end` (fractions of its width)."""
-    box = page.locator(plot + " .u-over").first.bounding_box()
+    over = page.locator(plot + " .u-over").first
+    over.scroll_into_view_if_needed()  # the mouse acts within the viewport
+    _next_frames(page)
+    box = over.bounding_box()
     assert box is not None
     y = box["y"] + box["height"] / 2
     page.mouse.move(box["x"] + box["width"] * start, y)

@@ -128,6 +128,13 @@ export function limitsByChannel(config) {
   return by;
 }
 
+// Tick labels HH:MM:SS, with as many decimals of a second as the ticks' spacing needs.
+function timeLabel(ticks) {
+  const step = ticks.length > 1 ? ticks[1] - ticks[0] : 1;
+  const decimals = step >= 1 ? 0 : Math.min(3, Math.ceil(-Math.log10(step) - 1e-9));
+  return (t) => hms(t) + (decimals ? "." + (t % 1).toFixed(decimals).slice(2) : "");
+}
+
 // A band plot of one channel in `div`; returns the uPlot. `xRange()` gives [t0, t1] (null: auto).
 export function bandPlot(div, { title, unit, limits, markers, xRange, onZoom, width, height }) {
   const opts = {
@@ -144,21 +151,38 @@ export function bandPlot(div, { title, unit, limits, markers, xRange, onZoom, wi
       { label: "max", stroke: "#1f77b4", width: 1 },
     ],
     bands: [{ series: [2, 1], fill: "rgba(31,119,180,0.3)" }],
-    axes: [{ space: 70, values: (u, ticks) => ticks.map(hms) }, { size: 56 }],
+    axes: [{ space: 80, values: (u, ticks) => ticks.map(timeLabel(ticks)) }, { size: 56 }],
     legend: { show: false },
     cursor: { drag: { x: true, y: false, setScale: false } },
     hooks: {
       draw: [(u) => { drawLimits(u, limits || []); drawMarkers(u, markers ? markers() : []); }],
-      setSelect: [(u) => {
-        if (u.select.width < 3 || !onZoom) return;
-        const t0 = u.posToVal(u.select.left, "x");
-        const t1 = u.posToVal(u.select.left + u.select.width, "x");
-        u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
-        onZoom(t0, t1);
-      }],
+      // uPlot draws the selection; the span is taken from the pointer itself (below)
+      setSelect: [(u) => u.select.width && u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false)],
     },
   };
-  return new uPlot(opts, [[], [], []], div);
+  const u = new uPlot(opts, [[], [], []], div);
+  if (onZoom) zoomByDrag(u, onZoom);
+  return u;
+}
+
+// A drag across the plot (at least MIN_DRAG_PX wide) zooms to its span: the positions of the pointer
+// going down and up, against the plot area where it is at that moment (scrolled or not).
+const MIN_DRAG_PX = 3;
+function zoomByDrag(u, onZoom) {
+  let down = null;
+  u.over.addEventListener("pointerdown", (ev) => {
+    if (ev.button !== 0) return;
+    down = ev.clientX;
+    u.over.setPointerCapture(ev.pointerId); // its pointerup comes here, wherever it is let go
+  });
+  u.over.addEventListener("pointerup", (ev) => {
+    if (down === null) return;
+    const rect = u.over.getBoundingClientRect();
+    const clamp = (x) => Math.min(rect.width, Math.max(0, x - rect.left));
+    const [a, b] = [clamp(down), clamp(ev.clientX)].sort((p, q) => p - q);
+    down = null;
+    if (b - a >= MIN_DRAG_PX) onZoom(u.posToVal(a, "x"), u.posToVal(b, "x"));
+  });
 }
 
 // {t, min: {ch: []}, max: {ch: []}} answers (history, series) → columns for one channel.

@@ -213,7 +213,7 @@ function drawPlots() {
   ui.plots.textContent = "";
   if (!what || !what.answer) return;
   const units = {};
-  for (const c of ((store.get("meta") || {}).channels) || []) units[c.name] = c.unit || "";
+  for (const c of ((store.get("config") || {}).channels) || []) units[c.name] = c.unit || "";
   const range = [what.answer.start, what.answer.end];
   for (const name of what.shown.filter((c) => what.answer.channels.includes(c))) {
     const div = el("div", "plot");
