@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+import pytest
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -38,8 +39,9 @@ from tests.test_gateway_rest import add_account
 
 TIMEOUT = 20.0
 START_TIMEOUT = 60.0  # a process's imports alone can take this long on a loaded 2-core machine
-ACK_TIMEOUT_MS = "5000"
-GATEWAY_TIMEOUT_S = "10"
+ACK_TIMEOUT_MS = "8000"
+GATEWAY_TIMEOUT_S = "10"  # its bound (gateway.command_timeout_s)
+RATE_HZ = "1000"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "console"
 ACCOUNTS = {"alice": "operator", "bob": "viewer"}
 Role = Literal["operator", "viewer"]
@@ -75,6 +77,7 @@ class ConsoleStand:
             "RCS_GATEWAY_COMMAND_TIMEOUT_S": GATEWAY_TIMEOUT_S,
         }
         self.port = free_port()
+        self._starts = 0
         self.gateway = self._start_gateway()
 
     @property
@@ -85,10 +88,18 @@ class ConsoleStand:
         return self.tokens[next(name for name, r in ACCOUNTS.items() if r == role)]
 
     def _start_gateway(self) -> Gateway:
+        self._starts += 1
         gateway = self._stack.enter_context(
-            Gateway(self._broker.settings("gateway"), self._tmp, self.port, **self._env)
+            Gateway(
+                self._broker.settings("gateway"), self._tmp, self.port, f"gateway-{self._starts}", **self._env
+            )
         )
-        wait_until(lambda: _gateway_up(self.url), START_TIMEOUT, "the gateway to answer")
+
+        def up() -> bool:
+            assert gateway.alive(), f"the gateway exited:\n{gateway.tail()}"
+            return _gateway_up(self.url)
+
+        wait_until(up, START_TIMEOUT, "the gateway to answer")
         return gateway
 
     def stop_gateway(self) -> None:
@@ -102,11 +113,16 @@ class ConsoleStand:
 
 @contextmanager
 def console_stand(broker: Broker, tmp: Path) -> Iterator[ConsoleStand]:
-    """The whole emulated stand with its gateway, on the session broker; everything stopped on leaving."""
-    settings = load_settings().model_copy(update={"mqtt": broker.settings("operator")})
+    """The whole emulated stand with its gateway, on the session broker; everything stopped on leaving.
+
+    At RATE_HZ samples/s (every process and the emulator read it from the environment): what the
+    console shows is the same at 1 kHz, and a browser next to the stand loads the machine enough.
+    """
     data_dir = tmp / "data"
     data_dir.mkdir()
-    with ExitStack() as stack:
+    with pytest.MonkeyPatch.context() as env, ExitStack() as stack:
+        env.setenv("RCS_ACQUISITION_RATE_HZ", RATE_HZ)
+        settings = load_settings().model_copy(update={"mqtt": broker.settings("operator")})
         # a loaded machine (a browser next to the stand) can exceed the default ack deadline
         devices = stack.enter_context(
             running_stand(settings, broker.settings, tmp, RCS_ACTUATION_ACK_TIMEOUT_MS=ACK_TIMEOUT_MS)

@@ -137,11 +137,12 @@ class Logger(ServiceProcess):
 class Gateway(ServiceProcess):
     """rcs-gateway on 127.0.0.1:`port` (`RCS_HTTP_PORT`); `mqtt` must be the `gateway` user.
 
-    Started again on the same port (a restart), a page that was open reconnects to it.
+    Started again on the same port (a restart), a page that was open reconnects to it; give each
+    start its own `name` to keep each one's log (`<tmp>/<name>.log`).
     """
 
-    def __init__(self, mqtt: MqttSettings, tmp: Path, port: int, **env: str) -> None:
-        super().__init__("services.gateway", "gateway", mqtt, tmp, RCS_HTTP_PORT=str(port), **env)
+    def __init__(self, mqtt: MqttSettings, tmp: Path, port: int, name: str = "gateway", **env: str) -> None:
+        super().__init__("services.gateway", name, mqtt, tmp, RCS_HTTP_PORT=str(port), **env)
         self.port = port
 
     def stop(self) -> int:

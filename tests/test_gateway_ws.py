@@ -201,6 +201,17 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
             assert answer["valves"] == run_valves, "the acknowledged valves, never the refused pattern"
             closed = await ask(operator, {"type": "valve_command", "valves": [0] * 9}, "valve_response")
             assert closed["success"] is True, closed
+            # one valve by name (the console's): the answer repeats it; the rest stays as it is
+            one = {"type": "valve_command", "name": "GOX2", "open": True}
+            answer = await ask(operator, one, "valve_response")
+            assert answer == {**one, "type": "valve_response", "success": True, "valves": [0] * 6 + [1, 0, 0]}
+            one = {"type": "valve_command", "name": "IGNITION", "open": True}
+            answer = await ask(operator, one, "valve_response")
+            assert (
+                answer["success"] is False and "igniter" in answer["reason"] and answer["name"] == "IGNITION"
+            )
+            one = {"type": "valve_command", "name": "GOX2", "open": False}
+            assert (await ask(operator, one, "valve_response"))["valves"] == [0] * 9
 
             motor = await ask(
                 operator, {"type": "step_motor_command", "motor_id": 1, "angle": 17.75}, "step_motor_response"
@@ -232,6 +243,8 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
             for bad_message in (
                 {"type": "no_such_thing"},
                 {"type": "valve_command"},
+                {"type": "valve_command", "name": "NOPE", "open": True},
+                {"type": "valve_command", "name": "GOX2", "open": 1},
                 {"type": "step_motor_command", "motor_id": 1, "angle": "far"},
                 {"type": "subscribe", "mode": "display", "channels": ["NOPE"]},
                 {"type": "subscribe", "mode": "full", "channels": []},
@@ -240,7 +253,7 @@ def test_legacy_messages_commands_and_pushes(gateway: Gateway) -> None:
                 assert "data" in await ask(operator, bad_message, "error")
             assert "data" in await ask(operator, {"type": "get_sensors"}, "sensor_data")
             assert gateway.bus.websocket_connections == 2
-            assert gateway.ws_stats.bad_messages - bad_before == 11  # each one counted
+            assert gateway.ws_stats.bad_messages - bad_before == 13  # each one counted
 
     run(scenario())
 

@@ -67,11 +67,13 @@ async def config(_: Viewer, gateway: GatewayDep) -> ConsoleConfig:
 async def storage(_: Viewer, gateway: GatewayDep) -> Storage:
     """Free space in the data directory (as the gateway sees it) and the logger's open file."""
     data_dir = gateway.settings.data_dir
+    free: int | None = None
+    total: int | None = None
     try:
         usage = shutil.disk_usage(data_dir)
         free, total = usage.free, usage.total
     except OSError:
-        free = total = None
+        pass  # null: unreadable from here
     try:
         status = await call_service(gateway.bus, "logger", topics.LOGGER_STATUS, {})
     except CallFailedError as exc:

@@ -137,7 +137,7 @@ function bindReadings(svg, limits) {
   const readings = [...svg.querySelectorAll("[data-channel]")].map((node) => {
     const name = node.dataset.channel;
     const limit = limits[name] || { unit: "", warn: {}, red: [] };
-    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    const title = document.createElementNS(node.namespaceURI, "title");
     title.textContent = name + (limit.description ? " — " + limit.description : "");
     node.prepend(title);
     return { node, name, limit, value: node.querySelector(".channel-value") };
@@ -157,7 +157,7 @@ function bindValves(svg, config) {
   order = config.valves.map((v) => v.name);
   for (const node of svg.querySelectorAll("[data-valve]")) {
     const name = node.dataset.valve;
-    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    const title = document.createElementNS(node.namespaceURI, "title");
     node.prepend(title);
     node.setAttribute("role", "button");
     node.setAttribute("tabindex", "0");
