@@ -36,6 +36,7 @@ from services.gateway.limits import ReadSlots
 from services.gateway.serving import server_config
 from tests.conftest import new_broker, wait_until
 from tests.processes import Acquisition, Actuation, Logger
+from tests.test_ctl import _ctl
 
 TIMEOUT = 20.0
 OPERATOR = "op-token-0123456789"
@@ -637,3 +638,82 @@ def test_a_service_down_is_503_never_200(lonely: Gateway) -> None:
     assert (
         sensors["sensor_data"]["errors"] == 17
     )  # every measured channel missing: P1..P8, 8 temperatures, THRUST
+
+
+# -- test runs -------------------------------------------------------------------------------------
+
+REPORT_TIMEOUT = 180.0  # the report is a process of its own: slow to start on a loaded machine
+
+
+def test_runs_start_list_stop_report_and_download_over_rest_and_rcs_ctl(
+    gateway: Gateway, broker: Broker
+) -> None:
+    with gateway.client() as client, gateway.client(VIEWER) as viewer:
+        assert viewer.post("/api/runs", json={"name": "x"}).status_code == 403
+        assert client.post("/api/runs", json={"name": ""}).status_code == 422
+        assert client.post("/api/runs", json={"name": "x", "extra": 1}).status_code == 422
+        started = client.post("/api/runs", json={"name": "Leak check", "notes": "before the hot fire"})
+        assert started.status_code == 200, started.text
+        run = started.json()["run"]
+        run_id = run["id"]
+        assert run_id.endswith("-leak-check") and run["active"] is True and run["operators"] == ["operator"]
+        again = client.post("/api/runs", json={"name": "again"})
+        assert again.status_code == 409 and again.json()["detail"] == f"run {run_id} is active: stop it first"
+        wait_until(
+            lambda: [r["id"] for r in viewer.get("/api/runs").json()][:1] == [run_id],
+            TIMEOUT,
+            "the active run",
+        )
+        assert viewer.get(f"/api/runs/{run_id}").json()["active"] is True
+        assert viewer.get(f"/api/runs/{run_id}/report").status_code == 404  # not recorded yet
+        wrong = client.post("/api/runs/20200101T000000Z-nothing/stop")
+        assert wrong.status_code == 409 and "is not active" in wrong.json()["detail"]
+        stopped = client.post(f"/api/runs/{run_id}/stop")
+        assert stopped.status_code == 200 and stopped.json()["run"]["result"] == "stopped"
+
+        def recorded() -> bool:  # run.json written (an active run has no sample count)
+            return "samples" in viewer.get(f"/api/runs/{run_id}").json()
+
+        wait_until(recorded, TIMEOUT, "run.json")
+        listed = viewer.get("/api/runs").json()
+        assert listed[0]["id"] == run_id and listed[0]["samples"] > 0 and "config_yaml" not in listed[0]
+        samples = viewer.get(f"/api/runs/{run_id}/samples")
+        assert samples.status_code == 200 and samples.content.startswith(b"PAR1")
+
+        def reported() -> bool:
+            return bool(viewer.get(f"/api/runs/{run_id}").json()["report"]["status"] != "pending")
+
+        wait_until(reported, REPORT_TIMEOUT, "the report")
+        page = viewer.get(f"/api/runs/{run_id}/report")
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html") and run_id in page.text
+
+        for bad in ("..%2F..%2Fetc", "20200101T000000Z-nothing", "x" * 81, "20200101T000000Z-..."):
+            for path in (f"/api/runs/{bad}", f"/api/runs/{bad}/report", f"/api/runs/{bad}/samples"):
+                answer = viewer.get(path)
+                assert answer.status_code in (404, 422), (path, answer.status_code)
+                assert "etc" not in answer.text
+        assert (
+            viewer.get("/api/runs/20200101T000000Z-nothing").json()["detail"]
+            == "no run 20200101T000000Z-nothing"
+        )
+
+    # rcs-ctl: start, list, show, stop
+    operator = broker.settings("operator")
+    started_ctl, _ = _ctl(operator, "run", "start", "Cold flow", "--notes", "from the terminal").communicate(
+        timeout=TIMEOUT
+    )
+    assert b"started" in started_ctl, started_ctl.decode()
+    with gateway.client(VIEWER) as viewer:
+        active = viewer.get("/api/runs").json()[0]
+        assert active["active"] is True and active["notes"] == "from the terminal"
+    listed_ctl, _ = _ctl(operator, "run", "list").communicate(timeout=TIMEOUT)
+    assert active["id"].encode() in listed_ctl and run_id.encode() in listed_ctl
+    stopping = _ctl(operator, "run", "stop", active["id"])
+    stopped_ctl, _ = stopping.communicate(timeout=TIMEOUT)
+    assert stopping.returncode == 0 and b"stopped (stopped)" in stopped_ctl, stopped_ctl.decode()
+    shown, _ = _ctl(operator, "run", "show", run_id).communicate(timeout=TIMEOUT)
+    assert b"config_sha256" in shown and b"config_yaml" not in shown
+    refused = _ctl(operator, "run", "stop")
+    output, _ = refused.communicate(timeout=TIMEOUT)
+    assert refused.returncode == 1 and b"no run is active" in output

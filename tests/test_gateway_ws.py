@@ -275,6 +275,33 @@ def test_hold_resume_and_alarms_over_the_websocket(gateway: Gateway) -> None:
     run(scenario())
 
 
+def test_runs_started_and_stopped_over_the_websocket_and_their_state_pushed(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with open_ws(gateway) as operator, open_ws(gateway, VIEWER) as viewer:
+            assert "active" in (await next_of(operator, "run_state"))[0]["data"]  # retained, on connect
+            started = await ask(
+                operator, {"type": "run_start", "name": "WS run", "notes": "n"}, "run_response"
+            )
+            assert started["success"] is True and started["command"] == "run_start"
+            run_id = started["run"]["id"]
+            while (await next_of(viewer, "run_state"))[0]["data"]["active"] is None:
+                pass  # the state before the start, then the pushed one
+            again = await ask(operator, {"type": "run_start", "name": "again"}, "run_response")
+            assert (again["success"], again["reason"]) == (False, f"run {run_id} is active: stop it first")
+            assert "data" in await ask(viewer, {"type": "run_stop"}, "error")  # a viewer commands nothing
+            assert "data" in await ask(operator, {"type": "run_start", "name": ""}, "error")
+            assert "data" in await ask(operator, {"type": "run_start", "name": "x", "notes": 3}, "error")
+            assert "data" in await ask(operator, {"type": "run_stop", "id": "../../etc"}, "error")
+            stopped = await ask(operator, {"type": "run_stop", "id": run_id}, "run_response", binary=True)
+            assert stopped["success"] is True and stopped["run"]["result"] == "stopped"
+            while (await next_of(viewer, "run_state"))[0]["data"]["active"] is not None:
+                pass
+            nothing = await ask(operator, {"type": "run_stop"}, "run_response")
+            assert (nothing["success"], nothing["reason"]) == (False, "no run is active")
+
+    run(scenario())
+
+
 def test_full_subscription_is_contiguous_and_display_is_reduced(gateway: Gateway) -> None:
     async def scenario() -> None:
         async with (

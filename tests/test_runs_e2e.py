@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from services.analyze import report as run_report
+from services.analyze import run as run_dir
 from services.common import runs as layout
 from services.common import topics
 from services.common.rpc import RpcError
@@ -187,8 +189,11 @@ def test_a_manual_run_records_its_samples_with_the_pretrigger_window_its_events_
     assert report["status"] in ("generated", "unavailable"), report
 
 
-def test_the_hotfire_starts_its_run_and_ends_it_after_the_procedure(runs: RunStand) -> None:
+def test_the_hotfire_starts_its_run_ends_it_after_the_procedure_and_reports_the_emulated_burn(
+    runs: RunStand, settings: Settings
+) -> None:
     stand = runs.stand
+    burned_before, impulse_before = stand.stm32.burning_s, stand.stm32.impulse_ns
     console, _ = armed_console(stand)
     try:
         stand.call("sequence", name="hotfire")
@@ -209,10 +214,22 @@ def test_the_hotfire_starts_its_run_and_ends_it_after_the_procedure(runs: RunSta
     assert POST_S - 0.2 <= last["ended_at"] - ended_at <= POST_S + 1.0
     run = runs.recorded(last["id"])
     assert run["result"] == "completed" and run["procedure"] == "hotfire"
-    table, _ = samples_of(layout.run_dir(runs.data_dir, run["id"]))
+    directory = layout.run_dir(runs.data_dir, run["id"])
+    table, _ = samples_of(directory)
     seq = table.column("seq").to_numpy().astype(np.int64)
     assert (seq == runs.acquired(int(seq[0]), int(seq[-1]))).all(), "every sample acquisition has, once"
-    assert float(np.nanmax(table.column("THRUST").to_numpy())) > 100, "the burn is in the run's samples"
+
+    # the report: its burn duration and total impulse are the emulated engine's, within 2 %
+    assert runs.recorded(run["id"], reported=True)["report"] == {"status": "generated", "file": "report.html"}
+    burned, impulse = stand.stm32.burning_s - burned_before, stand.stm32.impulse_ns - impulse_before
+    assert burned > 1.0, "the emulated engine burned"
+    report = run_report.build(run_dir.load(directory), settings)
+    assert report.figures.burn is not None
+    assert report.figures.burn.duration_s == pytest.approx(burned, rel=0.02)
+    assert report.figures.impulse_run == pytest.approx(impulse, rel=0.02)
+    page = (directory / layout.REPORT).read_text()
+    shown = {figure: value for figure, value, _, _ in run_report.figure_rows(report)}
+    assert f">{shown['burn duration']}<" in page and f">{shown['total impulse']}<" in page
 
 
 def test_an_aborted_hotfire_ends_its_run_aborted(runs: RunStand) -> None:

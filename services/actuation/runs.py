@@ -117,7 +117,7 @@ class RunBook:
                 changed |= self._procedure_started(test.name, unix)
             self._procedure = test
         elif self._procedure is not None:
-            self._procedure_ended(self._procedure, aborting)
+            self._procedure_ended(state)
         if self._pending_tail and not aborting:
             self._tail_until, self._pending_tail = mono + self._post_s, False
         if self._tail_until is not None and mono >= self._tail_until:
@@ -139,11 +139,14 @@ class RunBook:
             return True
         return False
 
-    def _procedure_ended(self, last: SequenceProgress, aborting: bool) -> None:
+    def _procedure_ended(self, state: SystemState) -> None:
+        """A procedure (which needs the stand armed) ends idle when it finished, armed when it was
+        cancelled (or finished leaving valves open), aborting when it aborted."""
         self._procedure = None
         if self.active is None:
             return
-        outcome = "aborted" if aborting else "completed" if last.step >= last.steps else "cancelled"
+        outcomes = {SystemState.ABORTING: "aborted", SystemState.IDLE: "completed"}
+        outcome = outcomes.get(state, "cancelled")
         self.active.outcome = outcome
         if self.active.auto:
             self._pending_tail = True

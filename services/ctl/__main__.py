@@ -75,9 +75,15 @@ def _request(service: str, topic: str, body: dict[str, Any], timeout: float) -> 
         client.stop()
 
 
+def _command(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Actuation's result of `command`, audited with `who`."""
+    return _request(
+        "actuation", topics.actuation(command), {**body, "who": who, "origin": "rcs-ctl"}, timeout
+    )
+
+
 def _call(command: str, body: dict[str, Any], who: str, timeout: float = 5.0) -> dict[str, Any]:
-    body = {**body, "who": who, "origin": "rcs-ctl"}
-    result = _request("actuation", topics.actuation(command), body, timeout)
+    result = _command(command, body, who, timeout)
     console.print(f"[green]ok[/green] {result}")
     return result
 
@@ -219,7 +225,7 @@ def run_start(
     who: Who = DEFAULT_WHO,
 ) -> None:
     """Start a run named NAME (refused while another is active)."""
-    run = _call("run_start", {"name": name, "notes": notes}, who)["run"]
+    run = _command("run_start", {"name": name, "notes": notes}, who)["run"]
     console.print(f"run [bold]{run['id']}[/bold] started")
 
 
@@ -232,45 +238,34 @@ def run_stop(
 ) -> None:
     """Stop the active run."""
     body = {} if run_id is None else {"id": run_id}
-    run = _call("run_stop", body, who)["run"]
+    run = _command("run_stop", body, who)["run"]
     console.print(f"run [bold]{run['id']}[/bold] stopped ({run['result']}); the logger writes its files")
 
 
 @run_app.command("list")
 def run_list() -> None:
-    """The recorded runs, newest first, and the one being recorded."""
+    """The recorded runs, newest first, and the one being recorded: one line each."""
     answer = _request("logger", topics.LOGGER_RUNS, {}, 10.0)
-    table = Table("id", "name", "procedure", "started", "duration (s)", "result", "samples", "report")
     active = answer.get("active")
     if isinstance(active, dict):
-        table.add_row(
-            active["id"],
-            active["name"],
-            active.get("procedure") or "",
-            _when(active["started_at"]),
-            "",
-            "[yellow]running[/yellow]",
-            "",
-            "",
+        started = _when(active["started_at"])
+        console.print(
+            f"{active['id']}  [yellow]running[/yellow]  {active['name']!r}  started {started}", soft_wrap=True
         )
     for run in answer["runs"]:
         ended, started = run.get("ended_at"), run.get("started_at")
-        duration = (
-            f"{ended - started:.1f}"
+        took = (
+            f"{ended - started:.1f} s"
             if isinstance(ended, int | float) and isinstance(started, int | float)
-            else ""
+            else "?"
         )
-        table.add_row(
-            run["id"],
-            run.get("name", ""),
-            run.get("procedure") or "",
-            _when(started),
-            duration,
-            str(run.get("result", "")),
-            str(run.get("samples", "")),
-            str((run.get("report") or {}).get("status", "")),
+        procedure = f"  procedure {run['procedure']}" if run.get("procedure") else ""
+        report = (run.get("report") or {}).get("status", "none")
+        console.print(
+            f"{run['id']}  {run.get('result')}  {run.get('name')!r}{procedure}  started {_when(started)}  "
+            f"{took}  {run.get('samples')} samples  report {report}",
+            soft_wrap=True,
         )
-    console.print(table)
 
 
 @run_app.command("show")

@@ -49,7 +49,8 @@ log = logging.getLogger("rcs.logger.runs")
 
 MAX_QUEUED_BATCHES = 2000  # ~20 s of 10 ms batches (~20 MB at 10 kHz x 22 channels)
 RECENT_EVENTS = 10_000  # kept for the pre-trigger window of the next run
-END_WAIT_S = 3.0  # after a run's end, wait this long for its last live samples
+END_WAIT_S = 3.0  # after a run's end, its last live samples may take this long after the previous ones
+END_WAIT_MAX_S = 120.0  # ...but the run is finalized this long after its end at the latest
 EVENTS_AFTER_S = 0.5  # events this soon after a run's end are its own (e.g. the audit of its run_stop)
 HISTORY_TIMEOUT_S = 10.0
 HISTORY_PAGE = 50_000
@@ -76,7 +77,8 @@ class _Recording:
     samples: RunSamples | None = None  # opened with the first telemetry (its channels)
     session: str | None = None
     expected: int = 0  # the next seq of `session` wanted
-    end_by: float | None = None  # monotonic: finalized then even without samples past its end
+    end_by: float | None = None  # monotonic: finalized then at the latest, samples past its end or not
+    progress_at: float = 0.0  # monotonic: when the last live batch came
     seen_t: float = 0.0  # the newest sample time seen (written or not)
     problems: list[str] = field(default_factory=list)
 
@@ -112,19 +114,33 @@ class RunRecorder:
         self._current: _Recording | None = None
         self._reports = ThreadPoolExecutor(1, thread_name_prefix="run-report")
         self._report_missing_logged = False
+        self._report_process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
         self._version = _software_version()
         self._thread = threading.Thread(target=self._run, name="runs", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Also makes the reports a previous stop left pending."""
         self._thread.start()
+        for summary in layout.list_runs(self.data_dir):
+            if (summary.get("report") or {}).get("status") == "pending":
+                run = layout.read_run(self.data_dir, str(summary["id"]))
+                if run is not None:
+                    self._reports.submit(self._report, layout.run_dir(self.data_dir, run["id"]), run)
 
     def stop(self) -> None:
-        """A run still being recorded is finalized as it stands (`interrupted` if it had not ended)."""
+        """A run still being recorded is finalized as it stands (`interrupted` if it had not ended); a
+        report being made is stopped (it stays `pending`, made at the next start)."""
+        self._stopping.set()
         self._inbox.put(None)
         self._thread.join(timeout=30)
-        self._reports.shutdown(wait=True, cancel_futures=False)
+        process = self._report_process
+        if process is not None:
+            with contextlib.suppress(OSError):
+                process.terminate()
+        self._reports.shutdown(wait=True, cancel_futures=True)
 
     # --- paho's thread: hand over ----------------------------------------------------------------
 
@@ -257,17 +273,33 @@ class RunRecorder:
             return
         current.run = dict(run)
         if current.end_by is None:
-            current.end_by = time.monotonic() + END_WAIT_S
+            current.end_by = time.monotonic() + END_WAIT_MAX_S
+            current.progress_at = max(current.progress_at, time.monotonic())
 
     def _end_if_due(self) -> None:
         current = self._current
         if current is None or current.ended_at is None or current.end_by is None:
             return
         past = current.seen_t >= current.ended_at and time.time() >= current.ended_at + EVENTS_AFTER_S
-        if past or time.monotonic() >= current.end_by:
+        now = time.monotonic()
+        stalled = now >= current.progress_at + END_WAIT_S  # no telemetry comes (any more)
+        if past or stalled or now >= current.end_by:
             if not past:
-                current.problems.append("no live samples past the run's end arrived in time")
+                self._catch_up(current, current.ended_at)
             self._finalize()
+
+    def _catch_up(self, current: _Recording, end: float) -> None:
+        """The live telemetry is late (a busy logger): the rest of the run from the ring buffer."""
+        if current.samples is None or current.session is None:
+            current.problems.append("no telemetry arrived during the run")
+            return
+        rate = self.settings.acquisition.rate_hz
+        behind = end - max(current.seen_t, current.t_from)
+        self._fetch(current.expected, current.expected + int(behind * rate * 1.2) + int(rate))
+        if current.seen_t < end:
+            current.problems.append(
+                f"samples up to the run's end missing: the last is {end - current.seen_t:.3f} s before it"
+            )
 
     def _on_batch(self, batch: TelemetryBatch) -> None:
         with self._lock:
@@ -275,6 +307,7 @@ class RunRecorder:
         current = self._current
         if current is None:
             return
+        current.progress_at = time.monotonic()
         if current.samples is None:
             self._anchor(batch)
             return
@@ -417,6 +450,12 @@ class RunRecorder:
         self._wanted = False
         if current is None:
             return
+        try:
+            if current.samples is not None and current.ended_at is not None:
+                current.samples.cut_after(current.ended_at)
+        except OSError as exc:
+            self._failed(str(current.run["id"]), exc, current)
+            return
         run = self._run_json(current)
         try:
             current.events.flush()
@@ -427,7 +466,7 @@ class RunRecorder:
                 current.samples.close(metadata)
             _write_json(current.dir / layout.RUN_JSON, run | {"report": {"status": "pending"}})
         except OSError as exc:
-            self._failed(str(run["id"]), exc)
+            self._failed(str(run["id"]), exc, current)
             return
         self.stats.runs_recorded_total += 1
         log.info(
@@ -438,7 +477,8 @@ class RunRecorder:
             run["result"],
         )
         self._publish_event("run_recorded", id=run["id"], samples=run["samples"], result=run["result"])
-        self._reports.submit(self._report, current.dir, run)
+        if not self._stopping.is_set():
+            self._reports.submit(self._report, current.dir, run)
 
     def _run_json(self, current: _Recording) -> dict[str, Any]:
         samples = current.samples
@@ -470,14 +510,16 @@ class RunRecorder:
 
     def _report(self, directory: Path, run: dict[str, Any]) -> None:
         """`rcs-analyze report <dir>`; its outcome in run.json's `report`."""
+        if self._stopping.is_set():
+            return  # stays pending: made at the next start
         command = [sys.executable, "-m", "services.analyze", "report", str(directory)]
         try:
-            done = subprocess.run(
-                command, capture_output=True, timeout=self.settings.runs.report_timeout_s, check=False
-            )
+            done = self._run_report(command)
         except (OSError, subprocess.TimeoutExpired) as exc:
             outcome = {"status": "failed", "reason": f"rcs-analyze report: {exc}"}
         else:
+            if self._stopping.is_set() and done.returncode < 0:
+                return  # stopped with the logger: stays pending
             stderr = done.stderr.decode(errors="replace")
             if done.returncode == 0 and (directory / layout.REPORT).exists():
                 outcome = {"status": "generated", "file": layout.REPORT}
@@ -499,12 +541,26 @@ class RunRecorder:
             return
         self._publish_event("run_report", id=run["id"], **outcome)
 
-    def _failed(self, run_id: str, exc: OSError) -> None:
+    def _run_report(self, command: list[str]) -> subprocess.CompletedProcess[bytes]:
+        """The report's process, which `stop` can end; killed past `runs.report_timeout_s`."""
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+            self._report_process = process
+            try:
+                stdout, stderr = process.communicate(timeout=self.settings.runs.report_timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                raise
+            finally:
+                self._report_process = None
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+    def _failed(self, run_id: str, exc: OSError, recording: _Recording | None = None) -> None:
         """The disk refused the run's files: said once per run, the run given up."""
         self.stats.run_errors_total += 1
         log.error("run %s cannot be written: %s", run_id, exc)
         self._publish_event("run_error", id=run_id, reason=str(exc))
-        current, self._current = self._current, None
+        current, self._current = recording or self._current, None
         self._wanted = False
         if current is not None:
             with contextlib.suppress(OSError):

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from services.common.settings import Settings
-from services.common.stand_physics import Plant, Sensors
+from services.common.stand_physics import QUANTITIES, Plant, Sensors
 from services.emulators.device_thread import MAX_WAIT_S, DeviceThread
 from services.emulators.pty_port import PtyPort
 from services.emulators.stm32.firmware import (
@@ -75,6 +75,9 @@ class Stm32Emulator(DeviceThread):
         self._measured_index = {c.name: i for i, c in enumerate(settings.measured_channels)}
         self._overrides: dict[int, float] = {}
         self._receive_taps: list[Callable[[bytes, float], None]] = []
+        self._thrust = QUANTITIES.index("THRUST")
+        self._burning_samples = 0  # samples taken while the plant burned
+        self._impulse_ns = 0.0  # ∫ the plant's thrust dt over every sample taken
 
     @property
     def rate_hz(self) -> float:
@@ -87,6 +90,18 @@ class Stm32Emulator(DeviceThread):
     @property
     def samples_generated(self) -> int:
         return self._samples
+
+    @property
+    def burning_s(self) -> float:
+        """Seconds of samples taken while the engine burned (the plant's combustion, before sensors):
+        the ground truth of a report's burn duration."""
+        return self._burning_samples / self.rate_hz
+
+    @property
+    def impulse_ns(self) -> float:
+        """∫ the plant's thrust dt (N·s) over every sample taken, before sensor noise and the ADC: the
+        ground truth of a report's total impulse."""
+        return self._impulse_ns
 
     @property
     def frames_sent(self) -> int:
@@ -171,6 +186,8 @@ class Stm32Emulator(DeviceThread):
 
     def _generate(self, n: int, now: float) -> None:
         self._state, block = self._plant.advance(self._state, self._firmware.valves, n, 1 / self.rate_hz)
+        self._burning_samples += n if self._state.burning else 0
+        self._impulse_ns += float(block[:, self._thrust].sum()) / self.rate_hz
         measured = self._sensors.measure(block, self._rng)
         for index, value in self._overrides.items():
             measured[:, index] = value

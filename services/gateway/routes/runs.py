@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
 from fastapi import Request as HttpRequest
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from services.common import runs as layout
 from services.common import topics
@@ -51,6 +51,12 @@ def list_runs(_: Viewer, gateway: GatewayDep) -> list[Run]:
     if active is None or any(run.id == active.id for run in recorded):
         return recorded
     return [active, *recorded]
+
+
+@router.api_route("/api/runs", methods=["OPTIONS", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def runs_other_methods() -> JSONResponse:
+    """405 naming both methods of /api/runs (Starlette would name only the first route's)."""
+    return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "GET, POST"})
 
 
 @router.get("/api/runs/{run_id}", responses=NOT_FOUND)
