@@ -142,8 +142,5 @@ export function mount(root) {
     states[m.service] = d.state;
     addEvent({ ts: d.ts, service: m.service, kind: "status", state: d.state, reason: d.reason });
   });
-  on("authenticated", () => {
-    body.textContent = "";
-    loadEvents();
-  });
+  on("authenticated", loadEvents); // below what already arrived live (statuses come on connecting)
 }
