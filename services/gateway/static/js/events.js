@@ -20,9 +20,10 @@ function short(v) {
   return text.length > 80 ? text.slice(0, 79) + "…" : text;
 }
 
-function args(a) {
+// A command's arguments: "name value, …" (the value alone when it is named as the command).
+function args(a, command) {
   if (!a || typeof a !== "object") return "";
-  return Object.entries(a).map(([k, v]) => k + " " + short(v)).join(", ");
+  return Object.entries(a).map(([k, v]) => (k === command ? "" : k + " ") + short(v)).join(", ");
 }
 
 function rest(e) {
@@ -31,7 +32,7 @@ function rest(e) {
 
 // Per kind: [who, what, result, reason]; anything else: its service and its fields.
 const ROWS = {
-  command: (e) => [e.who || e.login, e.command + (args(e.args) ? " (" + args(e.args) + ")" : ""),
+  command: (e) => [e.who || e.login, e.command + (args(e.args, e.command) ? " " + args(e.args, e.command) : ""),
     e.accepted === false ? "refused" : e.ok === false ? "failed" : "accepted", e.reason || ""],
   state: (e) => [e.service, "state " + e.old + " → " + e.new, "", e.reason || ""],
   redline: (e) => [e.service, "red-line " + e.channel + " " + e.direction + " " + e.limit, "tripped: " + short(e.value), ""],
@@ -39,6 +40,8 @@ const ROWS = {
     const a = e.alarm || {};
     return [a.acknowledged_by || e.service, a.kind + " " + (a.key || a.channel), a.state, ""];
   },
+  run_recorded: (e) => [e.service, "run " + e.id + " recorded (" + e.samples + " samples)", e.result || "", ""],
+  run_report: (e) => [e.service, "report of run " + e.id, e.status || "", e.reason || ""],
   gap: (e) => [e.service, "gap: " + e.size + " samples lost (seq " + e.seq_from + "–" + e.seq_to + ")", "", e.reason || ""],
   deadman: (e) => [e.service, "deadman", "abort", e.reason || ""],
   status: (e) => [e.service, "service " + e.state, e.state === "online" ? "" : "offline", e.reason || ""],
