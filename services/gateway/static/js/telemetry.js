@@ -11,7 +11,7 @@ import { STALE_MS, store } from "./store.js";
 import { info } from "./util.js";
 
 export const WINDOWS = [10, 30, 60, 120, 300, 600]; // seconds the plots may show
-export const POINTS = 1500; // buckets per window: about one per pixel
+export const POINTS = 800; // buckets per window: about one per pixel of a wide plot
 const MIN_BUCKET_S = 0.01; // a telemetry batch: finer buckets would stay empty
 const params = new URLSearchParams(location.search);
 const MAX_HZ = Number(params.get("hz") || 30);
