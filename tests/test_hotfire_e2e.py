@@ -9,6 +9,7 @@ step waits for. What the device did is read from the emulator; every wait is a l
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,10 +78,35 @@ def test_the_hotfire_ignites_burns_shuts_down_and_ends_idle_with_everything_clos
     wait_until(lambda: stand.system_state() == "idle", TIMEOUT, "the procedure to end")
     system = stand.seen.state(topics.STATE_SYSTEM)
     assert system["reason"] == "procedure hotfire finished" and system["armed"] is False
-    assert stand.stm32.valves == 0, "every valve closed"
+    # idle once the isolation valves and igniter are closed; the vents' closing may land just after
+    wait_until(lambda: stand.stm32.valves == 0, TIMEOUT, "every valve closed at the device")
     seen = stand.writes.seen()
     assert stand.mask("001100110") in seen, "the purge ran"
     assert not [e for e in stand.seen.events_of("state") if e["new"] == "aborting"]
+    # the history a run's report draws: every step's phase and T-0, every valve change
+    wait_until(
+        lambda: [e["sequence"] for e in stand.seen.events_of("step")][-1:] == [None],
+        TIMEOUT,
+        "the step event saying the procedure ended",
+    )
+    steps = [e for e in stand.seen.events_of("step") if e["sequence"] == "hotfire"]
+    phases = ["countdown", "feed", "ignition", "mainstage", "shutdown", "purge", "vent", "safing"]
+    assert list(dict.fromkeys(e["phase"] for e in steps)) == phases
+    numbers = [e["step"] for e in steps]
+    assert all(a < b for a, b in itertools.pairwise(numbers)) and numbers[-1] == steps[-1]["steps"]
+    t0 = [e["t0"] for e in steps if e["t0"] is not None]  # UNIX, from actuation's monotonic clock
+    assert t0 and max(t0) - min(t0) < 0.01
+    ignition = steps[[e["phase"] for e in steps].index("ignition")]
+    assert ignition["t0"] == pytest.approx(ignition["at"], abs=0.01), "T-0 is when the ignition began"
+
+    def bits() -> list[str]:
+        return [e["bits"] for e in stand.seen.events_of("valves")]
+
+    # the procedure ends idle once the isolation valves and igniter are closed: the vents' closing
+    # may be acknowledged after that
+    wait_until(lambda: bits()[-1:] == ["000000000"], TIMEOUT, "the last valves event: all closed")
+    assert "010010110" in bits()
+    assert all(a != b for a, b in itertools.pairwise(bits())), "one event per change"
 
 
 def test_a_chamber_over_pressure_mid_burn_aborts(
@@ -95,6 +121,7 @@ def test_a_chamber_over_pressure_mid_burn_aborts(
     stand.stm32.override("P5", None)
     wait_until(lambda: stand.system_state() == "idle", TIMEOUT, "the abort to end")
     assert stand.stm32.valves & stand.mask("010010001") == 0
+    assert any(e["sequence"] == "emergency" and e["abort"] for e in stand.seen.events_of("step"))
     wait_until(
         lambda: bool(stand.seen.state(topics.STATE_ALARMS).get("alarms")), TIMEOUT, "the red-line's alarm"
     )

@@ -98,6 +98,15 @@ def test_the_hotfire_ignites_burns_shuts_down_in_order_and_ends_idle_all_closed(
     ]
     assert bench.core.state is IDLE and not bench.core.armed and bench.core.commanded & DANGER == 0
     assert bench.core.reason == "procedure hotfire finished"
+    # every step once, in order, the last one (no wait: it ends the procedure at once) too, then the end
+    steps = bench.core.take_steps()
+    assert [p.step if p else None for _, p in steps] == [*range(1, len(HOTFIRE.steps) + 1), None]
+    phases = [p.phase for _, p in steps if p is not None]
+    assert list(dict.fromkeys(phases)) == list(STAND.phases)
+    ignition = next(p for _, p in steps if p is not None and p.phase == "ignition")
+    assert ignition.t0 == pytest.approx(mainstage - 0.3)  # T-0: the igniter, 0.3 s before the propellants
+    assert next(at for at, p in steps if p is not None and p.phase == "mainstage") == pytest.approx(mainstage)
+    assert bench.core.take_steps() == []
 
 
 def test_no_ignition_aborts() -> None:

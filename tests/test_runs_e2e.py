@@ -36,8 +36,12 @@ from tests.test_hotfire_e2e import SHORTER_WAITS_MS, in_phase
 
 TIMEOUT = 40.0
 PRETRIGGER_S = 2.0
-POST_S = 1.0
+POST_S = 5.0  # the default: room for a lagging acquisition's clock on a loaded machine
 REPORT_TIMEOUT = 180.0
+# The burn, for the report and the ground truth alike: chamber pressure P5 above this (the ignition
+# step's own criterion). The ground truth is the emulated plant's P5 (before sensor noise and ADC).
+BURN_THRESHOLD_BAR = 8.0
+DEVICE_RATE_HZ = 2000.0
 RUN_ENV = {"RCS_RUNS_PRETRIGGER_S": str(PRETRIGGER_S), "RCS_RUNS_POST_S": str(POST_S)}
 
 
@@ -84,9 +88,16 @@ def short_hotfire(tmp_path: Path) -> Path:
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     for index, wait_ms in SHORTER_WAITS_MS.items():
         config["sequences"]["hotfire"]["steps"][index]["wait_ms"] = wait_ms
+    config["report"]["burn_threshold_bar"] = BURN_THRESHOLD_BAR
     short = tmp_path / "stand.yaml"
     short.write_text(yaml.safe_dump(config))
     return short
+
+
+def report_settings(settings: Settings) -> Settings:
+    """`settings` with the report's burn threshold of `short_hotfire`'s stand.yaml."""
+    report = settings.report.model_copy(update={"burn_threshold_bar": BURN_THRESHOLD_BAR})
+    return settings.model_copy(update={"report": report})
 
 
 @contextmanager
@@ -96,7 +107,12 @@ def run_stand(
     config = short_hotfire(tmp_path)
     data_dir = tmp_path / "data"
     env = RUN_ENV | {"RCS_CONFIG": str(config)}
-    with running_stand(settings, mqtt_as, tmp_path, **env) as stand:
+    # the STM32 at 2 kHz (acquisition follows the device's rate): a fifth of the load of 10 kHz, so
+    # acquisition's clock follows the device's closely on a busy machine; the figures are the same
+    slower = settings.acquisition.model_copy(update={"rate_hz": DEVICE_RATE_HZ})
+    with running_stand(
+        settings.model_copy(update={"acquisition": slower}), mqtt_as, tmp_path, **env
+    ) as stand:
         for topic in (topics.STATE_RUN, topics.status("logger")):
             stand.operator.subscribe(topic, stand.seen.on_message, qos=1)
         with Logger(mqtt_as("logger"), tmp_path, data_dir, **env):
@@ -193,7 +209,7 @@ def test_the_hotfire_starts_its_run_ends_it_after_the_procedure_and_reports_the_
     runs: RunStand, settings: Settings
 ) -> None:
     stand = runs.stand
-    burned_before, impulse_before = stand.stm32.burning_s, stand.stm32.impulse_ns
+    stand.stm32.watch_above("P5", BURN_THRESHOLD_BAR)
     console, _ = armed_console(stand)
     try:
         stand.call("sequence", name="hotfire")
@@ -221,9 +237,10 @@ def test_the_hotfire_starts_its_run_ends_it_after_the_procedure_and_reports_the_
 
     # the report: its burn duration and total impulse are the emulated engine's, within 2 %
     assert runs.recorded(run["id"], reported=True)["report"] == {"status": "generated", "file": "report.html"}
-    burned, impulse = stand.stm32.burning_s - burned_before, stand.stm32.impulse_ns - impulse_before
+    burned = stand.stm32.watched_s
+    impulse = stand.stm32.impulse_between(run["window_start"], run["ended_at"])
     assert burned > 1.0, "the emulated engine burned"
-    report = run_report.build(run_dir.load(directory), settings)
+    report = run_report.build(run_dir.load(directory), report_settings(settings))
     assert report.figures.burn is not None
     assert report.figures.burn.duration_s == pytest.approx(burned, rel=0.02)
     assert report.figures.impulse_run == pytest.approx(impulse, rel=0.02)

@@ -134,6 +134,8 @@ class Authority:
         sent = [self._send(write) for write in verdict.writes]
         for request in verdict.moves:
             self._start_move(request)
+        for at, progress in self.core.take_steps():
+            self._publisher.step(at, progress)
         if verdict.transitions or verdict.writes or self.core.sequence != self._published_progress:
             self._published_progress = self.core.sequence
             self._publisher.system(self.core)

@@ -127,6 +127,7 @@ class StandCore:
         self._values: dict[str, float] = {}
         self._motor_token = 0
         self._wait_deadline = 0.0  # of a `wait_until`
+        self._steps: list[tuple[float | None, SequenceProgress | None]] = []  # see take_steps
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -404,7 +405,16 @@ class StandCore:
         self._confirming = False
         self._stage, self._gate_passed, self._remaining = "start", False, None
 
+    def take_steps(self) -> list[tuple[float | None, SequenceProgress | None]]:
+        """Every step started since the last call, as (when, its progress), and every end of a sequence
+        as (None, None): in order, each once, however many a decision took (a step without a wait and
+        the next start together). The record of the phases a run went through."""
+        steps, self._steps = self._steps, []
+        return steps
+
     def _stop_sequence(self) -> None:
+        if self._sequence is not None:
+            self._steps.append((None, None))
         self._sequence, self._due, self._confirming = None, None, False
         self._stage, self._gate_passed, self._remaining = "start", False, None
 
@@ -519,6 +529,7 @@ class StandCore:
             t0=now if step.t0 else sequence.t0,
             waiting_for="",
         )
+        self._steps.append((now, self._sequence))
         if step.motor is not None:
             self._motor_token += 1
             moves.append(MotorRequest(self._motor_token, step.motor))

@@ -14,13 +14,15 @@ from dataclasses import asdict
 from typing import Any
 
 from services.actuation.alarms import AlarmBook
-from services.actuation.core import StandCore
+from services.actuation.core import SequenceProgress, StandCore
 from services.actuation.motor_moves import MotorsState
 from services.actuation.progress import alarms_state, sequence_state
 from services.actuation.valve_map import ValveMap
 from services.common import audit, topics
 from services.common.codec import pack
 from services.common.mqtt import MqttClient
+
+STEP_FIELDS = ("step", "steps", "phase", "abort", "procedure")
 
 
 class StatePublisher:
@@ -53,6 +55,18 @@ class StatePublisher:
         }
         self._mqtt.publish(topics.STATE_SYSTEM, pack(state), qos=1, retain=True)
 
+    def step(self, at: float | None, progress: SequenceProgress | None) -> None:
+        """A `step` event: a sequence started a step (`at`, monotonic), or ended (None, None). The
+        record of the phases a run went through (its report's phase bands)."""
+        if progress is None:
+            self.event("step", sequence=None)
+            return
+        now_mono, now_unix = time.monotonic(), time.time()
+        fields = {k: getattr(progress, k) for k in STEP_FIELDS}
+        t0 = None if progress.t0 is None else now_unix - (now_mono - progress.t0)
+        started = None if at is None else now_unix - (now_mono - at)
+        self.event("step", sequence=progress.name, **fields, t0=t0, at=started)
+
     def alarms(self, book: AlarmBook) -> None:
         self.alarms_state = alarms_state(book, time.time())
         self._mqtt.publish(topics.STATE_ALARMS, pack(self.alarms_state), qos=1, retain=True)
@@ -62,6 +76,7 @@ class StatePublisher:
         self._mqtt.publish(topics.STATE_RUN, pack(state), qos=1, retain=True)
 
     def valves(self, mask: int, cause: str) -> None:
+        changed = self.valves_state is None or self.valves_state["bits"] != self._valve_map.format(mask)
         self.valves_state = {
             "names": list(self._valve_map.names),
             "bits": self._valve_map.format(mask),
@@ -71,6 +86,9 @@ class StatePublisher:
             "ts": time.time(),
         }
         self._mqtt.publish(topics.STATE_VALVES, pack(self.valves_state), qos=1, retain=True)
+        if changed:  # the valves' history in the audit trail (a run's report marks each change)
+            state = self.valves_state
+            self.event("valves", bits=state["bits"], open=state["open"], cause=cause)
 
     def motors(self, state: MotorsState) -> None:
         message = {

@@ -1,7 +1,9 @@
-"""rcs-analyze: look into the logger's recordings (sensor_log_*.parquet): statistics, continuity,
-plots, exports, and synthetic recordings to try it all on.
+"""rcs-analyze: look into the logger's recordings (sensor_log_*.parquet) and test runs (data_dir/runs/):
+statistics, continuity, plots, exports, run reports, and synthetic recordings and runs to try it all on.
 
-FILES are recording files or directories (a directory means every sensor_log_*.parquet in it).
+FILES are recording files or directories (a directory means every sensor_log_*.parquet in it, and
+what is complete of the logger's open segment, sensor_log_*.arrows, which a note names); or, with
+--run ID, a run's samples. `report RUN` writes a run's report.html and prints its path.
 Times (--start, --end) are ISO 8601, UTC unless they carry an offset, e.g. 2026-11-24T13:07:00 or
 2026-11-24T15:07:00+02:00; --start is inclusive, --end exclusive. Exit codes: 0 fine, 1 `check`
 found gaps or duplicates (or, with --acquisition, a recording that ends before acquisition's ring
@@ -33,7 +35,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from services.analyze import continuity, export, plot, synth
+from services.analyze import continuity, export, plot, synth, synth_run
 from services.analyze import report as run_report
 from services.analyze import run as run_dir
 from services.analyze.load import (
@@ -454,6 +456,39 @@ def synth_command(
         written = synth.write(settings, plan, out_dir, lambda rows: progress.advance(task, rows))
     for path, rows in written:
         out.print(f"wrote {path} ({rows} rows)")
+
+
+@app.command("synth-run")
+def synth_run_command(
+    *,
+    out_dir: Annotated[Path, typer.Option("--out", help="the run directory to write (created)")],
+    rate: Annotated[float, typer.Option(min=1, help="samples/s")] = 1000.0,
+    procedure: Annotated[str, typer.Option(help="the sequence to run")] = "hotfire",
+    abort_after: Annotated[
+        float | None, typer.Option(min=0, help="a red-line aborts this many seconds after T-0")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="UTC time of the first sample (default: now)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (noise)")] = 0,
+) -> None:
+    """Write a synthetic run directory (run.json, samples.parquet, events.jsonl): the procedure carried
+    out on the emulator's stand model, its events as the logger records them. Prints the truth of its
+    burn (what `report` should find)."""
+    settings = _settings()
+    if procedure not in settings.sequences:
+        _fail(f"--procedure {procedure!r} is not a sequence ({', '.join(settings.sequences)})")
+    first = _time(start, "--start")
+    plan = synth_run.RunPlan(
+        start=from_micros(first) if first is not None else datetime.now(UTC).replace(microsecond=0),
+        rate_hz=rate,
+        procedure=procedure,
+        abort_after_t0_s=abort_after,
+        seed=seed,
+    )
+    try:
+        truth = synth_run.write(settings, plan, out_dir)
+    except OSError as exc:
+        _fail(f"cannot write: {exc}")
+    out.print(f"wrote {out_dir}: burn {truth.burn_s:.4g} s, total impulse {truth.impulse_ns:.5g} N·s")
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ Times are seconds (float64) on any common origin, samples in time order. A NaN s
 samples (a gap in `seq`).
 
 - The burn: chamber pressure above a threshold. The threshold is `burn_threshold_bar` when set, else
-  `burn_threshold_fraction` of the steady chamber pressure (the median of the samples above half the
-  peak, so a hard-start spike does not move it), never below `burn_min_bar` (cold flow and noise are no
-  burn). Crossings are interpolated between the samples either side; dips shorter than
+  `burn_threshold_fraction` of the steady chamber pressure (`steady_level`: from medians of 20 ms
+  blocks, so a hard-start spike does not move it), never below `burn_min_bar` (cold flow and noise
+  are no burn). Crossings are interpolated between the samples either side; dips shorter than
   `burn_merge_s` do not end the burn. The burn window runs from the first rise to the last fall.
 - Integrals are trapezoids over the samples, cut at the window's ends by linear interpolation.
 - Mean Isp = burn impulse / ((oxidiser + fuel mass over the burn) · g0); O/F = oxidiser / fuel mass.
@@ -24,13 +24,14 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+STEADY_WINDOW_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
 class Burn:
     start_s: float
     end_s: float
-    duration_s: float  # time above the threshold (the window less its merged dips)
+    duration_s: float  # the burns' durations summed (a dip shorter than burn_merge_s ends none)
     segments: int  # separate burns (more than one: a restart, or a long dip)
     threshold: float
 
@@ -61,21 +62,33 @@ def finite(t: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
     return t[keep], y[keep]
 
 
-def steady_level(y: FloatArray) -> float:
-    """The median of the samples above half the peak: the plateau, not a spike; NaN if none."""
-    values = y[np.isfinite(y)]
-    if len(values) == 0:
+def steady_level(t: FloatArray, y: FloatArray, window_s: float = STEADY_WINDOW_S) -> float:
+    """The plateau: the median of the `window_s` blocks' medians that are above half the largest one.
+
+    Block medians leave out spikes shorter than half a block (a hard start), which the peak does not.
+    NaN if no sample is defined.
+    """
+    t, y = finite(t, y)
+    if len(y) == 0:
         return math.nan
-    peak = float(values.max())
-    if peak <= 0:
+    step = float(np.median(np.diff(t))) if len(t) > 1 else window_s
+    width = max(1, round(window_s / step)) if step > 0 else 1
+    blocks = len(y) // width
+    medians = (
+        np.median(y[: blocks * width].reshape(blocks, width), axis=1) if blocks else np.median(y[None], 1)
+    )
+    top = float(medians.max())
+    if top <= 0:
         return math.nan
-    return float(np.median(values[values >= 0.5 * peak]))
+    return float(np.median(medians[medians >= 0.5 * top]))
 
 
-def burn_threshold(pc: FloatArray, absolute: float | None, fraction: float, floor: float) -> float:
+def burn_threshold(
+    t: FloatArray, pc: FloatArray, absolute: float | None, fraction: float, floor: float
+) -> float:
     if absolute is not None:
         return absolute
-    steady = steady_level(pc)
+    steady = steady_level(t, pc)
     return floor if math.isnan(steady) else max(floor, fraction * steady)
 
 
@@ -166,13 +179,26 @@ def burn_figures(
     ignition_openings: Sequence[float] = (),
 ) -> BurnFigures:
     """Every figure of the report from the run's arrays (`t` in seconds, the others per sample)."""
-    threshold = burn_threshold(pc, threshold_bar, threshold_fraction, min_bar)
+    threshold = burn_threshold(t, pc, threshold_bar, threshold_fraction, min_bar)
     burn = find_burn(t, pc, threshold, merge_s)
     impulse_run = integrate(t, thrust)
     if burn is None:
         nan = math.nan
         return BurnFigures(
-            None, threshold, steady_level(pc), nan, nan, nan, nan, impulse_run, nan, nan, nan, nan, nan, None
+            None,
+            threshold,
+            steady_level(t, pc),
+            nan,
+            nan,
+            nan,
+            nan,
+            impulse_run,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            None,
         )
     a, b = burn.start_s, burn.end_s
     span = b - a
@@ -181,7 +207,7 @@ def burn_figures(
     return BurnFigures(
         burn=burn,
         threshold=threshold,
-        steady_pc=steady_level(pc),
+        steady_pc=steady_level(t, pc),
         peak_pc=peak(t, pc, a, b),
         mean_pc=_ratio(integrate(t, pc, a, b), span),
         peak_thrust=peak(t, thrust, a, b),

@@ -252,7 +252,7 @@ def figure_rows(report: Report) -> list[tuple[str, str, str, str]]:
     units = {c.name: c.unit for c in report.settings.channels}
     pc_unit, thrust_unit = units.get(cfg.chamber_pressure, ""), units.get(cfg.thrust, "")
     burn = f.burn
-    window = "—" if burn is None else f"{_fmt(burn.start_s, 6)} … {_fmt(burn.end_s, 6)}"
+    window = "—" if burn is None else f"{burn.start_s:+.3f} … {burn.end_s:+.3f}"
     return [
         ("burn duration", _fmt(None if burn is None else burn.duration_s), "s",
          f"{cfg.chamber_pressure} above {_fmt(f.threshold)} {pc_unit}"),

@@ -85,12 +85,18 @@ def load(directory: Path) -> Run:
     """The run in `directory`; RunError naming what is missing or unreadable."""
     if not directory.is_dir():
         raise RunError(f"{directory}: not a directory")
+    if not (directory / RUN_FILE).exists() and any(directory.glob(f"{SAMPLES_FILE}.*")):
+        raise RunError(
+            f"{directory}: the run is still being recorded (or was interrupted): no {RUN_FILE} yet, "
+            f"and its samples are readable only once the logger has closed its {SAMPLES_FILE}"
+        )
     meta = _meta(directory / RUN_FILE)
     try:
         samples = open_recording(samples_path(directory))
     except RecordingError as exc:
         raise RunError(f"{directory} is not a complete run: {exc}") from exc
-    notes: list[str] = []
+    problems = meta.get("problems")
+    notes = [f"while recording: {p}" for p in problems] if isinstance(problems, list) else []
     events = read_events(directory / EVENTS_FILE, notes)
     return Run(directory, meta, samples, events, notes)
 

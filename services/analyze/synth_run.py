@@ -75,13 +75,16 @@ class _Simulator:
         self.open: frozenset[str] = frozenset()
         self.events: list[dict[str, Any]] = []
         self.t0: float | None = None
+        self.phase: str | None = None
         self.aborted = False
 
     @property
     def now(self) -> float:
         return self.start_s + self.samples * self.dt
 
-    def event(self, kind: str, service: str = "actuation", **fields: Any) -> None:
+    def event(self, kind: str, **fields: Any) -> None:
+        """As the logger records actuation's events."""
+        service = "actuation"
         self.events.append({"ts": self.now, "service": service, "kind": kind, **fields, "publisher": service})
 
     def set_valves(self, open_now: frozenset[str], cause: str) -> None:
@@ -89,7 +92,7 @@ class _Simulator:
             return
         self.open = open_now
         bits = "".join("1" if n in open_now else "0" for n in self.names)
-        self.event("valves", names=list(self.names), bits=bits, open=sorted(open_now), cause=cause)
+        self.event("valves", bits=bits, open=[n for n in self.names if n in open_now], cause=cause)
 
     def advance(self, seconds: float, until: Callable[[FloatArray], bool] | None = None) -> bool:
         """Run the plant `seconds` (whole blocks); True once `until(latest values)` held."""
@@ -130,6 +133,7 @@ class _Simulator:
 
     def run_sequence(self, name: str, sequence: StandSequence) -> None:
         steps = len(sequence.steps)
+        self.phase = None
         for i, step in enumerate(sequence.steps):
             if self.aborted and not sequence.abort:
                 return
@@ -138,9 +142,10 @@ class _Simulator:
     def step(self, name: str, sequence: StandSequence, i: int, steps: int, step: Step) -> None:
         if step.t0:
             self.t0 = self.now
-        if step.phase is not None or step.t0:
-            phase = {"name": name, "step": i + 1, "steps": steps, "phase": step.phase, "t0": self.t0}
-            self.event("system", state="running", sequence=phase)
+        if step.phase is not None:
+            self.phase = step.phase
+        fields = {"step": i + 1, "steps": steps, "phase": self.phase, "abort": sequence.abort}
+        self.event("step", sequence=name, **fields, procedure=sequence.procedure, t0=self.t0, at=self.now)
         if step.sets_valves:
             self.set_valves(step.after(self.open, self.names), f"sequence {name} step {i + 1}/{steps}")
         if step.wait_until is not None:
@@ -164,6 +169,7 @@ def simulate(settings: Settings, plan: RunPlan) -> tuple[pa.Table, list[dict[str
     if sim.aborted:
         abort = settings.abort_sequence_name
         sim.run_sequence(abort, settings.sequences[abort])
+    sim.event("step", sequence=None)
     sim.event("state", old="aborting" if sim.aborted else "running", new="idle", reason="sequence done")
     sim.advance(plan.after_s)
 

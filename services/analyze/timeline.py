@@ -2,10 +2,11 @@
 the ignition valve's openings and T-0.
 
 Events are the logger's records (docs/protocol.md, "Events"), `ts` in UNIX seconds. Each kind has its
-reader in `READERS`; a kind without one is still listed, as `other`. Valve states come from `valves`
-events (the fields of `rcs/state/valves`: `open` or `bits`); without any, from the results of accepted
-`valves`/`valve` commands. Phases and T-0 come from `system` events (the fields of `rcs/state/system`)
-or events carrying `phase` / `t0` themselves.
+reader in `READERS`; a kind without one is still listed, as `other`. Valve states come from actuation's
+`valves` events (`open` or `bits`, on every change the STM32 acknowledged); without any (older
+recordings), from the results of accepted `valves`/`valve` commands. Phases and T-0 come from
+actuation's `step` events (a sequence's step, phase and T-0; the abort sequence is phase `abort`), or
+from events with the fields of `rcs/state/system`.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class _Builder:
     def valves(self, t: float, kind: str, open_now: frozenset[str] | None) -> bool:
         if open_now is None:
             return False
-        opened, closed = sorted(open_now - self._open), sorted(self._open - open_now)
+        opened, closed = self._in_order(open_now - self._open), self._in_order(self._open - open_now)
         self.timeline.valve_states.append((t, open_now))
         self._open = open_now
         if opened or closed:
@@ -81,18 +82,23 @@ class _Builder:
             self.mark(t, "valve", kind, "; ".join(words))
         return True
 
-    def phase(self, t: float, kind: str, name: Any, t0: Any) -> None:
+    def _in_order(self, names: frozenset[str]) -> list[str]:
+        """In valve order (names the stand lacks last)."""
+        return [n for n in self.valve_names if n in names] + sorted(names - set(self.valve_names))
+
+    def phase(self, t: float, kind: str, name: Any, t0: Any, *, ended: bool = False) -> None:
+        """A step of a sequence: its phase (None: the phase goes on), or the sequence `ended`."""
         t0_time = unix_time(t0)
         if t0_time is not None and self.timeline.t0 is None:
             self.timeline.t0 = t0_time
             self.mark(t0_time, "phase", kind, "T-0")
-        if name is None or name == self._phase:
+        if not ended and (not isinstance(name, str) or name == self._phase):
             return
         phases = self.timeline.phases
         if phases and phases[-1].end is None:
             phases[-1] = PhaseBand(phases[-1].start, t, phases[-1].name)
-        self._phase = None if not isinstance(name, str) else name
-        if self._phase:
+        self._phase = None if ended else name
+        if self._phase is not None:
             phases.append(PhaseBand(t, None, self._phase))
             self.mark(t, "phase", kind, f"phase {self._phase}")
 
@@ -125,9 +131,18 @@ def _valves(b: _Builder, t: float, event: dict[str, Any]) -> None:
 
 
 def _phase(b: _Builder, t: float, event: dict[str, Any]) -> None:
+    """A `step` event (actuation's: `sequence` the name, null once it ended) or a `system` one (the
+    fields of rcs/state/system: `sequence` a map, null when none runs)."""
     sequence = event.get("sequence")
-    source = sequence if isinstance(sequence, dict) else event
-    b.phase(t, str(event["kind"]), source.get("phase"), source.get("t0"))
+    if isinstance(sequence, dict):
+        source = sequence
+    elif sequence is None and ("sequence" in event or event["kind"] == "system"):
+        b.phase(t, str(event["kind"]), None, None, ended=True)
+        return
+    else:
+        source = event
+    name = source.get("phase") or ("abort" if source.get("abort") else None)
+    b.phase(unix_time(source.get("at")) or t, str(event["kind"]), name, source.get("t0"))
 
 
 def _state(b: _Builder, t: float, event: dict[str, Any]) -> None:
@@ -143,7 +158,9 @@ def _command(b: _Builder, t: float, event: dict[str, Any]) -> None:
     who = _text(event.get("who", "?"), 60)
     accepted = event.get("accepted", event.get("ok", True)) is not False
     if command == "abort":
-        b.mark(t, "abort", "command", f"abort by {who}: {_text(event.get('args', {}))}")
+        args = event.get("args")
+        reason = args.get("reason") if isinstance(args, dict) else None
+        b.mark(t, "abort", "command", f"abort by {who}" + (f": {_text(reason)}" if reason else ""))
         return
     verdict = "" if accepted else f" refused: {_text(event.get('reason', ''))}"
     b.mark(t, "command", "command", f"{command} by {who}{verdict}")
@@ -167,13 +184,8 @@ def _alarm(b: _Builder, t: float, event: dict[str, Any]) -> None:
     if not isinstance(alarm, dict):
         b.mark(t, "alarm", "alarm", "alarm (no details)")
         return
-    b.mark(
-        t,
-        "alarm",
-        "alarm",
-        f"{alarm.get('kind', 'alarm')} {alarm.get('key', alarm.get('channel', ''))}: "
-        f"{alarm.get('state')} (value {_number(alarm.get('value'))})",
-    )
+    name = alarm.get("key") or f"{alarm.get('kind', 'alarm')} {alarm.get('channel', '')}"
+    b.mark(t, "alarm", "alarm", f"{name}: {alarm.get('state')} (value {_number(alarm.get('value'))})")
 
 
 def _reason(category: Category, prefix: str) -> Callable[[_Builder, float, dict[str, Any]], None]:

@@ -393,7 +393,7 @@ class ReportSettings(_Section):
         None, gt=0, description="burning while chamber pressure is above this; None: the fraction below"
     )
     burn_threshold_fraction: float = Field(
-        0.5, gt=0, lt=1, description="...of the burn's steady chamber pressure (median of the upper half)"
+        0.5, gt=0, lt=1, description="...of the burn's steady chamber pressure (its plateau, spikes left out)"
     )
     burn_min_bar: float = Field(2.0, ge=0, description="the fraction's threshold is never below this")
     burn_merge_s: float = Field(0.1, ge=0, description="dips below the threshold shorter than this")

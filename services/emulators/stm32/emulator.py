@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import select
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ from services.emulators.stm32.firmware import (
 )
 
 log = logging.getLogger("rcs.emulators.stm32")
+IMPULSE_MARKS = 300_000  # blocks of thrust integral kept: 10 minutes of 2 ms blocks
 
 
 class Stm32Emulator(DeviceThread):
@@ -76,8 +78,12 @@ class Stm32Emulator(DeviceThread):
         self._overrides: dict[int, float] = {}
         self._receive_taps: list[Callable[[bytes, float], None]] = []
         self._thrust = QUANTITIES.index("THRUST")
-        self._burning_samples = 0  # samples taken while the plant burned
+        self._watch: tuple[int, float] | None = None  # (quantity, threshold) of watch_above
+        self._watched_samples = 0  # samples taken with the watched quantity above its threshold
         self._impulse_ns = 0.0  # ∫ the plant's thrust dt over every sample taken
+        self._start_unix = time.time()  # sample i was taken at _start_unix + i / rate_hz
+        # (samples taken so far, ∫ thrust dt so far) after each block, for impulse_between
+        self._impulse_marks: deque[tuple[int, float]] = deque([(0, 0.0)], maxlen=IMPULSE_MARKS)
 
     @property
     def rate_hz(self) -> float:
@@ -91,17 +97,22 @@ class Stm32Emulator(DeviceThread):
     def samples_generated(self) -> int:
         return self._samples
 
-    @property
-    def burning_s(self) -> float:
-        """Seconds of samples taken while the engine burned (the plant's combustion, before sensors):
-        the ground truth of a report's burn duration."""
-        return self._burning_samples / self.rate_hz
+    def watch_above(self, quantity: str, threshold: float) -> None:
+        """Count from now the samples whose `quantity` (of the plant, before sensors: e.g. `P5`) is
+        above `threshold`: `watched_s`, the ground truth of a report's burn duration."""
+        self._watch, self._watched_samples = (QUANTITIES.index(quantity), threshold), 0
 
     @property
-    def impulse_ns(self) -> float:
-        """∫ the plant's thrust dt (N·s) over every sample taken, before sensor noise and the ADC: the
-        ground truth of a report's total impulse."""
-        return self._impulse_ns
+    def watched_s(self) -> float:
+        return self._watched_samples / self.rate_hz
+
+    def impulse_between(self, start: float, end: float) -> float:
+        """∫ the plant's thrust dt (N·s) over the samples taken between UNIX times `start` and `end`
+        (interpolated within a block; the last `IMPULSE_MARKS` blocks): a run's total impulse."""
+        marks = list(self._impulse_marks)
+        times = np.array([self._start_unix + n / self.rate_hz for n, _ in marks])
+        impulse = np.array([value for _, value in marks])
+        return float(np.interp(end, times, impulse) - np.interp(start, times, impulse))
 
     @property
     def frames_sent(self) -> int:
@@ -166,6 +177,7 @@ class Stm32Emulator(DeviceThread):
     def _loop(self) -> None:
         firmware = self._firmware
         start = time.monotonic()
+        self._start_unix = time.time()
         self._send(firmware.boot(start), start)
         while not self._stopping.is_set():
             now = time.monotonic()
@@ -186,8 +198,10 @@ class Stm32Emulator(DeviceThread):
 
     def _generate(self, n: int, now: float) -> None:
         self._state, block = self._plant.advance(self._state, self._firmware.valves, n, 1 / self.rate_hz)
-        self._burning_samples += n if self._state.burning else 0
+        if self._watch is not None:
+            self._watched_samples += int(np.count_nonzero(block[:, self._watch[0]] > self._watch[1]))
         self._impulse_ns += float(block[:, self._thrust].sum()) / self.rate_hz
+        self._impulse_marks.append((self._samples + n, self._impulse_ns))
         measured = self._sensors.measure(block, self._rng)
         for index, value in self._overrides.items():
             measured[:, index] = value
