@@ -155,6 +155,11 @@ def test_the_events_log_shows_who_did_what_with_the_result_and_filters(
     expect(refusal.locator(".who")).to_have_text("alice")
     expect(events.filter(has_text="alice")).to_have_count(3, timeout=TIMEOUT_MS)
     expect(events.filter(has_text="alice").filter(has_text="accepted")).to_have_count(accepted)
+    if answers[0].status_code == 200:  # the valves changed: actuation's `valves` event marks the plots
+        expect(events.filter(has_text="valves 000000110")).to_have_count(1)
+        page.wait_for_function(
+            "() => JSON.parse(document.getElementById('plots').dataset.markers || '{}').valve >= 1"
+        )
     # an event of another kind, by another login: what the filters must leave out
     note = {"ts": time.time(), "service": "operator", "kind": "note", "text": "console review"}
     console_stand.devices.operator.publish(topics.events("operator"), msgpack.packb(note), qos=1)

@@ -95,13 +95,14 @@ function drawMarkers(u, markers) {
   ctx.restore();
 }
 
-// What an audit event says happened, as a marker {kind, label} (or null): aborts, alarms raised.
+// What an event says happened, as a marker {kind, label} (or null): valve changes (actuation's
+// `valves` events), aborts, alarms raised.
 const MARKER_OF = {
   state: (e) => (e.new === "aborting" ? { kind: "abort", label: "abort" } : null),
   redline: (e) => ({ kind: "abort", label: "red-line " + e.channel }),
   alarm: (e) => (e.alarm && e.alarm.state === "active-unacknowledged"
     ? { kind: "alarm", label: (e.alarm.kind === "redline" ? "red-line " : "warning ") + e.alarm.channel } : null),
-  command: (e) => (["valves", "valve"].includes(e.command) && e.ok ? { kind: "valve", label: "valves" } : null),
+  valves: () => ({ kind: "valve", label: "valves" }),
 };
 
 export function markerOf(e) {

@@ -42,6 +42,10 @@ const ROWS = {
   },
   run_recorded: (e) => [e.service, "run " + e.id + " recorded (" + e.samples + " samples)", e.result || "", ""],
   run_report: (e) => [e.service, "report of run " + e.id, e.status || "", e.reason || ""],
+  valves: (e) => [e.service, "valves " + e.bits + (e.open && e.open.length ? " (open: " + e.open.join(", ") + ")" : " (all closed)"),
+    "", e.cause || ""],
+  step: (e) => [e.service, e.sequence === null ? "sequence ended"
+    : e.sequence + " step " + e.step + "/" + e.steps + (e.phase ? " (" + e.phase + ")" : ""), "", ""],
   gap: (e) => [e.service, "gap: " + e.size + " samples lost (seq " + e.seq_from + "–" + e.seq_to + ")", "", e.reason || ""],
   deadman: (e) => [e.service, "deadman", "abort", e.reason || ""],
   status: (e) => [e.service, "service " + e.state, e.state === "online" ? "" : "offline", e.reason || ""],

@@ -3,7 +3,7 @@
 // row to add or remove its plot).
 //
 // Each plot draws its channel's warning limits and red-lines (`GET /api/config`, the store's `config`) and markers for valve
-// changes, alarms and aborts (`valve_state` and `event` messages, and `GET /api/events` on connecting).
+// changes, alarms and aborts (`event` messages, and `GET /api/events` on connecting).
 // Pause freezes what is shown while data keep arriving; dragging over a plot zooms every plot to that
 // span and pauses, reading the span again from the ring buffer at a finer resolution; Live resumes.
 // URL options: `?channels=P1,P5` (plots shown), `?window=60` (seconds, one of WINDOWS).
@@ -37,23 +37,20 @@ function addMarker(t, kind, label) {
   markers.push({ t, kind, label });
   markers.sort((a, b) => a.t - b.t);
   if (markers.length > MARKERS_KEPT) markers.splice(0, markers.length - MARKERS_KEPT);
+  const counts = {}; // for people and tests to read: markers by kind
+  for (const m of markers) counts[m.kind] = (counts[m.kind] || 0) + 1;
+  grid.dataset.markers = JSON.stringify(counts);
   drawn = -1;
 }
 
-// Aborts and alarms; valve commands only from before this page connected (then `valve_state`).
-function onEvent(e, past) {
+function onEvent(e) {
   const m = markerOf(e);
-  if (m && (past || m.kind !== "valve")) addMarker(m.t, m.kind, m.label);
-}
-
-// Valve changes the STM32 acknowledged.
-function onValveState(m) {
-  if (m.ts) addMarker(m.ts, "valve", "valves");
+  if (m) addMarker(m.t, m.kind, m.label);
 }
 
 async function loadMarkers() {
   try {
-    for (const e of (await api("/api/events?limit=500")).events) onEvent(e, true);
+    for (const e of (await api("/api/events?limit=500")).events) onEvent(e);
   } catch (e) {
     // the live events still arrive
   }
@@ -325,8 +322,7 @@ export function mount(root) {
     if (frozen) return;
     say(h.loading ? "reading " + h.seconds + " s of history…" : h.error ? "no history: " + h.error : "");
   });
-  on("event", (m) => onEvent(m.data || {}, false));
-  on("valve_state", onValveState);
+  on("event", (m) => onEvent(m.data || {}));
   on("authenticated", loadMarkers);
   store.watch("config", (config) => {
     limits = limitsByChannel(config);
