@@ -163,7 +163,23 @@ export function bandPlot(div, { title, unit, limits, markers, xRange, onZoom, wi
   };
   const u = new uPlot(opts, [[], [], []], div);
   if (onZoom) zoomByDrag(u, onZoom);
+  followWidth(u, div, opts.height);
   return u;
+}
+
+// The plot takes its box's width whenever that changes (a window resized, a scrollbar appearing,
+// the grid reflowing); the box (CSS: min-width 0, overflow hidden) never grows to fit the canvas.
+function followWidth(u, div, height) {
+  let width = 0;
+  const observer = new ResizeObserver(() => {
+    const now = Math.max(200, div.clientWidth - 8);
+    if (now !== width && div.isConnected) {
+      width = now;
+      u.setSize({ width: now, height });
+    }
+  });
+  observer.observe(div);
+  u.hooks.destroy = (u.hooks.destroy || []).concat([() => observer.disconnect()]);
 }
 
 // A drag across the plot (at least MIN_DRAG_PX wide) zooms to its span: the positions of the pointer
