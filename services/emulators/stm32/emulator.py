@@ -17,6 +17,7 @@ import select
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +35,17 @@ from services.emulators.stm32.firmware import (
 )
 
 log = logging.getLogger("rcs.emulators.stm32")
-IMPULSE_MARKS = 300_000  # blocks of thrust integral kept: 10 minutes of 2 ms blocks
+TRUTH_BLOCKS = 300_000  # blocks of ground truth kept: 10 minutes of 2 ms blocks
+
+
+@dataclass(frozen=True, slots=True)
+class TruthBlock:
+    """One block of samples as the plant made them (before the sensors and the ADC)."""
+
+    first: int  # the device's index of its first sample (= its `seq` while the device never reset)
+    n: int
+    impulse_ns: float  # ∫ thrust dt over the block, device time
+    above: int  # samples with the watched quantity above its threshold (`watch_above`)
 
 
 class Stm32Emulator(DeviceThread):
@@ -79,11 +90,7 @@ class Stm32Emulator(DeviceThread):
         self._receive_taps: list[Callable[[bytes, float], None]] = []
         self._thrust = QUANTITIES.index("THRUST")
         self._watch: tuple[int, float] | None = None  # (quantity, threshold) of watch_above
-        self._watched_samples = 0  # samples taken with the watched quantity above its threshold
-        self._impulse_ns = 0.0  # ∫ the plant's thrust dt over every sample taken
-        self._start_unix = time.time()  # sample i was taken at _start_unix + i / rate_hz
-        # (samples taken so far, ∫ thrust dt so far) after each block, for impulse_between
-        self._impulse_marks: deque[tuple[int, float]] = deque([(0, 0.0)], maxlen=IMPULSE_MARKS)
+        self._truth: deque[TruthBlock] = deque(maxlen=TRUTH_BLOCKS)
 
     @property
     def rate_hz(self) -> float:
@@ -98,21 +105,14 @@ class Stm32Emulator(DeviceThread):
         return self._samples
 
     def watch_above(self, quantity: str, threshold: float) -> None:
-        """Count from now the samples whose `quantity` (of the plant, before sensors: e.g. `P5`) is
-        above `threshold`: `watched_s`, the ground truth of a report's burn duration."""
-        self._watch, self._watched_samples = (QUANTITIES.index(quantity), threshold), 0
+        """From now on, count in each block the samples whose `quantity` (of the plant, before the
+        sensors: e.g. `P5`) is above `threshold` (`TruthBlock.above`)."""
+        self._watch = (QUANTITIES.index(quantity), threshold)
 
-    @property
-    def watched_s(self) -> float:
-        return self._watched_samples / self.rate_hz
-
-    def impulse_between(self, start: float, end: float) -> float:
-        """∫ the plant's thrust dt (N·s) over the samples taken between UNIX times `start` and `end`
-        (interpolated within a block; the last `IMPULSE_MARKS` blocks): a run's total impulse."""
-        marks = list(self._impulse_marks)
-        times = np.array([self._start_unix + n / self.rate_hz for n, _ in marks])
-        impulse = np.array([value for _, value in marks])
-        return float(np.interp(end, times, impulse) - np.interp(start, times, impulse))
+    def truth(self) -> list[TruthBlock]:
+        """What the plant did in each block generated (the last `TRUTH_BLOCKS`): the ground truth of
+        a report's burn duration and impulse."""
+        return list(self._truth)
 
     @property
     def frames_sent(self) -> int:
@@ -177,7 +177,6 @@ class Stm32Emulator(DeviceThread):
     def _loop(self) -> None:
         firmware = self._firmware
         start = time.monotonic()
-        self._start_unix = time.time()
         self._send(firmware.boot(start), start)
         while not self._stopping.is_set():
             now = time.monotonic()
@@ -198,10 +197,10 @@ class Stm32Emulator(DeviceThread):
 
     def _generate(self, n: int, now: float) -> None:
         self._state, block = self._plant.advance(self._state, self._firmware.valves, n, 1 / self.rate_hz)
-        if self._watch is not None:
-            self._watched_samples += int(np.count_nonzero(block[:, self._watch[0]] > self._watch[1]))
-        self._impulse_ns += float(block[:, self._thrust].sum()) / self.rate_hz
-        self._impulse_marks.append((self._samples + n, self._impulse_ns))
+        above = 0 if self._watch is None else int(np.count_nonzero(block[:, self._watch[0]] > self._watch[1]))
+        self._truth.append(
+            TruthBlock(self._samples, n, float(block[:, self._thrust].sum()) / self.rate_hz, above)
+        )
         measured = self._sensors.measure(block, self._rng)
         for index, value in self._overrides.items():
             measured[:, index] = value
