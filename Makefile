@@ -63,6 +63,7 @@ bench: bootstrap gcc-present
 	$(BIN)/python bench/logger.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/abort_flood.py
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

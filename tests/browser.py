@@ -61,7 +61,14 @@ class ConsoleStand:
     """What `console_stand` yields: the stand, and a gateway that can be restarted on its port."""
 
     def __init__(
-        self, broker: Broker, tmp: Path, devices: Stand, stack: ExitStack, env: dict[str, str] | None = None
+        self,
+        broker: Broker,
+        tmp: Path,
+        devices: Stand,
+        stack: ExitStack,
+        data_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
     ) -> None:
         accounts = tmp / "gateway-accounts"
         self.tokens = {name: add_account(accounts, name, role) for name, role in ACCOUNTS.items()}
@@ -69,7 +76,9 @@ class ConsoleStand:
         self._broker = broker
         self._tmp = tmp
         self._stack = stack
+        self.data_dir = data_dir  # the logger's recordings and runs, which the gateway serves
         self._env = {
+            "RCS_DATA_DIR": str(data_dir),
             "RCS_HTTP_HOST": "127.0.0.1",
             "RCS_AUTH": "on",
             "RCS_GATEWAY_SECRETS_FILE": str(accounts),
@@ -128,7 +137,7 @@ def console_stand(broker: Broker, tmp: Path, **env: str) -> Iterator[ConsoleStan
         actuation_env = {"RCS_ACTUATION_ACK_TIMEOUT_MS": ACK_TIMEOUT_MS} | env
         devices = stack.enter_context(running_stand(settings, broker.settings, tmp, **actuation_env))
         stack.enter_context(Logger(broker.settings("logger"), tmp, data_dir))
-        yield ConsoleStand(broker, tmp, devices, stack, env)
+        yield ConsoleStand(broker, tmp, devices, stack, data_dir, env=env)
 
 
 @contextmanager

@@ -44,6 +44,7 @@ from services.gateway.routes import (
     readiness,
     recordings,
     runs,
+    series,
     status,
     telemetry,
 )
@@ -84,7 +85,7 @@ def create_app(settings: Settings, bus: Bus, auth: Auth) -> FastAPI:
     )
     app.state.gateway = gateway
     _add_middleware(app, gateway)
-    for module in (status, telemetry, recordings, commands, procedures, readiness, runs, console):
+    for module in (status, telemetry, recordings, series, commands, procedures, readiness, runs, console):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     websocket = WebSocketEndpoint(bus, auth, settings, gateway.limits)

@@ -8,10 +8,13 @@ from fastapi import APIRouter, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common import topics
+from services.gateway.bus import EVENTS_KEPT
 from services.gateway.deps import GatewayDep, Viewer
 from services.gateway.jsonable import jsonable
 from services.gateway.models import Events, Health, Hello, Status
 from services.gateway.problems import SERVICES, Problem, stand_problems
+
+MAX_FILTER_CHARS = 200  # the audit keeps 200 characters of `who`
 
 router = APIRouter(tags=["status"])
 
@@ -69,9 +72,18 @@ async def status(_: Viewer, gateway: GatewayDep) -> Status:
 
 
 @router.get("/api/events")
-async def events(_: Viewer, gateway: GatewayDep, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> Events:
-    """Events seen on `rcs/events` since the gateway started (audit, red-lines, gaps …)."""
-    return Events(events=[jsonable(event) for event in gateway.bus.events(limit)])
+async def events(
+    _: Viewer,
+    gateway: GatewayDep,
+    limit: Annotated[int, Query(ge=1, le=EVENTS_KEPT)] = 100,
+    kind: Annotated[str | None, Query(max_length=MAX_FILTER_CHARS, description="only this kind")] = None,
+    who: Annotated[str | None, Query(max_length=MAX_FILTER_CHARS, description="only this person's")] = None,
+) -> Events:
+    """Events seen on `rcs/events` since the gateway started (audit, red-lines, gaps …), newest
+    first; `kind` and `who` keep only the events of that kind and of that person (`who`)."""
+    kept = gateway.bus.events(EVENTS_KEPT)
+    chosen = [e for e in kept if kind in (None, e.get("kind")) and who in (None, e.get("who"))]
+    return Events(events=[jsonable(event) for event in chosen[:limit]])
 
 
 @router.get("/metrics", response_class=Response)
