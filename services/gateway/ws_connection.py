@@ -3,12 +3,20 @@ its `type` names (`Connection.HANDLERS`), commands run as tasks and answered whe
 
 Commands beyond the connection's or the token's rate limit are answered `error` and counted, never
 queued; `system_mode abort` is never limited and goes to actuation on the bus's abort connection.
+While an abort request is in flight (`Bus.abort_answered`), no message is read.
+
+A command's `sent` (what an abort supersedes, docs/safety.md §5.2) is when its connection's backlog
+began: messages read each less than `QUIET_S` after the gateway asked for the next one were waiting
+for it (the client sent them in one go, a flood, or while the gateway was busy), so a command read
+after an abort but sent in a backlog that began before it is superseded, as it would have been had
+the gateway read it at once. A client's first message after a pause of `QUIET_S` starts a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,6 +39,7 @@ SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
 # flooding client is still answered, message by message, but slowly enough that the event loop stays
 # free for everyone else (an abort on another connection); its surplus waits in its own TCP buffer.
 OVER_LIMIT_PAUSE_S = 0.001
+QUIET_S = 0.1  # a wait this long for a client's next message ends its backlog
 
 Handler = Callable[["Connection", dict[str, Any], str | bytes], None]
 
@@ -50,6 +59,7 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self.bucket = endpoint.limits.connection_bucket()
         self.over_limit = False  # the last command was refused by the rate limits
+        self.backlog_since = time.time()  # UNIX s: when the messages now being read began to wait
 
     def reply(self, message: dict[str, Any], like: str | bytes) -> None:
         self.client.push_control(encode_like(message, like))
@@ -68,11 +78,16 @@ class Connection:
         endpoint.join(self.client)
         sender = asyncio.create_task(self.client.run())
         sender.add_done_callback(self._sender_done)
+        bus = endpoint.bus
         try:
             while True:
+                await bus.abort_answered()  # an abort in flight first: its client's messages wait
+                asked = time.monotonic()
                 raw = await receive(self.websocket)
                 if raw is None:
                     break
+                if time.monotonic() - asked >= QUIET_S:
+                    self.backlog_since = time.time()
                 try:
                     self.handle(decode_message(raw), raw)
                 except BadMessageError as exc:
@@ -166,14 +181,14 @@ class Connection:
         if not isinstance(valves, list | str):
             raise BadMessageError("'valves' must be a list of 0/1 (or a string of digits)")
         if self.command_allowed(raw):
-            self.spawn(self.valve_command(valves, raw))
+            self.spawn(self.valve_command(valves, raw, self.backlog_since))
 
     def on_step_motor_command(self, message: dict[str, Any], raw: str | bytes) -> None:
         motor_id, angle = message.get("motor_id"), number(message, "angle")
         if isinstance(motor_id, bool) or not isinstance(motor_id, int):
             raise BadMessageError("'motor_id' must be an integer")
         if self.command_allowed(raw):
-            self.spawn(self.step_motor_command(motor_id, angle, raw))
+            self.spawn(self.step_motor_command(motor_id, angle, raw, self.backlog_since))
 
     def on_system_mode(self, message: dict[str, Any], raw: str | bytes) -> None:
         mode = message.get("mode")
@@ -181,19 +196,19 @@ class Connection:
             raise BadMessageError(f"'mode' must be one of {sorted({*SYSTEM_MODES, *SOURCE_MODES})}")
         limited = mode in ("arm", "disarm", "hold", "resume")  # abort never; source modes command nothing
         if self.require_operator(raw) and (not limited or self.admit(raw)):
-            self.spawn(self.system_mode(str(mode), raw))
+            self.spawn(self.system_mode(str(mode), raw, self.backlog_since))
 
     def on_alarm_ack(self, message: dict[str, Any], raw: str | bytes) -> None:
         alarm_id = message.get("id")
         if isinstance(alarm_id, bool) or not isinstance(alarm_id, int) or not 1 <= alarm_id < 2**31:
             raise BadMessageError("'id' must be an alarm's integer id")
         if self.command_allowed(raw):
-            self.spawn(self.alarm_ack(alarm_id, raw))
+            self.spawn(self.alarm_ack(alarm_id, raw, self.backlog_since))
 
-    async def alarm_ack(self, alarm_id: int, raw: str | bytes) -> None:
+    async def alarm_ack(self, alarm_id: int, raw: str | bytes, sent: float) -> None:
         answer: dict[str, Any] = {"type": "alarm_ack_response", "id": alarm_id}
         try:
-            await self._actuation("ack", {"id": alarm_id})
+            await self._actuation("ack", {"id": alarm_id}, sent)
         except CallFailedError as exc:
             self.reply({**answer, "success": False, "reason": exc.reason}, raw)
             return
@@ -240,18 +255,24 @@ class Connection:
     # -- commands (tasks) ------------------------------------------------------------------------
 
     async def _actuation(
-        self, command: str, body: dict[str, Any], *, timeout: float | None = None
+        self, command: str, body: dict[str, Any], sent: float, *, timeout: float | None = None
     ) -> dict[str, Any]:
-        """actuation's result for `command`, audited as this connection's; raises CallFailedError."""
+        """actuation's result for `command`, audited as this connection's; raises CallFailedError.
+        `sent`: when the backlog its message was read in began (`backlog_since` then)."""
         return await call_service(
-            self.endpoint.bus, "actuation", topics.actuation(command), {**body, **self.audit}, timeout=timeout
+            self.endpoint.bus,
+            "actuation",
+            topics.actuation(command),
+            {**body, **self.audit},
+            timeout=timeout,
+            sent=sent,
         )
 
-    async def valve_command(self, valves: list[Any] | str, raw: str | bytes) -> None:
+    async def valve_command(self, valves: list[Any] | str, raw: str | bytes, sent: float) -> None:
         """Answered with the valves as the STM32 last acknowledged them, whatever the outcome: the
         existing frontend shows `valves` as the stand's state (never the refused pattern)."""
         try:
-            result = await self._actuation("valves", {"valves": valves})
+            result = await self._actuation("valves", {"valves": valves}, sent)
         except CallFailedError as exc:
             acknowledged = (self.endpoint.bus.latest(topics.STATE_VALVES) or {}).get("valves")
             self.reply(
@@ -261,12 +282,13 @@ class Connection:
             return
         self.reply({"type": "valve_response", "success": True, "valves": result.get("valves")}, raw)
 
-    async def step_motor_command(self, motor_id: int, angle: float, raw: str | bytes) -> None:
+    async def step_motor_command(self, motor_id: int, angle: float, raw: str | bytes, sent: float) -> None:
         answer: dict[str, Any] = {"type": "step_motor_response", "motor_id": motor_id, "angle": angle}
         try:
             result = await self._actuation(
                 "motor",
                 {"motor_id": motor_id, "angle": angle},
+                sent,
                 timeout=motor_timeout_s(self.endpoint.settings, angle),
             )
         except CallFailedError as exc:
@@ -282,7 +304,7 @@ class Connection:
             raw,
         )
 
-    async def system_mode(self, mode: str, raw: str | bytes) -> None:
+    async def system_mode(self, mode: str, raw: str | bytes, sent: float) -> None:
         answer: dict[str, Any] = {"type": "system_mode_response", "mode": mode}
         if mode in SOURCE_MODES:
             self.reply({**answer, **self._source(mode)}, raw)
@@ -293,7 +315,7 @@ class Connection:
         elif mode == "hold":
             body["reason"] = f"hold from {self.identity.name} ({self.origin})"
         try:
-            result = await self._actuation(SYSTEM_MODES[mode], body)
+            result = await self._actuation(SYSTEM_MODES[mode], body, sent)
         except CallFailedError as exc:
             self.reply({**answer, "success": False, "reason": exc.reason}, raw)
             return
