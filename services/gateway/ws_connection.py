@@ -3,7 +3,8 @@ its `type` names (`Connection.HANDLERS`), commands run as tasks and answered whe
 
 Commands beyond the connection's or the token's rate limit are answered `error` and counted, never
 queued; `system_mode abort` is never limited and goes to actuation on the bus's abort connection.
-While an abort request is in flight (`Bus.abort_answered`), no message is read.
+While an abort request is in flight (`Bus.abort_answered`), no message is handled (and no more
+than the one being handled is read).
 
 A command's `sent` (what an abort supersedes, docs/safety.md §5.2) is when its connection's backlog
 began: messages read each less than `QUIET_S` after the gateway asked for the next one were waiting
@@ -81,13 +82,13 @@ class Connection:
         bus = endpoint.bus
         try:
             while True:
-                await bus.abort_answered()  # an abort in flight first: its client's messages wait
                 asked = time.monotonic()
                 raw = await receive(self.websocket)
                 if raw is None:
                     break
                 if time.monotonic() - asked >= QUIET_S:
                     self.backlog_since = time.time()
+                await bus.abort_answered()  # an abort in flight first: this message, and the rest, wait
                 try:
                     self.handle(decode_message(raw), raw)
                 except BadMessageError as exc:
