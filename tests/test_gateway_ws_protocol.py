@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from starlette.types import Scope
 from websockets.sync.client import connect
 
 from services.common.settings import load_settings
@@ -41,7 +42,7 @@ class FloodApp:
     written: threading.Event = field(default_factory=threading.Event)
     seen: queue.Queue[tuple[list[str | bytes], list[int]]] = field(default_factory=queue.Queue)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             return
         assert (await receive())["type"] == "websocket.connect"
