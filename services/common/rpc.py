@@ -301,9 +301,11 @@ class RpcClient:
             self._settle(correlation, RpcError(f"request to {topic} not sent: MQTT outgoing queue full"))
         return future
 
-    def call(self, topic: str, body: dict[str, Any], *, timeout: float = 2.0) -> dict[str, Any]:
+    def call(
+        self, topic: str, body: dict[str, Any], *, timeout: float = 2.0, sent: float | None = None
+    ) -> dict[str, Any]:
         """Blocking request: the result, or RpcTimeout, or RpcError with the server's reason."""
-        return self.request(topic, body, timeout=timeout).result()
+        return self.request(topic, body, timeout=timeout, sent=sent).result()
 
     def close(self) -> None:
         """Unsubscribe; pending requests fail with RpcTimeout."""
