@@ -35,7 +35,7 @@ from services.common.telemetry import TelemetryBatch, decode_batch
 SERVICE = "gateway"
 EVENTS_KEPT = 500
 CONNECT_WAIT_S = 5.0
-ABORT_FIRST_S = 1.0  # the longest an abort in flight holds up reading clients' messages
+ABORT_FIRST_S = 1.0  # the longest an abort in flight holds up handling clients' messages
 log = logging.getLogger("rcs.gateway.bus")
 
 TelemetryListener = Callable[[TelemetryBatch, bytes], None]
@@ -116,7 +116,7 @@ class Bus:
 
     async def abort(self, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """An abort request to actuation, on the abort connection; raises like `call`. Published
-        before this coroutine first suspends; until it is answered, `abort_in_flight` holds."""
+        before this coroutine first suspends; counted in `aborts_in_flight` until it is answered."""
         wait = self.settings.gateway.command_timeout_s if timeout is None else timeout
         reply = self.abort_rpc.request(topics.actuation("abort"), body, timeout=wait)
         self.aborts_in_flight += 1
