@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from typing import Any
 import pytest
 import uvicorn
 from starlette.types import Scope
+from websockets.client import ClientProtocol
+from websockets.protocol import State
 from websockets.sync.client import connect
+from websockets.uri import parse_uri
 
 from services.common.settings import load_settings
 from services.devstack.broker import free_port
@@ -36,10 +40,13 @@ BIG = 10 * PARSE_STEP_BYTES  # one message several steps long
 @dataclass
 class FloodApp:
     """Accepts one WebSocket; once `written` is set, reads `expected` messages and puts what it saw
-    (the messages, and how many parsed ones waited after each) in `seen`."""
+    (the messages, and how many parsed ones waited after each) in `seen`; sets `halfway` once it has
+    read `halfway_after` of them."""
 
     expected: int
+    halfway_after: int = -1
     written: threading.Event = field(default_factory=threading.Event)
+    halfway: threading.Event = field(default_factory=threading.Event)
     seen: queue.Queue[tuple[list[str | bytes], list[int]]] = field(default_factory=queue.Queue)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -57,6 +64,8 @@ class FloodApp:
                 break
             messages.append(event["text"] if event.get("text") is not None else event["bytes"])
             waiting.append(parsed.qsize())
+            if len(messages) == self.halfway_after:
+                self.halfway.set()
         self.seen.put((messages, waiting))
         await send({"type": "websocket.send", "text": "read"})
 
@@ -67,8 +76,9 @@ class Server(uvicorn.Server):
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[FloodApp, str]]:
-    app = FloodApp(expected=FLOOD + 2)
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[FloodApp, str]]:
+    """The app (`FloodApp(**request.param)`, default: the flood's) served on a free port."""
+    app = FloodApp(**getattr(request, "param", {"expected": FLOOD + 2}))
     port = free_port()
     config = server_config(app, load_settings(), host="127.0.0.1", port=port, lifespan="off")
     server = Server(config)
@@ -101,3 +111,30 @@ def test_a_flood_is_parsed_a_step_at_a_time_and_arrives_whole_and_in_order(
     assert max(waiting) < per_step, (
         f"at most one step's messages parsed ahead of the application, not {max(waiting)}"
     )
+
+
+SMALL = 200  # a few steps of small messages, then a big one cut in two
+
+
+@pytest.mark.parametrize("served", [{"expected": SMALL + 1, "halfway_after": SMALL}], indirect=True)
+def test_a_message_whose_end_is_still_in_the_socket_is_read(served: tuple[FloodApp, str]) -> None:
+    """Every byte read is parsed and the message is still incomplete: the socket is read again."""
+    app, url = served
+    small = [json.dumps({"n": i}) for i in range(SMALL)]
+    big = "y" * BIG
+    client = ClientProtocol(parse_uri(url))
+    with socket.create_connection(("127.0.0.1", parse_uri(url).port), timeout=TIMEOUT) as sock:
+        client.send_request(client.connect())
+        sock.sendall(b"".join(client.data_to_send()))
+        while client.state is State.CONNECTING:
+            client.receive_data(sock.recv(65536))
+        for message in (*small, big):
+            client.send_text(message.encode())
+        frames = b"".join(client.data_to_send())
+        cut = len(frames) - BIG // 2
+        sock.sendall(frames[:cut])  # one write: read whole, then parsed a step at a time
+        app.written.set()
+        assert app.halfway.wait(TIMEOUT), "the small messages read"
+        sock.sendall(frames[cut:])  # the big one's second half, once its first is parsed
+        messages, _ = app.seen.get(timeout=TIMEOUT)
+    assert messages == [*small, big]

@@ -44,11 +44,16 @@ class SteppedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def receive(self) -> ASGIReceiveEvent:
         self._parse_step()
+        self._read_when_drained()  # the rest of a message may still be in the socket
         message = await self.queue.get()
+        self._read_when_drained()
+        return message
+
+    def _read_when_drained(self) -> None:
+        """Read the socket again once every byte read has been parsed and every message taken."""
         if self.read_paused and self.queue.empty() and not self._unparsed:
             self.read_paused = False
             self.transport.resume_reading()
-        return message
 
     def _parse_step(self) -> None:
         """While no parsed message waits, parse `PARSE_STEP_BYTES` more, until one is or nothing is
