@@ -182,3 +182,83 @@ def test_rest_commands_beyond_the_token_limit_are_429_and_abort_is_never_limited
             answer = http.post(path)
             assert answer.status_code == 200 and answer.json()["state"] == "aborting", answer.text
         assert "rcs_gateway_http_rate_limited_total" in http.get("/metrics").text
+
+
+async def _answer_while_an_abort_is_in_flight(stand: Stand) -> tuple[dict[str, Any], int, int]:
+    """A WebSocket message sent while an abort (the device stalled) waits for its answer: its
+    answer, and the aborts in flight when the message was sent and when it was answered."""
+    bus = stand.served.bus
+    url = stand.http.replace("http", "ws", 1) + f"/ws?token={OPERATOR}"
+    async with connect(url, max_queue=None, ping_interval=None) as ws:
+        stand.stm32.stall(0.4)  # the abort's first write waits for the device's acknowledgement
+        abort = asyncio.create_task(
+            asyncio.to_thread(
+                httpx.post, f"{stand.http}/api/abort", headers={"Authorization": f"Bearer {OPERATOR}"}
+            )
+        )
+        await asyncio.to_thread(wait_until, lambda: bus.aborts_in_flight > 0, TIMEOUT, "the abort sent")
+        in_flight_when_sent = bus.aborts_in_flight
+        await ws.send(json.dumps({"type": "subscribe", "mode": "off"}))
+        while True:
+            frame = await asyncio.wait_for(ws.recv(), TIMEOUT)
+            message = json.loads(frame) if isinstance(frame, str) else {}
+            if message.get("type") == "subscribed":
+                in_flight_when_answered = bus.aborts_in_flight
+                break
+        assert (await abort).status_code in (200, 409)  # 409: aborting, the device's ack not in time
+    return message, in_flight_when_sent, in_flight_when_answered
+
+
+def test_no_websocket_message_is_read_while_an_abort_is_in_flight(stand: Stand) -> None:
+    """The flood's messages wait in their sockets while the abort has the gateway to itself."""
+    # from idle: the abort then writes its first step and waits for the (stalled) device's answer
+    wait_until(lambda: stand.system_state() == "idle", TIMEOUT, "idle")
+    answer, when_sent, when_answered = asyncio.run(_answer_while_an_abort_is_in_flight(stand))
+    assert answer["mode"] == "off"
+    assert when_sent == 1 and when_answered == 0, "read once the abort was answered, not before"
+
+
+async def _flood_read_after_an_abort(stand: Stand, n: int) -> list[dict[str, Any]]:
+    """The connection's rate limit used up, `n` valve commands in one go and at once a REST abort:
+    the answers to the flood's commands that were within the rate limit (the gateway reads the
+    flood at most one message a millisecond once over the limit, so the later ones come after the
+    abort, as the limit lets one through a second)."""
+    url = stand.http.replace("http", "ws", 1) + f"/ws?token={OPERATOR}"
+    async with connect(url, max_queue=None, ping_interval=None) as ws:
+
+        async def answer() -> dict[str, Any]:
+            while True:
+                frame = await asyncio.wait_for(ws.recv(), TIMEOUT)
+                message = json.loads(frame) if isinstance(frame, str) else {}
+                if message.get("type") in ("error", "valve_response"):
+                    return message
+
+        while (await _ask(ws, FLOOD[0], answer))["type"] != "error":
+            pass  # until the rate limit refuses one: no token left
+        for i in range(n):
+            await ws.send(json.dumps({"type": "valve_command", "valves": FLOOD[i % 2]}))
+        aborted = await asyncio.to_thread(
+            httpx.post, f"{stand.http}/api/abort", headers={"Authorization": f"Bearer {OPERATOR}"}
+        )
+        assert aborted.status_code in (200, 409), aborted.text
+        answers = [await answer() for _ in range(n)]
+    return [a for a in answers if a["type"] == "valve_response"]
+
+
+async def _ask(ws: Any, valves: str, answer: Callable[[], Any]) -> dict[str, Any]:
+    await ws.send(json.dumps({"type": "valve_command", "valves": valves}))
+    message: dict[str, Any] = await answer()
+    return message
+
+
+def test_websocket_commands_sent_before_an_abort_and_read_after_it_are_superseded(stand: Stand) -> None:
+    """What a client sent in one go before an abort on another connection never runs after it, even
+    when the gateway reads it later: its `sent` is when its backlog began (docs/safety.md §5.2)."""
+    wait_until(lambda: stand.system_state() == "idle", TIMEOUT, "idle")
+    admitted = asyncio.run(_flood_read_after_an_abort(stand, 3000))
+    reasons = [a.get("reason") for a in admitted]
+    assert "superseded by abort" in reasons, reasons
+    assert not any(str(r).startswith("aborting") for r in reasons), (
+        f"a command sent before the abort was taken for a new one: {reasons}"
+    )
+    assert all(a["success"] or a["reason"] == "superseded by abort" for a in admitted), reasons

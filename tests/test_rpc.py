@@ -265,3 +265,16 @@ def test_a_request_sent_before_a_supersede_that_arrives_after_it_never_runs(stac
         "sent after"
     )
     assert stack.handler.calls == [{"n": 2, "login": "operator"}]
+
+
+def test_a_request_issued_before_a_supersede_and_published_after_it_never_runs(stack: Stack) -> None:
+    """A relay (the gateway) publishing, after an abort, a command its client issued before it:
+    `sent` says when it was issued, and the abort supersedes it; a `sent` in the future is now."""
+    issued = time.time()
+    stack.server.supersede_queued("superseded by abort")
+    with pytest.raises(RpcError, match=r"^superseded by abort$"):
+        stack.client.call(TOPIC, {"n": 1}, timeout=5, sent=issued)
+    assert stack.client.call(TOPIC, {"n": 2}, timeout=5, sent=time.time() + 60) == {
+        "echo": {"n": 2, "login": "operator"}
+    }
+    assert stack.handler.calls == [{"n": 2, "login": "operator"}]

@@ -10,7 +10,8 @@ it rather than deliver it late. The reply goes to the ResponseTopic with the sam
 The server hands the handler the body with `login` set to that last topic level (replacing any
 `login` the body carried): the one thing about the requester the broker vouches for.
 
-Every request also carries `sent` (the client's UNIX time when it sent it). Bounds: a server built
+Every request also carries `sent` (the client's UNIX time when it sent it, or when the command it
+relays was issued: see `RpcClient.request`). Bounds: a server built
 with `max_queued` answers a request that finds that many already waiting for a worker at once with
 `busy: request queue full` (never queued). `supersede_queued(reason)` answers every request still
 waiting for a worker, and every one sent before it that arrives later, with `reason` and runs none of
@@ -265,15 +266,19 @@ class RpcClient:
         client.subscribe(self._reply_topic, self._on_reply, qos=1)
 
     def request(
-        self, topic: str, body: dict[str, Any], *, timeout: float = 2.0
+        self, topic: str, body: dict[str, Any], *, timeout: float = 2.0, sent: float | None = None
     ) -> concurrent.futures.Future[dict[str, Any]]:
-        """Publish a request; the future gives the result, or raises RpcError or RpcTimeout."""
+        """Publish a request; the future gives the result, or raises RpcError or RpcTimeout.
+
+        `sent` (UNIX s, at most now): when the request was issued, if earlier than now (a gateway
+        relaying a command its client sent earlier); an abort supersedes it by that time."""
         if not 0 < timeout <= MAX_DEADLINE_AHEAD_S:
             raise ValueError(
                 f"timeout must be positive and at most {MAX_DEADLINE_AHEAD_S:g} s, got {timeout}"
             )
         now = time.time()
-        payload = pack({**body, "deadline": now + timeout, "sent": now})  # TypeError before any bookkeeping
+        issued = now if sent is None else min(sent, now)
+        payload = pack({**body, "deadline": now + timeout, "sent": issued})  # TypeError before bookkeeping
         correlation = os.urandom(_CORRELATION_BYTES)
         future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         timer = threading.Timer(timeout, self._expire, (correlation, topic, timeout))
@@ -296,9 +301,11 @@ class RpcClient:
             self._settle(correlation, RpcError(f"request to {topic} not sent: MQTT outgoing queue full"))
         return future
 
-    def call(self, topic: str, body: dict[str, Any], *, timeout: float = 2.0) -> dict[str, Any]:
+    def call(
+        self, topic: str, body: dict[str, Any], *, timeout: float = 2.0, sent: float | None = None
+    ) -> dict[str, Any]:
         """Blocking request: the result, or RpcTimeout, or RpcError with the server's reason."""
-        return self.request(topic, body, timeout=timeout).result()
+        return self.request(topic, body, timeout=timeout, sent=sent).result()
 
     def close(self) -> None:
         """Unsubscribe; pending requests fail with RpcTimeout."""

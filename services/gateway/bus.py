@@ -35,6 +35,7 @@ from services.common.telemetry import TelemetryBatch, decode_batch
 SERVICE = "gateway"
 EVENTS_KEPT = 500
 CONNECT_WAIT_S = 5.0
+ABORT_FIRST_S = 1.0  # the longest an abort in flight holds up handling clients' messages
 log = logging.getLogger("rcs.gateway.bus")
 
 TelemetryListener = Callable[[TelemetryBatch, bytes], None]
@@ -64,6 +65,9 @@ class Bus:
         self.abort_rpc = RpcClient(self.abort_mqtt)
         self.stats = BusStats()
         self.websocket_connections = 0  # maintained by the WebSocket side
+        self.aborts_in_flight = 0  # abort requests sent, not yet answered (event loop only)
+        self._abort_answered = asyncio.Event()
+        self._abort_answered.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._latest: dict[str, dict[str, Any]] = {}
@@ -102,17 +106,35 @@ class Bus:
 
     # -- requests and publishing -----------------------------------------------------------------
 
-    async def call(self, topic: str, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-        """The service's result; raises RpcError (refused, or not sent) or RpcTimeout (no answer)."""
+    async def call(
+        self, topic: str, body: dict[str, Any], *, timeout: float | None = None, sent: float | None = None
+    ) -> dict[str, Any]:
+        """The service's result; raises RpcError (refused, or not sent) or RpcTimeout (no answer).
+        `sent`: when the command was issued, if before now (RpcClient.request)."""
         wait = self.settings.gateway.command_timeout_s if timeout is None else timeout
-        return await asyncio.wrap_future(self.rpc.request(topic, body, timeout=wait))
+        return await asyncio.wrap_future(self.rpc.request(topic, body, timeout=wait, sent=sent))
 
     async def abort(self, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-        """An abort request to actuation, on the abort connection; raises like `call`."""
+        """An abort request to actuation, on the abort connection; raises like `call`. Published
+        before this coroutine first suspends; counted in `aborts_in_flight` until it is answered."""
         wait = self.settings.gateway.command_timeout_s if timeout is None else timeout
-        return await asyncio.wrap_future(
-            self.abort_rpc.request(topics.actuation("abort"), body, timeout=wait)
-        )
+        reply = self.abort_rpc.request(topics.actuation("abort"), body, timeout=wait)
+        self.aborts_in_flight += 1
+        self._abort_answered.clear()
+        try:
+            return await asyncio.wrap_future(reply)
+        finally:
+            self.aborts_in_flight -= 1
+            if not self.aborts_in_flight:
+                self._abort_answered.set()
+
+    async def abort_answered(self) -> None:
+        """Returns once no abort request is in flight, or after ABORT_FIRST_S at most: what readers of
+        clients' messages await first, so that an abort has the gateway (and its share of the CPU
+        and of the GIL, which the abort connection's network thread needs) to itself."""
+        if self.aborts_in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._abort_answered.wait(), ABORT_FIRST_S)
 
     @property
     def abort_connected(self) -> bool:

@@ -29,9 +29,16 @@ class CallFailedError(Exception):
 
 
 async def call_service(
-    bus: Bus, service: str, topic: str, body: dict[str, Any], *, timeout: float | None = None
+    bus: Bus,
+    service: str,
+    topic: str,
+    body: dict[str, Any],
+    *,
+    timeout: float | None = None,
+    sent: float | None = None,
 ) -> dict[str, Any]:
-    """The service's result; raises CallFailedError. An abort goes on the bus's abort connection."""
+    """The service's result; raises CallFailedError. An abort goes on the bus's abort connection.
+    `sent` (UNIX s): when the command was issued, if before now (see RpcClient.request)."""
     abort = topic == topics.actuation("abort")
     if not (bus.abort_connected if abort else bus.connected):
         raise CallFailedError(UNANSWERED, "the gateway is not connected to the MQTT broker")
@@ -42,7 +49,7 @@ async def call_service(
     try:
         if abort:  # its own connection: nothing queued for other requests delays it
             return await bus.abort(body, timeout=wait)
-        return await bus.call(topic, body, timeout=wait)
+        return await bus.call(topic, body, timeout=wait, sent=sent)
     except RpcError as exc:
         raise CallFailedError(REFUSED, str(exc)) from exc
     except RpcTimeout as exc:

@@ -91,7 +91,9 @@ class Gateway:
         return await self.call(service, topic, {**(body or {}), **audit}, timeout=timeout)
 
 
-def _gateway(request: Request) -> Gateway:
+async def _gateway(request: Request) -> Gateway:
+    """A coroutine, as every dependency here: FastAPI runs a plain function in its thread pool, a
+    round trip through another thread (and the GIL) before every route, an abort's included."""
     gateway: Gateway = request.app.state.gateway
     return gateway
 

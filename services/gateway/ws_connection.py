@@ -3,13 +3,24 @@ its `type` names (`Connection.HANDLERS`), commands run as tasks and answered whe
 
 Commands beyond the connection's or the token's rate limit are answered `error` and counted, never
 queued; `system_mode abort` is never limited and goes to actuation on the bus's abort connection.
+While an abort request is in flight (`Bus.abort_answered`), no message is handled (and no more
+than the one being handled is read).
+
+A command's `sent` (what an abort supersedes, docs/safety.md §5.2) is when its connection's backlog
+began: messages read each less than `QUIET_S` after the gateway asked for the next one were waiting
+for it (the client sent them in one go, a flood, or while the gateway was busy), so a command read
+after an abort but sent in a backlog that began before it is superseded, as it would have been had
+the gateway read it at once. A client's first message after a pause of `QUIET_S` starts a new one.
+The handler's tasks inherit it (`BACKLOG_SINCE`, a context variable set before each message).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastapi import WebSocket
@@ -38,6 +49,9 @@ SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
 # flooding client is still answered, message by message, but slowly enough that the event loop stays
 # free for everyone else (an abort on another connection); its surplus waits in its own TCP buffer.
 OVER_LIMIT_PAUSE_S = 0.001
+QUIET_S = 0.1  # a wait this long for a client's next message ends its backlog
+# UNIX s: when the backlog of the message being handled began; tasks spawned for it keep the value
+BACKLOG_SINCE: ContextVar[float] = ContextVar("BACKLOG_SINCE")
 MAX_REASON = 200  # characters of a hold's reason, as `POST /api/hold`
 
 Handler = Callable[["Connection", dict[str, Any], str | bytes], None]
@@ -76,11 +90,18 @@ class Connection:
         endpoint.join(self.client)
         sender = asyncio.create_task(self.client.run())
         sender.add_done_callback(self._sender_done)
+        bus = endpoint.bus
+        backlog_since = time.time()
         try:
             while True:
+                asked = time.monotonic()
                 raw = await receive(self.websocket)
                 if raw is None:
                     break
+                if time.monotonic() - asked >= QUIET_S:
+                    backlog_since = time.time()
+                await bus.abort_answered()  # an abort in flight first: this message, and the rest, wait
+                BACKLOG_SINCE.set(backlog_since)
                 try:
                     self.handle(decode_message(raw), raw)
                 except BadMessageError as exc:
@@ -355,9 +376,15 @@ class Connection:
     async def _actuation(
         self, command: str, body: dict[str, Any], *, timeout: float | None = None
     ) -> dict[str, Any]:
-        """actuation's result for `command`, audited as this connection's; raises CallFailedError."""
+        """actuation's result for `command`, audited as this connection's; raises CallFailedError.
+        Sent when the backlog of the message asking for it began (`BACKLOG_SINCE`)."""
         return await call_service(
-            self.endpoint.bus, "actuation", topics.actuation(command), {**body, **self.audit}, timeout=timeout
+            self.endpoint.bus,
+            "actuation",
+            topics.actuation(command),
+            {**body, **self.audit},
+            timeout=timeout,
+            sent=BACKLOG_SINCE.get(),
         )
 
     async def valve_command(self, body: dict[str, Any], raw: str | bytes) -> None:
