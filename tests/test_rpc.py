@@ -23,8 +23,8 @@ from services.common.rpc import MAX_DEADLINE_AHEAD_S, RpcClient, RpcError, RpcSe
 from services.common.settings import MqttSettings
 from tests.conftest import wait_until
 
-TOPIC = "rcs/rpc/test/echo"
-BOUNDED = "rcs/rpc/test/bounded"  # a second server's address (the ACL allows rcs/rpc/+/+/<login>)
+TOPIC = "rcs/rpc/actuation/echo"  # a command topic the broker lets `operator` request on
+BOUNDED = "rcs/rpc/logger/bounded"  # a second server's address, also one `operator` may request on
 
 
 @dataclass
