@@ -143,6 +143,7 @@ def test_refusal_names_every_failing_item_and_the_answer_keeps_their_order() -> 
         "kind": "tare_recent",
         "ok": False,
         "reason": "THRUST not tared (at most 60 s old): tare them",
+        "tare": ["THRUST"],
     }
     assert result["items"][0]["label"] == "valves"  # no label: the id
     assert refusal(evaluate([], Snapshot(now=NOW))) is None

@@ -8,6 +8,7 @@ the heartbeats. Every wait is a condition with a deadline.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from services.devstack.broker import Broker
 from tests.browser import ARTIFACTS, Consoles, ConsoleStand
 from tests.browser import console_stand as running_console_stand
 from tests.conftest import wait_until
+from tests.processes import TEST_CHECKLIST
 from tests.test_hotfire_e2e import short_hotfire_config
 
 TIMEOUT_MS = 30_000
@@ -33,6 +35,9 @@ TELEMETRY_STALE_MS = "2000"
 # One plot at 5 frames/s: this module's panels need no more, and Chromium drawing four plots at 30
 # frames/s takes the CPU the emulated STM32 (a thread of this process) needs on a small machine.
 LIGHT = "channels=P5&hz=5"
+# the tests' checklist and a tare of the load cell, which the page offers when it fails
+TARE_ITEM = {"id": "tare", "kind": "tare_recent", "channels": ["THRUST"], "max_age_s": 3600}
+CHECKLIST = [*TEST_CHECKLIST, TARE_ITEM]
 
 # What the page showed, recorded in the page on every change of the procedure panel (no poll can miss one).
 RECORD = """() => {
@@ -58,7 +63,11 @@ def console_stand(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("console-procedures")
     config = str(short_hotfire_config(tmp, WAITS_MS, TIMEOUTS_MS))
     with running_console_stand(
-        broker, tmp, RCS_CONFIG=config, RCS_ACTUATION_TELEMETRY_STALE_MS=TELEMETRY_STALE_MS
+        broker,
+        tmp,
+        RCS_CONFIG=config,
+        RCS_ACTUATION_TELEMETRY_STALE_MS=TELEMETRY_STALE_MS,
+        RCS_CHECKLIST=json.dumps(CHECKLIST),
     ) as stand:
         yield stand
 
@@ -101,9 +110,14 @@ def test_the_hotfire_started_from_the_page_counts_down_holds_resumes_and_ends_id
     expect(start).to_be_disabled()  # not armed: says why
     expect(start).to_have_attribute("title", "arm first: hotfire requires an armed stand")
     steps = page.locator(".proc-steps li")
-    # the go/no-go checklist (the tests' own: tests/processes.py TEST_CHECKLIST), each item with its reason
+    # the go/no-go checklist (CHECKLIST), each item with its reason; the failing tare offers itself
+    expect(page.locator(".check-summary")).to_have_text("NO-GO: 1 of 3 not ready", timeout=TIMEOUT_MS)
+    expect(page.locator(".check-items li.nogo")).to_contain_text("THRUST not tared")
+    page.get_by_role("button", name="Tare THRUST", exact=True).click()
+    expect(page.locator("#answer")).to_contain_text("TARE THRUST done", timeout=TIMEOUT_MS)
     expect(page.locator(".check-summary")).to_have_text("GO: every item ready for arming", timeout=TIMEOUT_MS)
-    expect(page.locator(".check-items li.go")).to_have_count(2)
+    expect(page.locator(".check-items li.go")).to_have_count(3)
+    expect(page.get_by_role("button", name="Tare THRUST", exact=True)).to_have_count(0)
     arm(console_stand)
     expect(page.locator("#state")).to_have_text("ARMED", timeout=TIMEOUT_MS)
     page.evaluate(RECORD)

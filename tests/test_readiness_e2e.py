@@ -143,6 +143,7 @@ def test_the_checklist_refuses_arming_with_every_reason_then_allows_it(
         "kind": "tare_recent",
         "ok": False,
         "reason": "THRUST not tared (at most 10 min old): tare them",
+        "tare": ["THRUST"],
     }
 
     low_supply = "gox-supply: P7 2[0-9.]* outside 35 … 55"

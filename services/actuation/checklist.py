@@ -51,9 +51,10 @@ class ItemState:
     kind: str
     ok: bool
     reason: str
+    tare: tuple[str, ...] = ()  # the channels a tare would make pass (a `tare_recent` item's)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"tare": list(self.tare)}
 
 
 Verdict = tuple[bool, str]
@@ -167,7 +168,8 @@ def evaluate(items: Sequence[ChecklistItem], snapshot: Snapshot) -> list[ItemSta
     states = []
     for item in items:
         ok, reason = EVALUATORS[item.kind](item, snapshot)
-        states.append(ItemState(item.id, item.label or item.id, item.kind, ok, reason))
+        tare = item.channels if isinstance(item, TareRecent) else ()
+        states.append(ItemState(item.id, item.label or item.id, item.kind, ok, reason, tare))
     return states
 
 
@@ -178,5 +180,5 @@ def refusal(states: Sequence[ItemState]) -> str | None:
 
 
 def answer(states: Sequence[ItemState], now: float) -> dict[str, Any]:
-    """The checklist request's result: `{ok, items: [{id, label, kind, ok, reason}], ts}`."""
+    """The checklist request's result: `{ok, items: [{id, label, kind, ok, reason, tare}], ts}`."""
     return {"ok": all(s.ok for s in states), "items": [s.as_dict() for s in states], "ts": now}

@@ -287,6 +287,9 @@ class ChecklistItemState(BaseModel):
     kind: str = Field(description="the evaluator (docs/configuration.md, checklist)")
     ok: bool
     reason: str = Field(description="what was seen, for a pass as for a failure")
+    tare: list[str] = Field(
+        default_factory=list, description="channels a tare would make pass (`tare_recent` items; else none)"
+    )
 
 
 class Checklist(BaseModel):

@@ -229,8 +229,27 @@ function renderChecklist(summary, list) {
     const li = el("li", item.ok ? "go" : "nogo");
     li.append(el("span", "check-mark", item.ok ? "✓ GO" : "✗ NO-GO"), el("span", "check-label", item.label || item.id),
       el("span", "check-reason", item.reason || ""));
+    if (!item.ok && item.tare && item.tare.length) li.append(tareButton(item.tare));
     list.append(li);
   }
+}
+
+// A failing `tare_recent` item offers its tare: zero those channels from their last 2 s (idle only;
+// actuation refuses otherwise, and the answer says why). Tare only at true zero (docs/safety.md §2.2).
+function tareButton(channels) {
+  const b = commandButton("Tare " + channels.join(", "), "cmd tare",
+    "zero " + channels.join(", ") + " from their last 2 s: only with nothing on the load cell and the chamber empty");
+  const system = store.get("system");
+  gate(b, null, commandBlock() || (system && system.state !== "idle" ? "tare only while idle" : ""));
+  b.addEventListener("click", () => command("TARE " + channels.join(", "), { type: "tare", channels }));
+  return b;
+}
+
+function onTareAnswer(m) {
+  const what = "TARE " + (m.channels || []).join(", ");
+  if (m.success) answer(what + " done", true);
+  else answer(what + " FAILED: " + (m.reason || "no reason given"), false);
+  askChecklist();
 }
 
 // The checklist is actuation's judgement of the moment (no push): asked for over the WebSocket
@@ -330,6 +349,7 @@ export function mount(root) {
     askChecklist();
   });
   on("checklist_response", onChecklist);
+  on("tare_response", onTareAnswer);
   setInterval(askChecklist, CHECKLIST_EVERY_MS);
   on("sequence_response", onSequenceAnswer);
   setInterval(() => tick(view), TICK_MS);
