@@ -684,7 +684,7 @@ def test_tare_and_checklist_over_rest(gateway: Gateway) -> None:
         assert checklist.status_code == 200, checklist.text
         items = checklist.json()["items"]
         assert [i["id"] for i in items] == ["stm32", "valves-closed"]  # tests/processes.py's checklist
-        assert set(items[0]) == {"id", "label", "kind", "ok", "reason"} and items[0]["ok"] is True
+        assert set(items[0]) == {"id", "label", "kind", "ok", "reason", "tare"} and items[0]["ok"] is True
         assert isinstance(checklist.json()["ok"], bool) and isinstance(checklist.json()["ts"], float)
 
 

@@ -249,7 +249,7 @@ def test_a_bad_run_directory_as_the_logger_sees_it(
 
 
 def test_a_bad_run_id_is_refused_before_it_becomes_a_path(tmp_path: Path) -> None:
-    result = cli("report", "../../etc", "--data-dir", tmp_path)
+    result = cli("report", "../../rcs-no-such-run", "--data-dir", tmp_path)  # neither a directory nor an id
     assert result.exit_code == 2 and "no such run directory" in result.output
 
 

@@ -9,8 +9,8 @@ import { hms } from "./util.js";
 
 const uPlot = globalThis.uPlot;
 
-export const MARKER_COLOURS = { valve: "#2b7bd6", alarm: "#e08a00", abort: "#d00000" };
-const LIMIT_STYLE = { warning: { colour: "#e08a00", dash: [6, 4] }, redline: { colour: "#d00000", dash: [] } };
+export const MARKER_COLOURS = { valve: "#8fa6c4", alarm: "#ffb020", abort: "#ff4040" };
+const LIMIT_STYLE = { warning: { colour: "#ffb020", dash: [6, 4] }, redline: { colour: "#ff4040", dash: [] } };
 const NEAR = 0.5; // a limit is drawn inside the plot once the data reach this fraction of it
 
 // The y range: the data's, widened to a limit the data come near (else the limit is only named).
@@ -45,10 +45,10 @@ function drawLimits(u, limits) {
     ctx.fillStyle = style.colour;
     if (l.value < y0 || l.value > y1) {
       // not within the data's range: named in the corner, so nobody thinks there is none
-      // top left (live data come in on the right), on a light box so the band does not hide it
+      // top left (live data come in on the right), on a dark box so the band does not hide it
       const text = name + (l.value > y1 ? " (above the plot)" : " (below the plot)");
       const y = top + (4 + 14 * offScale++) * px;
-      ctx.fillStyle = "rgba(255,255,255,0.8)";
+      ctx.fillStyle = "rgba(15,19,23,0.85)";
       ctx.fillRect(left + 2 * px, y, ctx.measureText(text).width + 4 * px, 13 * px);
       ctx.fillStyle = style.colour;
       ctx.textAlign = "left";
@@ -137,6 +137,10 @@ function timeLabel(ticks) {
 }
 
 // A band plot of one channel in `div`; returns the uPlot. `xRange()` gives [t0, t1] (null: auto).
+// Dark-room colours (the page's dark theme): light axis text, dim grid, a bright trace.
+const TRACE = "#5aaaff";
+const DARK_AXIS = { stroke: "#c8d0d8", grid: { stroke: "#2a313a", width: 1 }, ticks: { stroke: "#2a313a", width: 1 } };
+
 export function bandPlot(div, { title, unit, limits, markers, xRange, onZoom, width, height }) {
   const opts = {
     title: unit ? title + " [" + unit + "]" : title,
@@ -148,11 +152,11 @@ export function bandPlot(div, { title, unit, limits, markers, xRange, onZoom, wi
     },
     series: [
       {},
-      { label: "min", stroke: "#1f77b4", width: 1 },
-      { label: "max", stroke: "#1f77b4", width: 1 },
+      { label: "min", stroke: TRACE, width: 1 },
+      { label: "max", stroke: TRACE, width: 1 },
     ],
-    bands: [{ series: [2, 1], fill: "rgba(31,119,180,0.3)" }],
-    axes: [{ space: 80, values: (u, ticks) => ticks.map(timeLabel(ticks)) }, { size: 56 }],
+    bands: [{ series: [2, 1], fill: "rgba(90,170,255,0.3)" }],
+    axes: [{ space: 80, values: (u, ticks) => ticks.map(timeLabel(ticks)), ...DARK_AXIS }, { size: 56, ...DARK_AXIS }],
     legend: { show: false },
     cursor: { drag: { x: true, y: false, setScale: false } },
     hooks: {
