@@ -1,7 +1,7 @@
 """The command authority's decisions: every refusal, the shipped sequences, abort, and its invariants.
 
 The stateful test drives StandCore with random commands (manual, sequences and the hot-fire procedure,
-hold, resume, abort, channel values, motor outcomes, alarms and their acknowledgement), time, and a
+hold, resume, abort, channel values, motor outcomes, alarms and their acknowledgement, test runs), time, and a
 device that acknowledges, loses or refuses writes (in order, like the serial link), and checks the
 safety invariants after every step.
 """
@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from services.actuation.alarms import AlarmBook, AlarmState
 from services.actuation.core import StandCore, SystemState, ValveWrite, Verdict
 from services.actuation.interlocks import Interlocks
+from services.actuation.runs import RunBook
 from services.actuation.valve_map import ValveMap
 from services.common.settings import Redline, Settings, load_settings
 
@@ -390,6 +391,7 @@ class StandMachine(RuleBasedStateMachine):
         self.abort_end: float | None = None
         self.moves: list[int] = []  # motor moves started, not yet reported done
         self.alarms = AlarmBook()
+        self.runs = RunBook(STAND)  # test runs: started by hand or by a `test: true` procedure
 
     # the service's view ---------------------------------------------------------------------------
 
@@ -408,6 +410,7 @@ class StandMachine(RuleBasedStateMachine):
             assert verdict.writes == () and verdict.transitions == ()
             assert verdict.accepted == is_abort and self.snapshot() == before
         self.absorb(verdict, before_state, before_armed)
+        self.runs.follow(self.core.sequence, self.core.state, self.now, self.now)  # as the control thread
         return verdict
 
     def absorb(self, verdict: Verdict, before_state: SystemState, before_armed: bool) -> None:
@@ -610,6 +613,37 @@ class StandMachine(RuleBasedStateMachine):
         for alarm in self.alarms.alarms:
             assert (alarm.acknowledged_by is not None) == (alarm.state is AlarmState.ACTIVE_ACKNOWLEDGED)
             assert (alarm.cleared_ts is not None) == (alarm.state is AlarmState.CLEARED_UNACKNOWLEDGED)
+
+    # test runs (bookkeeping: they never command anything) ------------------------------------------
+
+    @rule(name=st.sampled_from(["leak check", "cold flow"]))
+    def run_start(self, name: str) -> None:
+        active = self.runs.active
+        refusal = self.runs.start(name, "", "op", self.now)
+        assert (refusal is None) == (active is None)
+
+    def test_procedure_running(self) -> bool:
+        progress = self.core.sequence
+        return progress is not None and not progress.abort and STAND.sequences[progress.name].test
+
+    @rule()
+    def run_stop(self) -> None:
+        """Refused while a test procedure runs: its run ends by itself after it (or its abort)."""
+        active, procedure = self.runs.active, self.test_procedure_running()
+        refusal = self.runs.stop(None, "op", self.now)
+        assert (refusal is None) == (active is not None and not procedure), refusal
+        if refusal is None:
+            assert self.runs.active is None and self.runs.last is active
+
+    @invariant()
+    def a_test_procedure_runs_inside_a_run_that_remembers_an_abort(self) -> None:
+        active, last = self.runs.active, self.runs.last
+        if self.test_procedure_running():
+            assert active is not None, "a test procedure runs outside a test run"
+        if self.core.state is ABORTING and active is not None:
+            assert active.aborted, "an abort during a run is part of its result"
+        if last is not None:
+            assert last.result is not None and (last.result == "aborted") == last.aborted
 
     # invariants -----------------------------------------------------------------------------------
 

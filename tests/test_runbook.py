@@ -95,6 +95,8 @@ def test_a_procedure_joins_an_operators_run_which_the_operator_ends(book: RunBoo
     assert book.start("campaign day 3", "", "alice", T0) is None
     book.follow(hotfire(1), SystemState.RUNNING, 100.0, T0 + 1)
     assert book.active is not None and book.active.procedure == "hotfire" and not book.active.auto
+    # not while the procedure runs: its record would end mid-procedure (found by test_core's machine)
+    assert book.stop(None, "alice", T0 + 2) == "procedure hotfire is running: its run ends 5 s after it"
     book.follow(None, SystemState.IDLE, 110.0, T0 + 10)
     book.follow(None, SystemState.IDLE, 200.0, T0 + 100)
     assert book.active is not None, "the operator's run goes on"

@@ -97,6 +97,8 @@ class RunBook:
             return "no run is active"
         if wanted is not None and wanted != self.active.id:
             return f"run {wanted} is not active (the active run is {self.active.id})"
+        if self._procedure is not None:  # its record would end mid-procedure: abort ends it soonest
+            return f"procedure {self._procedure.name} is running: its run ends {self._post_s:g} s after it"
         self._close(who, unix)
         return None
 
