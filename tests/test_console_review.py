@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from typing import Any
 
@@ -79,6 +80,9 @@ def test_plots_receive_data_the_window_goes_to_10_minutes_with_history_and_zoom_
         _drag_across(page, '#plots .plot[data-channel="P5"]', 0.6, 0.9)
     expect(page.locator("#plot-status")).to_contain_text("zoomed", timeout=TIMEOUT_MS)
     expect(page.locator("#plot-pause")).to_have_attribute("aria-pressed", "true")
+    # the detail read is applied (or given up) and drawn: the next two animation frames have run
+    expect(page.locator("#plot-status")).to_contain_text(re.compile("buckets of|no finer detail"))
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
     frozen = grid.get_attribute("data-last")
     # frames keep arriving (the latest values move on) while what the plots show stays put
     shown = "() => [...document.querySelectorAll('#values .value')].map(v => v.textContent).join()"

@@ -49,7 +49,8 @@ SOURCE_MODES = {"simulation": "emulator", "real": "stm32"}
 # flooding client is still answered, message by message, but slowly enough that the event loop stays
 # free for everyone else (an abort on another connection); its surplus waits in its own TCP buffer.
 OVER_LIMIT_PAUSE_S = 0.001
-QUIET_S = 0.1  # a wait this long for a client's next message ends its backlog
+QUIET_S = 0.5  # a wait this long for a client's next message ends its backlog (an event loop stalled
+# by a flood can be late by 100 ms: that is no pause of the client)
 # UNIX s: when the backlog of the message being handled began; tasks spawned for it keep the value
 BACKLOG_SINCE: ContextVar[float] = ContextVar("BACKLOG_SINCE")
 MAX_REASON = 200  # characters of a hold's reason, as `POST /api/hold`
