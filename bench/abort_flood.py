@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 from actuation import BrokerWatch, DeviceTap, stats_ms, write_short_config
-from measure import RESULTS, bench_workdir, service, wait_until
+from measure import RESULTS, bench_workdir, service, start_gateway, wait_until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -204,19 +204,9 @@ def run(n_flood: int, rounds: int, variants: tuple[str, ...] = VARIANTS) -> dict
                 **common,
             )
             stack.callback(actuation.stop)
-            http_port = free_port()
-            gateway = service(
-                "services.gateway",
-                "gateway",
-                broker,
-                "gateway",
-                workdir,
-                RCS_HTTP_PORT=str(http_port),
-                RCS_AUTH="on",
-                RCS_OPERATOR_TOKEN=OPERATOR_TOKEN,
-                **common,
+            _gateway, http_port = start_gateway(
+                stack, broker, workdir, RCS_OPERATOR_TOKEN=OPERATOR_TOKEN, **common
             )
-            stack.callback(gateway.stop)
             children = (acquisition, actuation)  # uvicorn re-raises SIGTERM after its clean shutdown
 
             operator = MqttClient(broker.settings("operator"), "operator", client_id="rcs-bench-watch")

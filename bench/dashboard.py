@@ -38,10 +38,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-from measure import RESULTS, acquiring_stand, cpu_seconds, service, wait_until
+from measure import RESULTS, acquiring_stand, cpu_seconds, start_gateway, wait_until
 from playwright.sync_api import Browser, sync_playwright
-
-from services.devstack.broker import free_port
 
 CHANNELS = ("P1", "P2", "P3", "P5", "T1", "Tbogaz1", "THRUST", "D1")  # 8 plots
 WINDOWS_S = (30, 600)
@@ -147,24 +145,17 @@ def main() -> None:
     args = parser.parse_args()
     load_before = round(os.getloadavg()[0], 2)  # the machine is shared: how busy it was
     workdir = Path(tempfile.mkdtemp(prefix="rcs-bench-dashboard-"))
-    http_port = free_port()
     runs = []
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         broker, _emulator, _acquisition = acquiring_stand(stack, workdir)
-        gateway = service(
-            "services.gateway",
-            "gateway",
+        gateway, http_port = start_gateway(
+            stack,
             broker,
-            "gateway",
             workdir,
-            RCS_HTTP_HOST="127.0.0.1",
-            RCS_HTTP_PORT=str(http_port),
-            RCS_AUTH="on",
             RCS_VIEWER_TOKEN=VIEWER_TOKEN,
             RCS_OPERATOR_TOKEN="bench-operator-token-unused-0123",
         )
-        stack.callback(gateway.stop)
         url = f"http://127.0.0.1:{http_port}"
 
         def answers() -> bool:  # any status: /api/health is 503 while the stand has problems

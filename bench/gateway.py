@@ -45,12 +45,11 @@ from typing import Any
 import msgpack
 import numpy as np
 import uvloop
-from measure import RESULTS, acquiring_stand, cpu_seconds, service, wait_until
+from measure import RESULTS, acquiring_stand, cpu_seconds, start_gateway, wait_until
 from websockets.asyncio.client import connect
 
 from services.common import topics
 from services.common.mqtt import Message, MqttClient
-from services.devstack.broker import free_port
 
 CLIENT_COUNTS = (1, 10, 50)
 VIEWER_TOKEN = "bench-viewer-token"
@@ -238,22 +237,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="rcs-bench-gateway-"))
-    http_port = free_port()
     results: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         broker, _emulator, _acquisition = acquiring_stand(stack, workdir)
-        gateway = service(
-            "services.gateway",
-            "gateway",
+        gateway, http_port = start_gateway(
+            stack,
             broker,
-            "gateway",
             workdir,
-            RCS_HTTP_PORT=str(http_port),
-            RCS_AUTH="on",
             RCS_VIEWER_TOKEN=VIEWER_TOKEN,
             RCS_OPERATOR_TOKEN="bench-operator-token-unused",
         )
-        stack.callback(gateway.stop)
         arrivals = BrokerArrivals()
         watcher = MqttClient(broker.settings("operator"), "operator", client_id="rcs-bench-gateway")
         watcher.subscribe(topics.TELEMETRY, arrivals.on_batch, qos=0)

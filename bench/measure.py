@@ -112,6 +112,26 @@ def acquiring_stand(stack: contextlib.ExitStack, workdir: Path) -> tuple[Broker,
     return broker, emulator, acquisition
 
 
+def start_gateway(
+    stack: contextlib.ExitStack, broker: Broker, workdir: Path, **env: str
+) -> tuple[Child, int]:
+    """rcs-gateway with auth on, listening on a free loopback port, stopped by `stack`; it and its port."""
+    port = free_port()
+    child = service(
+        "services.gateway",
+        "gateway",
+        broker,
+        "gateway",
+        workdir,
+        RCS_HTTP_HOST="127.0.0.1",
+        RCS_HTTP_PORT=str(port),
+        RCS_AUTH="on",
+        **env,
+    )
+    stack.callback(child.stop)
+    return child, port
+
+
 @dataclass
 class Workdir:
     """A benchmark's temporary folder: its config and its services' logs."""
