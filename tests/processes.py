@@ -7,14 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from services.common.settings import PROJECT_ROOT, MqttSettings
+from services.common.settings import PROJECT_ROOT, MqttSettings, Settings
+from services.emulators.arduino import ArduinoEmulator
+from services.emulators.stm32 import Stm32Emulator
 from tests.conftest import wait_until
 
 _LOGIN = ("RCS_MQTT_USERNAME", "RCS_MQTT_PASSWORD")
@@ -185,3 +187,23 @@ def emulator_cli(module: str, link: Path, *args: str, timeout_s: float) -> Itera
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def emulated_devices(
+    stack: ExitStack,
+    settings: Settings,
+    mqtt_as: Callable[[str], MqttSettings],
+    tmp: Path,
+    **actuation_env: str,
+) -> tuple[Stm32Emulator, ArduinoEmulator, Acquisition]:
+    """The STM32 and Arduino emulators behind pseudo-terminals in `tmp`, with rcs-acquisition and
+    rcs-actuation (with `actuation_env`) on them, each stopped by `stack` (in reverse)."""
+    stm32 = Stm32Emulator(settings, link_path=tmp / "stm32")
+    arduino = ArduinoEmulator(settings, link_path=tmp / "arduino", speed_factor=4.0)
+    stm32.start()
+    stack.callback(stm32.stop)
+    arduino.start()
+    stack.callback(arduino.stop)
+    acquisition = stack.enter_context(Acquisition(mqtt_as("acquisition"), tmp / "stm32", tmp))
+    stack.enter_context(Actuation(mqtt_as("actuation"), tmp / "arduino", tmp, **actuation_env))
+    return stm32, arduino, acquisition

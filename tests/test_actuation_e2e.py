@@ -29,7 +29,7 @@ from services.common.stm32_wire import Deframer, FrameError, SetValvesFrame, par
 from services.emulators.arduino import ArduinoEmulator
 from services.emulators.stm32 import Stm32Emulator
 from tests.conftest import wait_until
-from tests.processes import Acquisition, Actuation
+from tests.processes import Acquisition, emulated_devices
 
 TIMEOUT = 20.0
 RELIEFS = 0b000100001  # RELIEF1 and RELIEF2: the abort's venting step
@@ -133,8 +133,6 @@ def running_stand(
     settings: Settings, mqtt_as: Callable[[str], MqttSettings], tmp_path: Path, **actuation_env: str
 ) -> Iterator[Stand]:
     """The emulators, acquisition and actuation (with `actuation_env`), and an operator watching."""
-    stm32 = Stm32Emulator(settings, link_path=tmp_path / "stm32")
-    arduino = ArduinoEmulator(settings, link_path=tmp_path / "arduino", speed_factor=4.0)
     valve_index = {name: i for i, name in enumerate(settings.valve_names)}
 
     def mask(bits: str) -> int:
@@ -143,13 +141,8 @@ def running_stand(
         )
 
     with ExitStack() as stack:
-        stm32.start()
-        stack.callback(stm32.stop)
-        arduino.start()
-        stack.callback(arduino.stop)
+        stm32, arduino, acquisition = emulated_devices(stack, settings, mqtt_as, tmp_path, **actuation_env)
         writes = DeviceWrites(stm32)
-        acquisition = stack.enter_context(Acquisition(mqtt_as("acquisition"), tmp_path / "stm32", tmp_path))
-        stack.enter_context(Actuation(mqtt_as("actuation"), tmp_path / "arduino", tmp_path, **actuation_env))
         operator = MqttClient(mqtt_as("operator"), "operator")
         seen = Observer()
         watched = (

@@ -27,7 +27,6 @@ from services.analyze import synth
 from services.common import topics
 from services.common.settings import PROJECT_ROOT, Settings, load_settings
 from services.devstack.broker import Broker, free_port
-from services.emulators.arduino import ArduinoEmulator
 from services.emulators.stm32 import Stm32Emulator
 from services.gateway.app import create_app
 from services.gateway.auth import Auth
@@ -35,7 +34,7 @@ from services.gateway.bus import Bus
 from services.gateway.limits import ReadSlots
 from services.gateway.serving import server_config
 from tests.conftest import new_broker, wait_until
-from tests.processes import Acquisition, Actuation, Logger
+from tests.processes import Logger, emulated_devices
 from tests.test_ctl import _ctl
 
 TIMEOUT = 20.0
@@ -137,15 +136,8 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     plan = synth.SynthPlan(start=start, seconds=3.0, rate_hz=2000, gaps=1, rotate_s=60)
     ((synthetic, _),) = synth.write(settings, plan, data_dir)
     (data_dir / "notes.txt").write_text("not a recording")
-    stm32 = Stm32Emulator(settings, link_path=tmp / "stm32")
-    arduino = ArduinoEmulator(settings, link_path=tmp / "arduino", speed_factor=4.0)
     with ExitStack() as stack:
-        stm32.start()
-        stack.callback(stm32.stop)
-        arduino.start()
-        stack.callback(arduino.stop)
-        stack.enter_context(Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp))
-        stack.enter_context(Actuation(broker.settings("actuation"), tmp / "arduino", tmp))
+        stm32, _arduino, _acquisition = emulated_devices(stack, settings, broker.settings, tmp)
         stack.enter_context(Logger(broker.settings("logger"), tmp, data_dir))
         served = Served(settings)
         stack.callback(served.stop)

@@ -34,7 +34,6 @@ from websockets.typing import Origin
 from services.common import topics
 from services.common.settings import Settings, load_settings
 from services.devstack.broker import Broker, free_port
-from services.emulators.arduino import ArduinoEmulator
 from services.emulators.stm32 import Stm32Emulator
 from services.gateway.app import create_app
 from services.gateway.auth import Auth, redact_tokens_in_server_logs
@@ -44,7 +43,7 @@ from services.gateway.rate_limits import CommandLimits
 from services.gateway.serving import server_config
 from services.gateway.ws import WebSocketEndpoint, WebSocketStats
 from tests.conftest import wait_until
-from tests.processes import Acquisition, Actuation
+from tests.processes import emulated_devices
 
 OPERATOR, VIEWER = "operator-token-for-tests", "viewer-token-for-tests"
 QUEUE_FRAMES = 8
@@ -79,15 +78,8 @@ def gateway(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "gateway": base.gateway.model_copy(update={"client_queue_frames": QUEUE_FRAMES}),
         }
     )
-    stm32 = Stm32Emulator(settings, link_path=tmp / "stm32")
-    arduino = ArduinoEmulator(settings, link_path=tmp / "arduino", speed_factor=4.0)
     with ExitStack() as stack:
-        stm32.start()
-        stack.callback(stm32.stop)
-        arduino.start()
-        stack.callback(arduino.stop)
-        stack.enter_context(Acquisition(broker.settings("acquisition"), tmp / "stm32", tmp))
-        stack.enter_context(Actuation(broker.settings("actuation"), tmp / "arduino", tmp))
+        stm32, _arduino, _acquisition = emulated_devices(stack, settings, broker.settings, tmp)
         bus = Bus(settings)
 
         @asynccontextmanager
