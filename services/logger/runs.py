@@ -60,6 +60,10 @@ WAKE_S = 0.5
 Job = Callable[[], None]
 
 
+class _StoppingError(Exception):
+    """The logger is stopping: a report not yet started is left pending."""
+
+
 @dataclass
 class RunStats:
     runs_recorded_total: int = 0
@@ -115,6 +119,8 @@ class RunRecorder:
         self._reports = ThreadPoolExecutor(1, thread_name_prefix="run-report")
         self._report_missing_logged = False
         self._report_process: subprocess.Popen[bytes] | None = None
+        # Held while a report's process starts and by `stop`: a stop never misses one just starting.
+        self._report_lock = threading.Lock()
         self._stopping = threading.Event()
         self._version = _software_version()
         self._thread = threading.Thread(target=self._run, name="runs", daemon=True)
@@ -137,10 +143,11 @@ class RunRecorder:
         self._stopping.set()
         self._inbox.put(None)
         self._thread.join(timeout=30)
-        process = self._report_process
-        if process is not None:
-            with contextlib.suppress(OSError):
-                process.terminate()
+        with self._report_lock:
+            process = self._report_process
+            if process is not None:
+                with contextlib.suppress(OSError):
+                    process.terminate()
         self._reports.shutdown(wait=True, cancel_futures=True)
 
     # --- paho's thread: hand over ----------------------------------------------------------------
@@ -520,11 +527,11 @@ class RunRecorder:
 
     def _report(self, directory: Path, run: dict[str, Any]) -> None:
         """`rcs-analyze report <dir>`; its outcome in run.json's `report`."""
-        if self._stopping.is_set():
-            return  # stays pending: made at the next start
         command = [sys.executable, "-m", "services.analyze", "report", str(directory)]
         try:
             done = self._run_report(command)
+        except _StoppingError:
+            return  # stays pending: made at the next start
         except (OSError, subprocess.TimeoutExpired) as exc:
             outcome = {"status": "failed", "reason": f"rcs-analyze report: {exc}"}
         else:
@@ -552,9 +559,14 @@ class RunRecorder:
         self._publish_event("run_report", id=run["id"], **outcome)
 
     def _run_report(self, command: list[str]) -> subprocess.CompletedProcess[bytes]:
-        """The report's process, which `stop` can end; killed past `runs.report_timeout_s`."""
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        """The report's process, which `stop` can end; killed past `runs.report_timeout_s`; `_StoppingError`
+        when the logger is stopping before it started."""
+        with self._report_lock:
+            if self._stopping.is_set():
+                raise _StoppingError
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             self._report_process = process
+        with process:
             try:
                 stdout, stderr = process.communicate(timeout=self.settings.runs.report_timeout_s)
             except subprocess.TimeoutExpired:
