@@ -53,8 +53,10 @@ lint: bootstrap
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Two workers (this is a 2-core machine's suite), each taking whole files: a module's stand and
+# browser are started once, and every test still starts its own servers on free loopback ports.
 test: lint gcc-present
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 bench: bootstrap gcc-present
 	$(BIN)/python bench/firmware.py

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
@@ -24,6 +25,11 @@ if TYPE_CHECKING:  # tests.browser imports this module (wait_until): imported in
     from playwright.sync_api import Browser
 
     from tests.browser import Consoles, ConsoleStand
+
+# Tests check behaviour, not timing (bench/ measures that): no hypothesis deadline, which a loaded
+# machine trips on an example that takes 0.1 ms when run again.
+hypothesis_settings.register_profile("rcs", deadline=None)
+hypothesis_settings.load_profile("rcs")
 
 # Test-only grants, around (never instead of) the project's ACL: the MQTT client tests publish on
 # topics and under service names of their own, partly anonymously. Nothing here touches a topic the

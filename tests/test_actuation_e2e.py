@@ -239,6 +239,8 @@ def test_redline_trip_aborts_and_the_abort_reaches_the_device(stand: Stand) -> N
     console, _ = armed_console(stand)
     try:
         stand.call("sequence", name="o2feed")
+        fed = stand.mask("010000100")  # o2feed's last step, 200 ms after its first
+        wait_until(lambda: fed in stand.writes.seen(), TIMEOUT, "the GOX feed")
         written_before = len(stand.writes.seen())
         stand.stm32.override("P5", 30.0)  # chamber over-pressure, limit 25 bar
         wait_until(lambda: stand.system_state() == "aborting", TIMEOUT, "the red-line to abort")
