@@ -23,8 +23,9 @@ from services.analyze.load import KEY_COLUMNS, TimeWindow, micros, scan
 from services.analyze.plot import envelope
 from services.analyze.report_html import figure_rows
 from services.analyze.report_plots import Axis
-from services.analyze.run import REPORT_FILE, Run
+from services.analyze.run import Run
 from services.analyze.timeline import Timeline
+from services.common import runs as layout
 from services.common.settings import Settings
 
 __all__ = ["Report", "Samples", "build", "figure_rows", "read_samples", "write"]
@@ -214,7 +215,7 @@ def _plots(
 
 def write(report: Report, out: Path | None = None) -> Path:
     """The page as `out` (default: report.html in the run directory), written aside then renamed."""
-    path = out or report.run.path / REPORT_FILE
+    path = out or report.run.path / layout.REPORT
     partial = path.with_name(path.name + ".tmp")
     partial.write_text(report.html(), encoding="utf-8")
     partial.replace(path)

@@ -14,20 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from services.analyze.load import Recording, RecordingError, open_recording
-
-RUN_FILE = "run.json"
-SAMPLES_FILE = "samples.parquet"
-EVENTS_FILE = "events.jsonl"
-RUNS_DIR = "runs"
-REPORT_FILE = "report.html"
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]*")
+from services.common import runs as layout
 
 
 class RunError(Exception):
@@ -69,35 +62,36 @@ def resolve(run: str, data_dir: Path) -> Path:
     as_path = Path(run)
     if as_path.is_dir():
         return as_path
-    if _RUN_ID.fullmatch(run) is None:
-        raise RunError(f"{run}: no such run directory")
-    path = data_dir / RUNS_DIR / run
+    try:
+        path = layout.run_dir(data_dir, run)
+    except ValueError:
+        raise RunError(f"{run}: no such run directory") from None
     if not path.is_dir():
         raise RunError(f"no run {run!r}: {path} is not a directory")
     return path
 
 
 def samples_path(directory: Path) -> Path:
-    return directory / SAMPLES_FILE
+    return directory / layout.SAMPLES
 
 
 def load(directory: Path) -> Run:
     """The run in `directory`; RunError naming what is missing or unreadable."""
     if not directory.is_dir():
         raise RunError(f"{directory}: not a directory")
-    if not (directory / RUN_FILE).exists() and any(directory.glob(f"{SAMPLES_FILE}.*")):
+    if not (directory / layout.RUN_JSON).exists() and any(directory.glob(f"{layout.SAMPLES}.*")):
         raise RunError(
-            f"{directory}: the run is still being recorded (or was interrupted): no {RUN_FILE} yet, "
-            f"and its samples are readable only once the logger has closed its {SAMPLES_FILE}"
+            f"{directory}: the run is still being recorded (or was interrupted): no {layout.RUN_JSON} yet, "
+            f"and its samples are readable only once the logger has closed its {layout.SAMPLES}"
         )
-    meta = _meta(directory / RUN_FILE)
+    meta = _meta(directory / layout.RUN_JSON)
     try:
         samples = open_recording(samples_path(directory))
     except RecordingError as exc:
         raise RunError(f"{directory} is not a complete run: {exc}") from exc
     problems = meta.get("problems")
     notes = [f"while recording: {p}" for p in problems] if isinstance(problems, list) else []
-    events = read_events(directory / EVENTS_FILE, notes)
+    events = read_events(directory / layout.EVENTS, notes)
     return Run(directory, meta, samples, events, notes)
 
 
@@ -105,7 +99,7 @@ def _meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise RunError(f"{path.parent} is not a run: no {RUN_FILE}") from exc
+        raise RunError(f"{path.parent} is not a run: no {layout.RUN_JSON}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: cannot read it ({exc})") from exc
     except ValueError as exc:

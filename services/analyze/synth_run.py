@@ -29,6 +29,7 @@ from services.analyze import run as run_dir
 from services.analyze import writing
 from services.analyze.load import to_micros
 from services.common import recording
+from services.common import runs as layout
 from services.common.derived import Derivation
 from services.common.settings import Sequence as StandSequence
 from services.common.settings import Settings, Step, config_file
@@ -230,7 +231,7 @@ def write(settings: Settings, plan: RunPlan, directory: Path) -> Truth:
         "rate_hz": plan.rate_hz,
         **plan.meta,
     }
-    (directory / run_dir.RUN_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    (directory / layout.RUN_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     session = table.column("session")[0].as_py()
     metadata = recording.recording_metadata(settings.channel_names, {session: [(0, table.num_rows - 1)]})
     schema = table.schema.with_metadata({**metadata, "rcs.run": json.dumps(meta)})
@@ -238,5 +239,5 @@ def write(settings: Settings, plan: RunPlan, directory: Path) -> Truth:
     parts = (table.slice(offset, rows).cast(schema) for offset in range(0, table.num_rows, rows))
     writing.write_recording(parts, run_dir.samples_path(directory), schema, settings.logger)
     lines = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
-    (directory / run_dir.EVENTS_FILE).write_text(lines, encoding="utf-8")
+    (directory / layout.EVENTS).write_text(lines, encoding="utf-8")
     return truth
