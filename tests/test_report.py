@@ -23,6 +23,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from typer.testing import CliRunner, Result
 
 from services.analyze import burn, synth_run, timeline
@@ -167,6 +168,29 @@ def test_what_cannot_be_read_is_said_in_the_report(
     (directory / "events.jsonl").unlink()
     assert cli("report", directory).exit_code == 0
     assert "events.jsonl is missing" in (directory / "report.html").read_text()
+
+
+def test_the_report_uses_the_stand_configuration_the_run_was_recorded_with(
+    tmp_path: Path, hotfire: tuple[Path, synth_run.Truth]
+) -> None:
+    source, _ = hotfire
+    directory = tmp_path / "recorded-with-another-stand-yaml"
+    directory.mkdir()
+    for name in ("samples.parquet", "events.jsonl"):
+        (directory / name).write_bytes((source / name).read_bytes())
+    meta = json.loads((source / "run.json").read_text())
+    recorded = yaml.safe_load(meta["config_yaml"])
+    recorded["report"] = {**recorded.get("report", {}), "burn_min_bar": 50.0}  # that stand: no burn here
+    (directory / "run.json").write_text(json.dumps(meta | {"config_yaml": yaml.safe_dump(recorded)}))
+    assert cli("report", directory).exit_code == 0
+    page = (directory / "report.html").read_text()
+    assert "<b>No burn</b>: P5 never rose above 50" in page, "today's stand.yaml finds the burn"
+
+    (directory / "run.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "config_yaml"}))
+    result = cli("report", directory)
+    assert result.exit_code == 0
+    assert "has no copy of stand.yaml: today's configuration is used" in result.output
+    assert "No burn" not in (directory / "report.html").read_text()
 
 
 def test_durations_are_on_the_device_clock_when_the_run_names_its_rate(

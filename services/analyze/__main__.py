@@ -411,7 +411,8 @@ def report_command(
     try:
         directory = run_dir.resolve(run, data_dir if data_dir is not None else settings.data_dir)
         loaded = run_dir.load(directory)
-        path = run_report.write(run_report.build(loaded, settings), out_path)
+        recorded = run_dir.recorded_settings(loaded, settings)
+        path = run_report.write(run_report.build(loaded, recorded), out_path)
     except (run_dir.RunError, RecordingError) as exc:
         _fail(str(exc))
     except OSError as exc:

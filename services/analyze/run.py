@@ -19,8 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import ValidationError
+
 from services.analyze.load import Recording, RecordingError, open_recording
 from services.common import runs as layout
+from services.common.settings import Settings
 
 
 class RunError(Exception):
@@ -93,6 +97,22 @@ def load(directory: Path) -> Run:
     notes = [f"while recording: {p}" for p in problems] if isinstance(problems, list) else []
     events = read_events(directory / layout.EVENTS, notes)
     return Run(directory, meta, samples, events, notes)
+
+
+def recorded_settings(run: Run, current: Settings) -> Settings:
+    """The stand configuration the run was recorded with (run.json's copy of stand.yaml, without
+    today's RCS_* overrides): its channel names, limits and report settings are the ones the run had.
+    `current`, with a note saying why, when the copy is missing or no longer valid."""
+    text = run.meta.get("config_yaml")
+    if not isinstance(text, str):
+        run.notes.append(f"{layout.RUN_JSON} has no copy of stand.yaml: today's configuration is used")
+        return current
+    try:
+        return Settings.model_validate(yaml.safe_load(text))
+    except (yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        run.notes.append(f"the run's copy of stand.yaml is not valid today ({first}): today's is used")
+        return current
 
 
 def _meta(path: Path) -> dict[str, Any]:
