@@ -181,16 +181,24 @@ def test_the_events_log_shows_who_did_what_with_the_result_and_filters(
     expect(events).to_have_count(3)
 
 
-def _recorded_run(stand: ConsoleStand, name: str) -> dict[str, Any]:
-    """A run of about a second started and stopped as alice; its run.json once its report was tried."""
-    started = _api(stand, "POST", "/api/runs", json={"name": name, "notes": "console review"})
-    assert started.status_code == 200, started.text
-    run_id = started.json()["run"]["id"]
+def _recorded_run(stand: ConsoleStand, page: Page, name: str) -> dict[str, Any]:
+    """A run of about a second started and stopped from `page` (an operator's); its run.json once its
+    report was tried."""
+    page.get_by_label("run name").fill(name)
+    page.get_by_label("run notes").fill("console review")
+    page.get_by_role("button", name="Start run").click()
+    expect(page.locator("#run-now")).to_contain_text(f"Recording run {name} by alice")
+    expect(page.get_by_label("run name")).to_be_hidden()  # one run at a time
+    listed = page.locator("#runs tr", has_text=name)
+    expect(listed.locator(".result")).to_have_text("running")
+    run_id = listed.get_attribute("data-run")
+    assert run_id is not None
     stm32 = stand.devices.stm32
     one_second = stm32.samples_generated + round(stm32.rate_hz)
     wait_until(lambda: stm32.samples_generated >= one_second, TIMEOUT_S, "a second of the run")
-    stopped = _api(stand, "POST", f"/api/runs/{run_id}/stop")
-    assert stopped.status_code == 200, stopped.text
+    page.get_by_role("button", name="Stop run").click()
+    expect(page.locator("#answer")).to_contain_text(f"run {name} stopped")
+    expect(page.get_by_role("button", name="Start run")).to_be_visible()
     path = layout.run_dir(stand.data_dir, run_id) / layout.RUN_JSON
 
     def reported() -> bool:
@@ -201,12 +209,16 @@ def _recorded_run(stand: ConsoleStand, name: str) -> dict[str, Any]:
     return run
 
 
-def test_a_run_is_listed_with_its_result_its_report_opens_and_it_plots(
+def test_a_run_started_and_stopped_from_the_page_is_listed_its_report_opens_and_it_plots(
     consoles: Consoles, console_stand: ConsoleStand
 ) -> None:
-    run = _recorded_run(console_stand, "Console review")
+    operator = consoles.open("operator").page
+    run = _recorded_run(console_stand, operator, "Console review")
+    assert run["started_by"] == "alice" and run["stopped_by"] == "alice" and run["notes"] == "console review"
     assert run["report"]["status"] == "generated", run["report"]
+    expect(operator.locator(f'#runs tr[data-run="{run["id"]}"] .result')).to_have_text("stopped")
     page = consoles.open("viewer", query="channels=P5").page
+    expect(page.get_by_role("button", name="Start run")).to_be_disabled()  # a viewer's page
     row = page.locator(f'#runs tr[data-run="{run["id"]}"]')
     expect(row).to_contain_text("Console review")
     expect(row.locator(".result")).to_have_text("stopped")

@@ -30,6 +30,7 @@ const feeds = {
   system_state: (m) => store.set("system", m.data),
   stm32_state: onStm32State,
   motor_state: (m) => store.set("motors", m.data),
+  run_state: (m) => store.set("run", m.data),
   valve_state: onValveState,
   alarms: (m) => store.set("alarms", m.data),
   problems: (m) => store.set("problems", m.problems || []),

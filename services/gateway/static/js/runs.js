@@ -2,11 +2,13 @@
 // the logger's recordings; either opens in a viewer that plots chosen channels over its whole length
 // (`GET /api/runs/{id}/series`, `/api/parquet_files/{name}/series`: min/max buckets the gateway
 // reduces), where dragging over a plot zooms and reads that span again in finer detail. Downloads:
-// the Parquet file as it is, or the shown span as CSV.
+// the Parquet file as it is, or the shown span as CSV. An operator starts a named run (a cold flow, a
+// leak check: a `test` procedure such as hotfire starts its own) and stops the active one
+// (`run_start` / `run_stop`, answered `run_response`); `run_state` says which run is recording.
 import { bandPlot, columns, limitsByChannel } from "./chart.js";
-import { api, on, token } from "./connection.js";
-import { store } from "./store.js";
-import { el, fmt, hms } from "./util.js";
+import { api, on, send, token } from "./connection.js";
+import { commandBlock, store, watchCommandBlock } from "./store.js";
+import { answer, el, fmt, hms } from "./util.js";
 
 const POINTS = 1200; // buckets per read: about one per pixel
 const PLOT_HEIGHT = 170;
@@ -116,6 +118,93 @@ async function loadRecordings() {
 function refresh() {
   loadRuns();
   loadRecordings();
+}
+
+// -- the active run: start and stop ------------------------------------------------------------------
+
+function startRun() {
+  const name = ui.runName.value.trim();
+  const reason = commandBlock();
+  if (reason) return answer("RUN NOT STARTED: " + reason, false);
+  if (!name) {
+    ui.runName.focus();
+    return answer("RUN NOT STARTED: give the run a name", false);
+  }
+  send({ type: "run_start", name, notes: ui.runNotes.value.trim() });
+  answer("starting run " + name + "…");
+}
+
+function stopRun() {
+  const active = (store.get("run") || {}).active;
+  const reason = commandBlock();
+  if (reason) return answer("RUN NOT STOPPED: " + reason, false);
+  if (!active) return;
+  send({ type: "run_stop", id: active.id });
+  answer("stopping run " + (active.name || active.id) + "…");
+}
+
+function onRunAnswer(m) {
+  const run = m.run || {};
+  const what = m.command === "run_start" ? "start" : "stop";
+  if (m.success) {
+    answer("run " + (run.name || run.id || "") + (what === "start" ? " started" : " stopped"), true);
+    if (what === "start") {
+      ui.runName.value = "";
+      ui.runNotes.value = "";
+    }
+  } else {
+    answer("RUN " + what.toUpperCase() + " REFUSED: " + (m.reason || "no reason given"), false);
+  }
+}
+
+function showRun() {
+  const state = store.get("run") || {};
+  const active = state.active;
+  const reason = commandBlock();
+  ui.runActive.hidden = !active;
+  ui.runForm.hidden = Boolean(active);
+  if (active) {
+    const started = when(active.started_at);
+    const by = active.procedure ? " by procedure " + active.procedure : active.started_by ? " by " + active.started_by : "";
+    ui.runNow.textContent = "Recording run " + (active.name || active.id) + by + " since " + (started === null ? "—" : hms(started));
+    // a test procedure's run ends with the procedure (actuation refuses to stop it meanwhile)
+  }
+  for (const control of [ui.runStart, ui.runStop, ui.runName, ui.runNotes]) {
+    control.disabled = Boolean(reason);
+    control.title = reason;
+  }
+  const runs = active ? active.id : "";
+  if (listed !== undefined && runs !== listed) refresh(); // a run started or ended: list it as it is now
+  listed = runs;
+}
+
+let listed; // the active run's id the list was last refreshed for ("": none; undefined: not yet)
+
+function runBar() {
+  const bar = el("div", "review-bar run-control");
+  ui.runForm = el("div", "run-form");
+  ui.runName = el("input");
+  ui.runName.id = "run-name";
+  ui.runName.maxLength = 100;
+  ui.runName.placeholder = "e.g. cold flow #3";
+  ui.runName.setAttribute("aria-label", "run name");
+  ui.runNotes = el("input");
+  ui.runNotes.id = "run-notes";
+  ui.runNotes.maxLength = 2000;
+  ui.runNotes.placeholder = "notes";
+  ui.runNotes.setAttribute("aria-label", "run notes");
+  ui.runStart = button("Start run", "start a named test run: its samples and events are recorded apart", startRun);
+  ui.runName.addEventListener("keydown", (e) => e.key === "Enter" && startRun());
+  ui.runForm.append(el("span", "muted", "new run:"), ui.runName, ui.runNotes, ui.runStart);
+  ui.runActive = el("div", "run-active");
+  ui.runActive.hidden = true;
+  ui.runNow = el("span", "run-now");
+  ui.runNow.id = "run-now";
+  ui.runNow.setAttribute("role", "status");
+  ui.runStop = button("Stop run", "end the active run (its report follows)", stopRun);
+  ui.runActive.append(ui.runNow, ui.runStop);
+  bar.append(ui.runForm, ui.runActive);
+  return bar;
 }
 
 // -- report ------------------------------------------------------------------------------------------
@@ -321,8 +410,13 @@ export function mount(root) {
   ui.plotted = [];
   ui.viewer.append(viewerBar, ui.picker, ui.status, el("p", "muted", "drag over a plot to zoom: the span is read again in finer detail"), ui.plots);
 
-  root.append(bar, lists, ui.report, ui.viewer);
+  root.append(runBar(), bar, lists, ui.report, ui.viewer);
   on("authenticated", refresh);
+  on("run_response", onRunAnswer);
+  // the logger finished a run's files, or its report: list it as the logger has it now
+  on("event", (m) => ["run_recorded", "run_report"].includes((m.data || {}).kind) && refresh());
+  store.watch("run", showRun);
+  watchCommandBlock(showRun);
   store.watch("config", (config) => (limits = limitsByChannel(config)));
   window.addEventListener("resize", () => {
     for (const p of ui.plotted) p.u.setSize({ width: Math.max(200, p.div.clientWidth - 8), height: PLOT_HEIGHT });

@@ -9,6 +9,7 @@
 //   stm32       the retained `rcs/state/stm32`
 //   valves      {names, bits, cause, ts, acknowledged}          (`valve_state`)
 //   motors      the retained `rcs/state/motors`
+//   run         the retained `rcs/state/run`: {active, last, ts}
 //   alarms      the retained `rcs/state/alarms`
 //   problems    [{component, reason}]
 //   services    {<service>: status data}                        (`service_status`)
