@@ -70,6 +70,14 @@ def aborted(data_dir: Path) -> tuple[Path, synth_run.Truth]:
     return directory, synth_run.write(load_settings(), plan, directory)
 
 
+def copy_of(run: Path, directory: Path, *names: str) -> Path:
+    """A new run directory holding copies of `run`'s files `names`."""
+    directory.mkdir()
+    for name in names:
+        (directory / name).write_bytes((run / name).read_bytes())
+    return directory
+
+
 def figure(page: str, name: str) -> float:
     match = re.search(rf"<td>{re.escape(name)}</td><td class=\"n\">([^<]+)</td>", page)
     assert match, f"no figure {name!r} in the report"
@@ -146,10 +154,7 @@ def test_what_cannot_be_read_is_said_in_the_report(
     tmp_path: Path, hotfire: tuple[Path, synth_run.Truth]
 ) -> None:
     source, _ = hotfire
-    directory = tmp_path / "copy"
-    directory.mkdir()
-    for name in ("run.json", "samples.parquet"):
-        (directory / name).write_bytes((source / name).read_bytes())
+    directory = copy_of(source, tmp_path / "copy", "run.json", "samples.parquet")
     meta = json.loads((directory / "run.json").read_text()) | {
         "problems": ["12 samples no longer in the ring"]
     }
@@ -174,10 +179,7 @@ def test_the_report_uses_the_stand_configuration_the_run_was_recorded_with(
     tmp_path: Path, hotfire: tuple[Path, synth_run.Truth]
 ) -> None:
     source, _ = hotfire
-    directory = tmp_path / "recorded-with-another-stand-yaml"
-    directory.mkdir()
-    for name in ("samples.parquet", "events.jsonl"):
-        (directory / name).write_bytes((source / name).read_bytes())
+    directory = copy_of(source, tmp_path / "another-stand-yaml", "samples.parquet", "events.jsonl")
     meta = json.loads((source / "run.json").read_text())
     recorded = yaml.safe_load(meta["config_yaml"])
     recorded["report"] = {**recorded.get("report", {}), "burn_min_bar": 50.0}  # that stand: no burn here
@@ -205,10 +207,8 @@ def test_durations_are_on_the_device_clock_when_the_run_names_its_rate(
     table = table.set_column(0, table.schema.field(0), pa.array(squeezed, pa.timestamp("us", tz="UTC")))
     meta = json.loads((source / "run.json").read_text())
     for name, rate in (("with-rate", meta["rate_hz"]), ("without-rate", None)):
-        directory = tmp_path / name
-        directory.mkdir()
+        directory = copy_of(source, tmp_path / name, "events.jsonl")
         pq.write_table(table, directory / "samples.parquet")
-        (directory / "events.jsonl").write_bytes((source / "events.jsonl").read_bytes())
         (directory / "run.json").write_text(json.dumps({**meta, "rate_hz": rate}))
         assert cli("report", directory).exit_code == 0
     page = (tmp_path / "with-rate" / "report.html").read_text()
