@@ -29,9 +29,6 @@ WAITS_MS = {0: 5000, 5: 1500, 8: 800, 10: 400}
 # the feed's and the ignition's deadlines longer (as long as the emulated plant needs on a loaded machine
 # next to a browser): they end as soon as the pressure is there
 TIMEOUTS_MS = {1: 8000, 2: 8000, 4: 8000}
-# Behaviour, not timing (as tests/processes.py's ack deadline): on a loaded machine the deadman's 500 ms
-# without telemetry passes now and then while the hot fire runs; these tests are not about the deadman.
-TELEMETRY_STALE_MS = "2000"
 # One plot at 5 frames/s: this module's panels need no more, and Chromium drawing four plots at 30
 # frames/s takes the CPU the emulated STM32 (a thread of this process) needs on a small machine.
 LIGHT = "channels=P5&hz=5"
@@ -66,7 +63,6 @@ def console_stand(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> I
         broker,
         tmp,
         RCS_CONFIG=config,
-        RCS_ACTUATION_TELEMETRY_STALE_MS=TELEMETRY_STALE_MS,
         RCS_CHECKLIST=json.dumps(CHECKLIST),
     ) as stand:
         yield stand
