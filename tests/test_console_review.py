@@ -194,6 +194,9 @@ def _recorded_run(stand: ConsoleStand, page: Page, name: str) -> dict[str, Any]:
     run_id = listed.get_attribute("data-run")
     assert run_id is not None
     stm32 = stand.devices.stm32
+    for bits, mask in (([0, 0, 0, 0, 0, 0, 1, 1, 0], 0b011000000), ([0] * 9, 0)):  # run valves open, closed
+        assert _api(stand, "POST", "/api/valves", json={"valves": bits}).status_code == 200
+        wait_until(lambda mask=mask: stm32.valves == mask, TIMEOUT_S, f"the STM32 driving {bits}")
     one_second = stm32.samples_generated + round(stm32.rate_hz)
     wait_until(lambda: stm32.samples_generated >= one_second, TIMEOUT_S, "a second of the run")
     page.get_by_role("button", name="Stop run").click()
@@ -212,7 +215,7 @@ def _recorded_run(stand: ConsoleStand, page: Page, name: str) -> dict[str, Any]:
 def test_a_run_started_and_stopped_from_the_page_is_listed_its_report_opens_and_it_plots(
     consoles: Consoles, console_stand: ConsoleStand
 ) -> None:
-    operator = consoles.open("operator").page
+    operator = consoles.open("operator", query="channels=P5&hz=5").page  # light: two pages share the CPU
     run = _recorded_run(console_stand, operator, "Console review")
     assert run["started_by"] == "alice" and run["stopped_by"] == "alice" and run["notes"] == "console review"
     assert run["report"]["status"] == "generated", run["report"]
@@ -232,6 +235,12 @@ def test_a_run_started_and_stopped_from_the_page_is_listed_its_report_opens_and_
         row.get_by_role("button", name="plot").click()
     assert answered.value.json()["n_source"] == run["samples"], "the whole run: every sample"
     expect(page.locator("#viewer .plot")).to_have_count(1)
+    # its valve changes (and the run's other events) are marked on the plot
+    events = _api(console_stand, "GET", f"/api/runs/{run['id']}/events").json()
+    during = [e for e in events["events"] if e["ts"] >= run["started_at"] and e.get("kind") == "valves"]
+    assert [e["open"] for e in during] == [["GOX2", "FUEL2"], []] and events["notes"] == [], events
+    # the valves opened and closed, at least
+    expect(page.locator("#viewer")).to_have_attribute("data-markers", re.compile(r"^([2-9]|\d\d+)$"))
     with page.expect_download() as download:
         page.click("#download-parquet")
     assert pq.ParquetFile(download.value.path()).metadata.num_rows == run["samples"]

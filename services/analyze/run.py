@@ -95,7 +95,7 @@ def load(directory: Path) -> Run:
         raise RunError(f"{directory} is not a complete run: {exc}") from exc
     problems = meta.get("problems")
     notes = [f"while recording: {p}" for p in problems] if isinstance(problems, list) else []
-    events = read_events(directory / layout.EVENTS, notes)
+    events = layout.read_events(directory / layout.EVENTS, notes)
     return Run(directory, meta, samples, events, notes)
 
 
@@ -127,35 +127,3 @@ def _meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise RunError(f"{path}: not a JSON object")
     return meta
-
-
-def read_events(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    """Every event of an events.jsonl; what is skipped (and why) goes to `notes`."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        notes.append(f"{path.name} is missing: the run's events (valves, phases, alarms, aborts) are unknown")
-        return []
-    except OSError as exc:
-        notes.append(f"{path.name} cannot be read ({exc}): the run's events are unknown")
-        return []
-    lines = data.split(b"\n")
-    torn = lines.pop()  # after the last newline: empty, or a line never completed
-    if torn.strip():
-        notes.append(f"{path.name}: its last line is incomplete ({len(torn)} bytes, a crash?): skipped")
-    events, bad = [], []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            event = None
-        if isinstance(event, dict):
-            events.append(event)
-        else:
-            bad.append(number)
-    if bad:
-        listed = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
-        notes.append(f"{path.name}: {len(bad)} line(s) are not JSON objects, skipped (lines {listed})")
-    return events

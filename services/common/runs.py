@@ -64,3 +64,43 @@ def list_runs(data_dir: Path) -> list[dict[str, Any]]:
     ids = sorted((p.name for p in root.iterdir() if valid_id(p.name)), reverse=True)
     runs = (read_run(data_dir, run_id) for run_id in ids)
     return [summary(run) for run in runs if run is not None]
+
+
+def read_events(path: Path, notes: list[str], *, max_bytes: int | None = None) -> list[dict[str, Any]]:
+    """Every event of a run's events.jsonl (the first `max_bytes` of it, if given); what is skipped, and
+    why, goes to `notes`."""
+    try:
+        with path.open("rb") as file:
+            data = file.read() if max_bytes is None else file.read(max_bytes + 1)
+    except FileNotFoundError:
+        notes.append(f"{path.name} is missing: the run's events (valves, phases, alarms, aborts) are unknown")
+        return []
+    except OSError as exc:
+        notes.append(f"{path.name} cannot be read ({exc}): the run's events are unknown")
+        return []
+    if max_bytes is not None and len(data) > max_bytes:
+        data = data[: data.rfind(b"\n", 0, max_bytes) + 1]
+        notes.append(f"{path.name}: only its first {len(data)} bytes are read (at most {max_bytes})")
+    lines = data.split(b"\n")
+    torn = lines.pop()  # after the last newline: empty, or a line not (yet) completed
+    if torn.strip():
+        notes.append(
+            f"{path.name}: its last line is incomplete ({len(torn)} bytes: still being written, or a "
+            "crash?): skipped"
+        )
+    events, bad = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        if isinstance(event, dict):
+            events.append(event)
+        else:
+            bad.append(number)
+    if bad:
+        listed = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+        notes.append(f"{path.name}: {len(bad)} line(s) are not JSON objects, skipped (lines {listed})")
+    return events

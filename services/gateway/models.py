@@ -228,6 +228,11 @@ class History(BaseModel):
     max: dict[str, list[Number]]
 
 
+class RunEvents(BaseModel):
+    events: list[dict[str, Any]] = Field(description="the run's events.jsonl, in order")
+    notes: list[str] = Field(description="what could not be read, and why (e.g. a line being written)")
+
+
 class Events(BaseModel):
     events: list[dict[str, Any]] = Field(description="newest first; bytes as base64, NaN/inf as null")
 

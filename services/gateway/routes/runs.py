@@ -14,10 +14,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from services.common import runs as layout
 from services.common import topics
 from services.gateway.deps import Gateway, GatewayDep, Operator, Viewer
-from services.gateway.models import LIMITED, NOT_FOUND, REFUSED, UNANSWERED, Run, RunIn, RunOut
+from services.gateway.models import LIMITED, NOT_FOUND, REFUSED, UNANSWERED, Run, RunEvents, RunIn, RunOut
 
 router = APIRouter(tags=["runs"])
 ANSWERS = REFUSED | UNANSWERED | LIMITED
+EVENTS_MAX_BYTES = 8 * 1024 * 1024  # a run's events answered at most (hours of a busy stand)
 RunId = Annotated[str, Path(max_length=80, description="e.g. 20261202T014501Z-hotfire")]
 
 
@@ -79,6 +80,18 @@ def get_run(run_id: RunId, _: Viewer, gateway: GatewayDep) -> Run:
 def run_report(run_id: RunId, _: Viewer, gateway: GatewayDep) -> FileResponse:
     """The run's report (HTML), once the logger has had it made."""
     return _file(gateway, run_id, layout.REPORT, "text/html; charset=utf-8", "report")
+
+
+@router.get("/api/runs/{run_id}/events", responses=NOT_FOUND)
+def run_events(run_id: RunId, _: Viewer, gateway: GatewayDep) -> RunEvents:
+    """The run's events (its events.jsonl, also while it records), in order, as the console marks them
+    on its plots; `notes` says what could not be read."""
+    directory = layout.run_dir(FsPath(gateway.settings.data_dir), _valid(run_id))
+    if not directory.is_dir():
+        raise HTTPException(404, f"no run {run_id}")
+    notes: list[str] = []
+    events = layout.read_events(directory / layout.EVENTS, notes, max_bytes=EVENTS_MAX_BYTES)
+    return RunEvents(events=events, notes=notes)
 
 
 @router.get(

@@ -2,10 +2,11 @@
 // the logger's recordings; either opens in a viewer that plots chosen channels over its whole length
 // (`GET /api/runs/{id}/series`, `/api/parquet_files/{name}/series`: min/max buckets the gateway
 // reduces), where dragging over a plot zooms and reads that span again in finer detail. Downloads:
-// the Parquet file as it is, or the shown span as CSV. An operator starts a named run (a cold flow, a
+// the Parquet file as it is, or the shown span as CSV. A run's plots mark its valve changes, alarms and
+// aborts (`GET /api/runs/{id}/events`). An operator starts a named run (a cold flow, a
 // leak check: a `test` procedure such as hotfire starts its own) and stops the active one
 // (`run_start` / `run_stop`, answered `run_response`); `run_state` says which run is recording.
-import { bandPlot, columns, limitsByChannel } from "./chart.js";
+import { bandPlot, columns, limitsByChannel, markerOf } from "./chart.js";
 import { api, on, send, token } from "./connection.js";
 import { commandBlock, store, watchCommandBlock } from "./store.js";
 import { answer, el, fmt, hms } from "./util.js";
@@ -210,20 +211,31 @@ function runBar() {
 // -- report ------------------------------------------------------------------------------------------
 
 // The report is the gateway's HTML: shown in a sandboxed frame (no scripts, no access to this page).
+// The frame's document is set once per report: two srcdoc navigations in quick succession (a
+// placeholder, then the page) can leave Chromium showing the first.
 async function openReport(run) {
+  const mine = ++reportGeneration;
   ui.reportTitle.textContent = "Report: " + (run.name || run.id);
   ui.report.hidden = false;
-  ui.reportFrame.srcdoc = "<p style='font-family:sans-serif'>loading…</p>";
+  ui.reportFrame.hidden = true;
+  ui.reportStatus.textContent = "loading…";
+  let page;
   try {
     const r = await fetch("/api/runs/" + encodeURIComponent(run.id) + "/report", {
       headers: token() ? { Authorization: "Bearer " + token() } : {},
     });
     if (!r.ok) throw new Error("HTTP " + r.status);
-    ui.reportFrame.srcdoc = await r.text();
+    page = await r.text();
   } catch (e) {
-    ui.reportFrame.srcdoc = "<p style='font-family:sans-serif'>no report: " + e.message + "</p>";
+    page = "<p style='font-family:sans-serif'>no report: " + e.message + "</p>";
   }
+  if (mine !== reportGeneration) return; // another report was opened meanwhile
+  ui.reportStatus.textContent = "";
+  ui.reportFrame.srcdoc = page;
+  ui.reportFrame.hidden = false;
 }
+
+let reportGeneration = 0;
 
 // -- viewer ------------------------------------------------------------------------------------------
 
@@ -234,12 +246,25 @@ function base(what) {
 async function openSource(what) {
   const chosen = opened ? opened.shown : (new URLSearchParams(location.search).get("channels") || "").split(",").filter(Boolean);
   opened = Object.assign({ base: base(what), channels: [], shown: chosen.length ? chosen : DEFAULT_CHANNELS.slice(),
-    answer: null }, what);
+    answer: null, markers: [] }, what);
+  if (what.kind === "run") loadMarkers(opened);
   ui.viewer.hidden = false;
   ui.viewerTitle.textContent = what.label;
   ui.viewer.dataset.open = what.kind + ":" + what.id;
   await read(null, null);
   ui.viewer.scrollIntoView({ block: "nearest" });
+}
+
+// The run's events as plot markers; the plots are drawn again once they are here.
+async function loadMarkers(what) {
+  try {
+    const answer = await api(what.base + "/events");
+    what.markers = answer.events.map(markerOf).filter(Boolean);
+    ui.viewer.dataset.markers = String(what.markers.length);
+    if (opened === what) drawPlots();
+  } catch (e) {
+    if (opened === what) say("no markers: the run's events cannot be read (" + e.message + ")", true);
+  }
 }
 
 // Reads [start, end] (null: the whole length) of the shown channels, min/max reduced by the gateway.
@@ -312,6 +337,7 @@ function drawPlots() {
       title: name,
       unit: units[name],
       limits: limits[name] || [],
+      markers: () => what.markers,
       xRange: () => range,
       onZoom: (t0, t1) => read(t0, t1),
       width: Math.max(200, div.clientWidth - 8),
@@ -383,7 +409,9 @@ export function mount(root) {
   ui.report.hidden = true;
   const reportBar = el("div", "review-bar");
   ui.reportTitle = el("h3", "", "Report");
-  reportBar.append(ui.reportTitle, button("close", "", () => { ui.report.hidden = true; }));
+  ui.reportStatus = el("span", "muted");
+  ui.reportStatus.setAttribute("role", "status");
+  reportBar.append(ui.reportTitle, ui.reportStatus, button("close", "", () => { ui.report.hidden = true; }));
   ui.reportFrame = el("iframe");
   ui.reportFrame.title = "run report";
   ui.reportFrame.setAttribute("sandbox", "");
