@@ -194,9 +194,11 @@ def _recorded_run(stand: ConsoleStand, page: Page, name: str) -> dict[str, Any]:
     run_id = listed.get_attribute("data-run")
     assert run_id is not None
     stm32 = stand.devices.stm32
-    for bits, mask in (([0, 0, 0, 0, 0, 0, 1, 1, 0], 0b011000000), ([0] * 9, 0)):  # run valves open, closed
-        assert _api(stand, "POST", "/api/valves", json={"valves": bits}).status_code == 200
-        wait_until(lambda mask=mask: stm32.valves == mask, TIMEOUT_S, f"the STM32 driving {bits}")
+    run_valves = [0, 0, 0, 0, 0, 0, 1, 1, 0]  # GOX2, FUEL2: opened, then closed
+    assert _api(stand, "POST", "/api/valves", json={"valves": run_valves}).status_code == 200
+    wait_until(lambda: stm32.valves == 0b011000000, TIMEOUT_S, "the STM32 driving GOX2 and FUEL2")
+    assert _api(stand, "POST", "/api/valves", json={"valves": [0] * 9}).status_code == 200
+    wait_until(lambda: stm32.valves == 0, TIMEOUT_S, "the STM32 closing them")
     one_second = stm32.samples_generated + round(stm32.rate_hz)
     wait_until(lambda: stm32.samples_generated >= one_second, TIMEOUT_S, "a second of the run")
     page.get_by_role("button", name="Stop run").click()
