@@ -14,7 +14,17 @@ from fastapi.responses import FileResponse, JSONResponse
 from services.common import runs as layout
 from services.common import topics
 from services.gateway.deps import Gateway, GatewayDep, Operator, Viewer
-from services.gateway.models import LIMITED, NOT_FOUND, REFUSED, UNANSWERED, Run, RunEvents, RunIn, RunOut
+from services.gateway.models import (
+    BUSY,
+    LIMITED,
+    NOT_FOUND,
+    REFUSED,
+    UNANSWERED,
+    Run,
+    RunEvents,
+    RunIn,
+    RunOut,
+)
 
 router = APIRouter(tags=["runs"])
 ANSWERS = REFUSED | UNANSWERED | LIMITED
@@ -82,7 +92,7 @@ def run_report(run_id: RunId, _: Viewer, gateway: GatewayDep) -> FileResponse:
     return _file(gateway, run_id, layout.REPORT, "text/html; charset=utf-8", "report")
 
 
-@router.get("/api/runs/{run_id}/events", responses=NOT_FOUND)
+@router.get("/api/runs/{run_id}/events", responses=NOT_FOUND | BUSY)
 def run_events(run_id: RunId, _: Viewer, gateway: GatewayDep) -> RunEvents:
     """The run's events (its events.jsonl, also while it records), in order, as the console marks them
     on its plots; `notes` says what could not be read."""
@@ -90,8 +100,9 @@ def run_events(run_id: RunId, _: Viewer, gateway: GatewayDep) -> RunEvents:
     if not directory.is_dir():
         raise HTTPException(404, f"no run {run_id}")
     notes: list[str] = []
-    events = layout.read_events(directory / layout.EVENTS, notes, max_bytes=EVENTS_MAX_BYTES)
-    return RunEvents(events=events, notes=notes)
+    with gateway.heavy.take():  # up to EVENTS_MAX_BYTES read and decoded
+        events = layout.read_events(directory / layout.EVENTS, notes, max_bytes=EVENTS_MAX_BYTES)
+        return RunEvents(events=events, notes=notes)
 
 
 @router.get(
