@@ -70,11 +70,13 @@ class Logger:
         self.mqtt.start()
 
     def stop(self) -> None:
+        """The parts that ask acquisition for samples (repairer, runs) stop while the broker can still
+        answer them: one stopped after it would wait out each request's timeout instead."""
         self.recorder.stop_waiting_for_disk()
         self.rpc_server.close()
         self.repairer.stop()
-        self.mqtt.stop()
         self.runs.stop()
+        self.mqtt.stop()
         self.recorder.stop()
         self.rpc_client.close()
 
