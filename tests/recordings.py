@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from services.common import topics
@@ -23,6 +24,23 @@ def recorded_seqs(data_dir: Path, session: str) -> npt.NDArray[np.uint64]:
         mask = np.asarray(table.column("session").to_pylist()) == session
         seqs.append(table.column("seq").to_numpy()[mask])
     return np.sort(np.concatenate(seqs))
+
+
+def last_recorded_seq(data_dir: Path) -> int:
+    """The highest `seq` in `data_dir`'s files: the Parquet files, and the complete record batches of
+    the open segments (`.arrows`) a killed logger leaves, as far as they can be read."""
+    last = -1
+    for path in data_dir.glob("sensor_log_*.parquet"):
+        last = max(last, int(pq.read_table(path, columns=["seq"]).column("seq").to_numpy().max()))
+    for path in data_dir.glob("sensor_log_*.arrows"):
+        try:
+            with pa.ipc.open_stream(path.read_bytes()) as segment:
+                for batch in segment:
+                    if batch.num_rows:
+                        last = max(last, int(batch.column("seq").to_numpy().max()))
+        except (pa.ArrowInvalid, OSError):
+            pass  # a torn last batch: what came before it was counted
+    return last
 
 
 def acquired_seqs(rpc: RpcClient, up_to: int) -> npt.NDArray[np.int64]:

@@ -31,7 +31,7 @@ from services.logger.events import read_events
 from services.logger.segments import SegmentWriter
 from tests.conftest import wait_until
 from tests.processes import Acquisition, Logger
-from tests.recordings import recorded_seqs
+from tests.recordings import last_recorded_seq, recorded_seqs
 
 TIMEOUT = 60.0
 ROTATE_S = "4"
@@ -237,9 +237,9 @@ def test_check_reports_a_recording_that_ends_before_acquisitions_ring_buffer(
             return state is not None and state["buffered_rows"] + state["segment_rows"] > 0
 
         wait_until(recorded_some, TIMEOUT, "the logger to record")
-        saved = rpc.call(topics.LOGGER_SAVE, {}, timeout=30)
-        logger.kill()
-        last = int(pq.read_table(data_dir / saved["file"], columns=["seq"]).column("seq").to_numpy().max())
+        rpc.call(topics.LOGGER_SAVE, {}, timeout=30)
+        logger.kill()  # it may have begun its next segment meanwhile: `check` reads that too
+        last = last_recorded_seq(data_dir)
         wait_until(
             lambda: ((_call(rpc, topics.ACQ_BUFFER_STATUS, {}) or {}).get("last_seq") or 0) > last,
             TIMEOUT,
