@@ -90,9 +90,14 @@ class ServiceProcess:
             self.process.send_signal(signal.SIGTERM)
         try:
             code = self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
+        except subprocess.TimeoutExpired:  # hung: SIGABRT makes faulthandler log every thread's stack
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            code = -signal.SIGKILL  # reported as a kill, whatever ended it
         self._log_file.close()
         return code
 

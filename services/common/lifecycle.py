@@ -3,6 +3,7 @@ or SIGINT (Ctrl-C)."""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -18,6 +19,8 @@ from services.common.settings import Settings, describe_problems, load_settings
 
 log = logging.getLogger(__name__)
 
+SIGNAL_POLL_S = 0.2
+
 
 def stop_requested() -> threading.Event:
     """Install SIGTERM/SIGINT handlers on the main thread; the returned Event is set by either."""
@@ -30,6 +33,15 @@ def stop_requested() -> threading.Event:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     return stop
+
+
+def wait_for(stop: threading.Event) -> None:
+    """Until `stop` is set, waking now and then. CPython runs signal handlers on the main thread only,
+    and a signal the kernel hands to another thread does not wake a main thread blocked on a lock
+    (python/cpython#85300): a plain `stop.wait()` then sleeps through SIGTERM. The handler runs at
+    the next wake-up instead."""
+    while not stop.wait(SIGNAL_POLL_S):
+        pass
 
 
 class Service(Protocol):
@@ -49,10 +61,11 @@ def run_service(
             f"{name}: refusing to start, invalid configuration:\n{describe_problems(exc)}"
         ) from None
     setup_logging(name, settings.log_level, settings.log_format)
+    faulthandler.enable()  # a crash, or SIGABRT sent to a hung process, prints every thread's stack
     service = build(settings)
     register_stats(name, service.metrics)
     start_metrics_server(metrics_port(settings), settings.metrics_host)
     stop = stop_requested()
     service.start()
-    stop.wait()
+    wait_for(stop)
     service.stop()

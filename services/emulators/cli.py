@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from services.common.lifecycle import stop_requested
+from services.common.lifecycle import stop_requested, wait_for
 
 
 class Startable(Protocol):
@@ -35,7 +35,7 @@ def run_until_stopped(emulator: Startable, started: Callable[[], None], stopped:
     emulator.start()
     started()
     try:
-        stop.wait()
+        wait_for(stop)
     finally:
         emulator.stop()
         stopped()
