@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import socket
@@ -182,18 +183,25 @@ def test_reconnects_resubscribes_and_flushes_queued_messages_after_a_broker_rest
 
 
 def test_publish_without_a_broker_drops_qos0_and_bounds_the_queue(
-    clients: Callable[..., MqttClient],
+    clients: Callable[..., MqttClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     nowhere = MqttSettings(host="127.0.0.1", port=free_port(), max_queued_messages=3)
     client = clients(nowhere, "test-offline", connect=False)
     assert not client.wait_connected(0.1)
 
-    assert not client.publish("rcs/test/x", b"0", qos=0)
-    assert [client.publish("rcs/test/x", b"1", qos=1) for _ in range(3)] == [True] * 3
-    assert not client.publish("rcs/test/x", b"2", qos=1)
+    with caplog.at_level(logging.WARNING, logger="services.common.mqtt"):
+        assert not client.publish("rcs/test/x", b"0", qos=0)
+        assert not client.publish("rcs/test/x", b"0", qos=0)
+        assert [client.publish("rcs/test/x", b"1", qos=1) for _ in range(3)] == [True] * 3
+        assert not client.publish("rcs/test/full", b"2", qos=1)
 
     stats = client.stats
-    assert (stats.published, stats.dropped) == (3, 2)
+    assert (stats.published, stats.dropped) == (3, 3)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dropped a publish")]
+    assert said == [
+        "dropped a publish to rcs/test/x: not connected",  # once per reason, with the topic
+        "dropped a publish to rcs/test/full: Message queue full.",
+    ]
 
 
 def test_a_failing_handler_is_counted_and_does_not_stop_delivery(

@@ -35,6 +35,7 @@ from paho.mqtt.client import (
     ConnectFlags,
     DisconnectFlags,
     MQTTMessage,
+    error_string,
 )
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
@@ -222,14 +223,23 @@ class MqttClient:
         Never blocks. Drops: the outgoing queue is full (`max_queued_messages`, QoS > 0 messages not
         yet acknowledged count against it), QoS 0 while disconnected, or the client is stopped.
         """
-        if self._stopped or (qos == 0 and not self.connected):
-            self._count("dropped")
+        if self._stopped:
+            self._count("dropped")  # after stop(), by design: a stopping service's last words
             return False
+        if qos == 0 and not self.connected:
+            return self._dropped(topic, "not connected")
         rc = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties).rc
         # A QoS > 0 message refused with NO_CONN is kept in paho's queue and sent after reconnecting.
-        accepted = rc == MQTT_ERR_SUCCESS or (rc == MQTT_ERR_NO_CONN and qos > 0)
-        self._count("published" if accepted else "dropped")
-        return accepted
+        if rc == MQTT_ERR_SUCCESS or (rc == MQTT_ERR_NO_CONN and qos > 0):
+            self._count("published")
+            return True
+        return self._dropped(topic, error_string(rc))
+
+    def _dropped(self, topic: str, reason: str) -> bool:
+        """Counted, and said (once per reason and interval) with the topic it was for."""
+        self._count("dropped")
+        self._throttled.warning(f"dropped:{reason}", "dropped a publish to %s: %s", topic, reason)
+        return False
 
     def set_status(self, **fields: Any) -> None:
         """Merge `fields` into the retained status and republish it (now, or on the next connect)."""
