@@ -15,7 +15,7 @@ import msgpack
 import pytest
 
 from services.common.codec import unpack_map
-from services.logger.events import EventLog, read_events
+from services.logger.events import EventLog, event_line, read_events, recent_lines
 
 DAY1 = datetime(2026, 3, 1, 12, tzinfo=UTC).timestamp()
 DAY2 = datetime(2026, 3, 2, 0, 0, 1, tzinfo=UTC).timestamp()
@@ -210,3 +210,23 @@ def test_a_flush_failing_on_the_second_day_writes_the_first_once(tmp_path: Path)
 def test_rejects_a_useless_bound(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_pending"):
         EventLog(tmp_path, max_pending=0)
+
+
+def test_recent_lines_reads_the_tail_of_the_days_files_since_a_time(tmp_path: Path) -> None:
+    """What a run recorder starting up takes from the files an earlier logger wrote."""
+    log = EventLog(tmp_path, clock=Clock(DAY2))
+    for ts in (DAY1 - 10, DAY1, DAY2 - 1, DAY2):
+        log.append({"ts": ts, "kind": "x"})
+    log.close()
+    late = tmp_path / "events_20260302.jsonl"
+    with late.open("ab") as file:  # odd lines, then a torn one: skipped
+        file.write(b'[1]\n{"ts":"soon"}\nnot json\n{"ts":' + repr(DAY2 + 1).encode())
+    lines = recent_lines(tmp_path, DAY1, DAY2 + 5, max_bytes=1 << 20)
+    assert [ts for ts, _ in lines] == [DAY1, DAY2 - 1, DAY2]
+    assert [line for _, line in lines] == [
+        event_line({"ts": ts, "kind": "x"}) for ts in (DAY1, DAY2 - 1, DAY2)
+    ]
+    # at most max_bytes of each file: the line cut at its start is left out
+    tail = recent_lines(tmp_path, DAY1 - 60, DAY1, max_bytes=len(event_line({"ts": DAY1, "kind": "x"})) + 3)
+    assert [ts for ts, _ in tail] == [DAY1]
+    assert recent_lines(tmp_path / "none", DAY1, DAY2, max_bytes=1 << 20) == []

@@ -10,7 +10,7 @@ procedure runs with the shorter waits of tests/test_hotfire_e2e.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from services.common import topics
 from services.common.rpc import RpcError
 from services.common.settings import DEFAULT_CONFIG, MqttSettings, Settings
 from services.emulators.stm32.emulator import TruthBlock
-from services.logger.events import read_events
+from services.logger.events import event_line, read_events
 from tests.conftest import wait_until
 from tests.processes import Logger
 from tests.test_actuation_e2e import Stand, armed_console, running_stand
@@ -303,9 +303,19 @@ def test_a_logger_restarted_during_a_run_records_it_whole_from_the_ring_buffer(
     stand = runs.stand
     run_id = stand.call("run_start", name="across a restart")["run"]["id"]
     directory = layout.run_dir(runs.data_dir, run_id)
-    wait_until((directory / layout.EVENTS).exists, TIMEOUT, "the logger recording the run")
+    with pytest.raises(RpcError, match="stop it first"):
+        stand.call("run_start", name="refused, and audited")
+
+    def audited() -> list[dict[str, Any]]:
+        return commands_in(runs.data_dir.glob("events_*.jsonl"))
+
+    wait_until(lambda: len(audited()) == 2, TIMEOUT, "the logger recording both commands")
     assert runs.process.stop() == 0, runs.process.tail()
     assert not (directory / layout.RUN_JSON).exists(), "an active run is not finalized at a stop"
+    # The stopped logger's run recorder wrote the first (as here), or missed it as it stopped: either
+    # way the next logger takes both from the events files, each once. A line torn by a crash goes.
+    first = audited()[0]
+    (directory / layout.EVENTS).write_bytes(event_line(first) + b'{"ts":17')
     env = RUN_ENV | {"RCS_CONFIG": str(runs.config)}
     (tmp_path / "again").mkdir()
     with Logger(mqtt_as("logger"), tmp_path / "again", runs.data_dir, **env):
@@ -319,7 +329,11 @@ def test_a_logger_restarted_during_a_run_records_it_whole_from_the_ring_buffer(
     assert (seq == runs.acquired(int(seq[0]), int(seq[-1]))).all(), "every sample acquisition has, once"
     t = table.column("timestamp").cast("int64").to_numpy() / 1e6
     assert abs(t[0] - run["window_start"]) < 0.05 and run["ended_at"] - 0.05 <= t[-1] <= run["ended_at"]
-    commands = [
-        e.get("command") for e in read_events(directory / layout.EVENTS) if e.get("kind") == "command"
-    ]
-    assert commands.count("run_start") == 1 and commands.count("run_stop") == 1
+    accepted = [(e["command"], e["accepted"]) for e in commands_in([directory / layout.EVENTS])]
+    assert accepted == [("run_start", True), ("run_start", False), ("run_stop", True)]
+
+
+def commands_in(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """The audited commands of events files, by time."""
+    events = (e for path in paths for e in read_events(path) if e.get("kind") == "command")
+    return sorted(events, key=lambda e: float(e["ts"]))

@@ -197,6 +197,32 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
             yield event
 
 
+def recent_lines(data_dir: Path, since: float, now: float, *, max_bytes: int) -> list[tuple[float, bytes]]:
+    """`(ts, line)` of the events files' events with `since <= ts`, in file order, read from at most the
+    last `max_bytes` of the files of the UTC days of `since` and `now`: what a previous logger wrote
+    (a line that is not an event with a numeric ts is skipped)."""
+    found: list[tuple[float, bytes]] = []
+    for day in dict.fromkeys((_day(since, now), _day(now, now))):
+        try:
+            with (data_dir / f"events_{day}.jsonl").open("rb") as file:
+                size = file.seek(0, os.SEEK_END)
+                file.seek(max(0, size - max_bytes))
+                lines = file.read().split(b"\n")
+        except OSError:  # none that day (or unreadable: the run then has only what this logger sees)
+            continue
+        if size > max_bytes:
+            lines = lines[1:]  # begins inside a line
+        for line in lines[:-1]:  # the last is empty, or torn
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            ts = event.get("ts") if isinstance(event, dict) else None
+            if isinstance(ts, int | float) and not isinstance(ts, bool) and ts >= since:
+                found.append((float(ts), line + b"\n"))
+    return found
+
+
 def _cut_torn_line(fd: int, path: Path) -> None:
     """Truncate the file after its last newline: what follows was never completely written."""
     size = os.fstat(fd).st_size

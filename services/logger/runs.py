@@ -9,8 +9,9 @@ samples fetched again from acquisition's ring buffer, like any hole). A run's sa
 pre-trigger window (`pretrigger_s` before its start, from the ring buffer through
 `rcs/rpc/acquisition/history`) and then the live samples until its end; its events those from the
 same moment on. A logger started during a run (or after one it missed, while the ring buffer still
-holds it) records it the same way: what it missed comes from the ring buffer. A run that vanishes
-without ending (actuation restarted) ends `interrupted`. The report runs on another worker thread.
+holds it) records it the same way: what it missed comes from the ring buffer, and the events an
+earlier logger wrote from the daily events files. A run that vanishes without ending (actuation
+restarted) ends `interrupted`. The report runs on another worker thread.
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ from services.common.logs import Throttled
 from services.common.rpc import RpcClient, RpcError, RpcTimeout
 from services.common.settings import Settings, config_file
 from services.common.telemetry import TelemetryBatch
-from services.logger.events import event_line
+from services.logger.events import event_line, recent_lines
 from services.logger.run_samples import RunSamples
 
 log = logging.getLogger("rcs.logger.runs")
 
 MAX_QUEUED_BATCHES = 2000  # ~20 s of 10 ms batches (~20 MB at 10 kHz x 22 channels)
 RECENT_EVENTS = 10_000  # kept for the pre-trigger window of the next run
+RECENT_EVENTS_BYTES = 8 << 20  # of the events files read at start, for the same
 END_WAIT_S = 3.0  # after a run's end, its last live samples may take this long after the previous ones
 END_WAIT_MAX_S = 120.0  # ...but the run is finalized this long after its end at the latest
 EVENTS_AFTER_S = 0.5  # events this soon after a run's end are its own (e.g. the audit of its run_stop)
@@ -77,6 +79,7 @@ class _Recording:
     dir: Path
     t_from: float  # UNIX s: its first sample (start - pretrigger_s)
     events: BinaryIO
+    events_before: set[bytes]  # the lines an earlier logger wrote to `events` (recorded once)
     events_written: int = 0
     samples: RunSamples | None = None  # opened with the first telemetry (its channels)
     session: str | None = None
@@ -113,6 +116,7 @@ class RunRecorder:
         self._wanted = False  # batches are queued only while a run is being recorded
         self._latest: TelemetryBatch | None = None  # the newest live batch (paho's thread writes it)
         self._recent: deque[tuple[float, bytes]] = deque(maxlen=RECENT_EVENTS)
+        self._read_at_start: set[bytes] = set()  # the events of `_recent` read from the events files
         self._tare: Any = None
         self._state: dict[str, Any] = {}
         self._current: _Recording | None = None
@@ -195,6 +199,7 @@ class RunRecorder:
     # --- the runs thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._read_recent_events()
         while True:
             try:
                 job = self._inbox.get(timeout=WAKE_S)
@@ -221,6 +226,14 @@ class RunRecorder:
                     current.samples.discard()
         elif current is not None:
             self._finalize()
+
+    def _read_recent_events(self) -> None:
+        """The recent events an earlier logger wrote to the events files: a run this one begins or goes on
+        with gets those it missed, e.g. those that came while the earlier one was stopping."""
+        now = time.time()
+        since = now - self.settings.acquisition.ring_seconds - self.settings.runs.pretrigger_s
+        self._recent.extend(recent_lines(self.data_dir, since, now, max_bytes=RECENT_EVENTS_BYTES))
+        self._read_at_start = {line for _, line in self._recent}
 
     def _on_state(self, state: dict[str, Any]) -> None:
         self._state = state
@@ -269,12 +282,19 @@ class RunRecorder:
         directory = layout.run_dir(self.data_dir, str(run["id"]))
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            events = (directory / layout.EVENTS).open("ab")  # a restarted logger's run goes on
+            events = (directory / layout.EVENTS).open("a+b")  # a restarted logger's run goes on
+            events.seek(0)
+            written = events.read()
+            whole = written.rfind(b"\n") + 1
+            events.truncate(whole)  # a line torn by a crash goes, as from the daily events files
+            before = set(written[:whole].splitlines(keepends=True))
         except OSError as exc:
             self._failed(str(run["id"]), exc)
             return
         t_from = float(started) - float(pretrigger)
-        self._current = _Recording(run=dict(run), dir=directory, t_from=t_from, events=events)
+        self._current = _Recording(
+            run=dict(run), dir=directory, t_from=t_from, events=events, events_before=before
+        )
         log.info("run %s: recording to %s", run["id"], directory)
         for ts, line in self._recent:
             if ts >= t_from:
@@ -444,6 +464,8 @@ class RunRecorder:
     def _on_event(self, event: dict[str, Any]) -> None:
         ts = event.get("ts")
         line = event_line(event)
+        if line in self._read_at_start:
+            return  # in `_recent` already: this logger's recorder wrote it before the read
         when = float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else time.time()
         self._recent.append((when, line))
         current = self._current
@@ -455,6 +477,8 @@ class RunRecorder:
     def _write_event(self, line: bytes) -> None:
         current = self._current
         assert current is not None
+        if line in current.events_before:
+            return
         try:
             current.events.write(line)
         except OSError as exc:
