@@ -10,6 +10,7 @@ procedure runs with the shorter waits of tests/test_hotfire_e2e.py.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -331,6 +332,27 @@ def test_a_logger_restarted_during_a_run_records_it_whole_from_the_ring_buffer(
     assert abs(t[0] - run["window_start"]) < 0.05 and run["ended_at"] - 0.05 <= t[-1] <= run["ended_at"]
     accepted = [(e["command"], e["accepted"]) for e in commands_in([directory / layout.EVENTS])]
     assert accepted == [("run_start", True), ("run_start", False), ("run_stop", True)]
+
+
+def test_a_logger_behind_the_clock_keeps_the_run_s_last_events(runs: RunStand) -> None:
+    """The logger paused from just before a run's stop until the device ran 2 s past it: resumed, it
+    gets the stop and its audit behind a backlog of telemetry, and finalizes the run after them (its
+    end follows the telemetry it handled, not the clock)."""
+    stand = runs.stand
+    run_id = stand.call("run_start", name="behind the clock")["run"]["id"]
+    directory = layout.run_dir(runs.data_dir, run_id)
+    wait_until((directory / layout.EVENTS).exists, TIMEOUT, "the logger recording the run")
+    runs.process.process.send_signal(signal.SIGSTOP)
+    try:
+        stand.call("run_stop", id=run_id)
+        past = stand.stm32.samples_generated + round(2.0 * stand.stm32.rate_hz)
+        wait_until(lambda: stand.stm32.samples_generated >= past, TIMEOUT, "the device 2 s past the stop")
+    finally:
+        runs.process.process.send_signal(signal.SIGCONT)
+    run = runs.recorded(run_id)
+    accepted = [(e["command"], e["accepted"]) for e in commands_in([directory / layout.EVENTS])]
+    assert accepted == [("run_start", True), ("run_stop", True)]
+    assert run["result"] == "stopped" and run["events"] >= 2
 
 
 def commands_in(paths: Iterable[Path]) -> list[dict[str, Any]]:

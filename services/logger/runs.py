@@ -54,6 +54,7 @@ RECENT_EVENTS_BYTES = 8 << 20  # of the events files read at start, for the same
 END_WAIT_S = 3.0  # after a run's end, its last live samples may take this long after the previous ones
 END_WAIT_MAX_S = 120.0  # ...but the run is finalized this long after its end at the latest
 EVENTS_AFTER_S = 0.5  # events this soon after a run's end are its own (e.g. the audit of its run_stop)
+EVENTS_WAY_S = 0.5  # ...and get here before telemetry taken this long after them
 HISTORY_TIMEOUT_S = 10.0
 HISTORY_PAGE = 50_000
 PROBES = 8  # tries to find the seq of a run's first sample in the ring buffer
@@ -317,11 +318,15 @@ class RunRecorder:
         current = self._current
         if current is None or current.ended_at is None or current.end_by is None:
             return
-        past = current.seen_t >= current.ended_at and time.time() >= current.ended_at + EVENTS_AFTER_S
+        # Done once telemetry taken after its last events (EVENTS_AFTER_S after its end) came: those
+        # events came before it. This follows the jobs, however far they lag the clock (the runs thread
+        # catching up after a fetch from the ring buffer, a logger that was paused).
+        samples_done = current.seen_t >= current.ended_at
+        events_done = current.seen_t >= current.ended_at + EVENTS_AFTER_S + EVENTS_WAY_S
         now = time.monotonic()
         stalled = now >= current.progress_at + END_WAIT_S  # no telemetry comes (any more)
-        if past or stalled or now >= current.end_by:
-            if not past:
+        if events_done or stalled or now >= current.end_by:
+            if not samples_done:
                 self._catch_up(current, current.ended_at)
             self._finalize()
 
