@@ -143,7 +143,8 @@ def stand(settings: Settings, broker: Broker, tmp_path: Path) -> Iterator[StandF
     def make(protocol: Literal["binary", "text"], *, on: Broker = broker) -> Stand:
         link = tmp_path / f"stm32-{len(started)}"
         observer = MqttClient(on.settings("operator"), "test-valve-observer")
-        acks, events, stm32_state = Inbox(), Inbox(), Inbox()
+        acks, events, stm32_state, status = Inbox(), Inbox(), Inbox(), Inbox()
+        observer.subscribe(topics.status("acquisition"), status, qos=1)
         observer.subscribe(topics.STM32_VALVE_ACK, acks, qos=1)
         observer.subscribe(topics.EVENTS, events, qos=1)
         observer.subscribe(topics.STATE_STM32, stm32_state, qos=1)
@@ -159,6 +160,10 @@ def stand(settings: Settings, broker: Broker, tmp_path: Path) -> Iterator[StandF
         acquisition = stack.enter_context(Acquisition(on.settings("acquisition"), link, tmp_path))
         stand = Stand(emulator, tap, acquisition, actuation, acks, events, stm32_state)
         started.append(stand)
+        # Online is sent after its SUBSCRIBE on the same connection: its command subscription is in
+        # place (its STM32 state may come before, from another thread).
+        pid = acquisition.process.pid
+        status.wait_for(lambda m: m["state"] == "online" and m["pid"] == pid, "acquisition online")
         stm32_state.wait_for(
             lambda m: m["connected"] and m["port"] == str(link) and m["protocol"] == protocol,
             f"acquisition to connect to the {protocol} emulator",
