@@ -545,9 +545,7 @@ class RunRecorder:
             "last_seq": None if last is None else last[1],
             "first_t": None if samples is None else samples.first_t,
             "last_t": None if samples is None else samples.last_t,
-            "sessions": {}
-            if samples is None
-            else {s: [list(r) for r in rs] for s, rs in samples.intervals.intervals().items()},
+            "sessions": {} if samples is None else _sessions(samples),
             "channels": [] if samples is None else list(samples.channels),
             "events": current.events_written,
             "files": [layout.SAMPLES, layout.EVENTS, layout.RUN_JSON],
