@@ -72,7 +72,7 @@ class EventLog:
 
     def path_for(self, day: str) -> Path:
         """The file of a UTC day given as `yyyymmdd`."""
-        return self._dir / f"events_{day}.jsonl"
+        return events_path(self._dir, day)
 
     def append(self, event: dict[str, Any]) -> None:
         """Hold `event` for the next `flush`; beyond `max_pending` held, the oldest is dropped."""
@@ -154,7 +154,7 @@ class EventLog:
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            _cut_torn_line(fd, path)
+            cut_torn_line(fd, path)
             if created:  # make the new directory entry durable too
                 dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
                 try:
@@ -197,6 +197,11 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
             yield event
 
 
+def events_path(data_dir: Path, day: str) -> Path:
+    """The events file of a UTC day given as `yyyymmdd`."""
+    return data_dir / f"events_{day}.jsonl"
+
+
 def recent_lines(data_dir: Path, since: float, now: float, *, max_bytes: int) -> list[tuple[float, bytes]]:
     """`(ts, line)` of the events files' events with `since <= ts`, in file order, read from at most the
     last `max_bytes` of the files of the UTC days of `since` and `now`: what a previous logger wrote
@@ -204,7 +209,7 @@ def recent_lines(data_dir: Path, since: float, now: float, *, max_bytes: int) ->
     found: list[tuple[float, bytes]] = []
     for day in dict.fromkeys((_day(since, now), _day(now, now))):
         try:
-            with (data_dir / f"events_{day}.jsonl").open("rb") as file:
+            with events_path(data_dir, day).open("rb") as file:
                 size = file.seek(0, os.SEEK_END)
                 file.seek(max(0, size - max_bytes))
                 lines = file.read().split(b"\n")
@@ -223,7 +228,7 @@ def recent_lines(data_dir: Path, since: float, now: float, *, max_bytes: int) ->
     return found
 
 
-def _cut_torn_line(fd: int, path: Path) -> None:
+def cut_torn_line(fd: int, path: Path) -> None:
     """Truncate the file after its last newline: what follows was never completely written."""
     size = os.fstat(fd).st_size
     end = size

@@ -43,7 +43,7 @@ from services.common.logs import Throttled
 from services.common.rpc import RpcClient, RpcError, RpcTimeout
 from services.common.settings import Settings, config_file
 from services.common.telemetry import TelemetryBatch
-from services.logger.events import event_line, recent_lines
+from services.logger.events import cut_torn_line, event_line, recent_lines
 from services.logger.run_samples import RunSamples
 
 log = logging.getLogger("rcs.logger.runs")
@@ -283,12 +283,11 @@ class RunRecorder:
         directory = layout.run_dir(self.data_dir, str(run["id"]))
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            events = (directory / layout.EVENTS).open("a+b")  # a restarted logger's run goes on
+            path = directory / layout.EVENTS
+            events = path.open("a+b")  # a restarted logger's run goes on
+            cut_torn_line(events.fileno(), path)  # as in the daily events files
             events.seek(0)
-            written = events.read()
-            whole = written.rfind(b"\n") + 1
-            events.truncate(whole)  # a line torn by a crash goes, as from the daily events files
-            before = set(written[:whole].splitlines(keepends=True))
+            before = set(events.read().splitlines(keepends=True))
         except OSError as exc:
             self._failed(str(run["id"]), exc)
             return
