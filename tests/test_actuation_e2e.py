@@ -304,6 +304,12 @@ def test_motor_moves_complete_and_an_arduino_reset_is_recovered(stand: Stand) ->
 
     stand.arduino.reset()
     wait_until(lambda: stand.seen.events_of("motor_reset") != [], TIMEOUT, "the reset to be noticed")
-    wait_until(lambda: stand.seen.state(topics.STATE_MOTORS).get("connected") is True, TIMEOUT, "handshake")
+    (reset,) = stand.seen.events_of("motor_reset")
+
+    def connected_again() -> bool:  # not the state from before the reset, which may still be the latest
+        motors = stand.seen.state(topics.STATE_MOTORS)
+        return motors.get("connected") is True and motors["ts"] > reset["ts"]
+
+    wait_until(connected_again, TIMEOUT, "the handshake after the reset")
     after_reset = stand.call("motor", motor_id=2, angle=45)
     assert after_reset["position_deg"] == pytest.approx(-1727.5 + 45), "positions restart from the boot value"
